@@ -1,0 +1,559 @@
+"""StreamDiT: an adaLN DiT with a per-frame time embedding and shifted 3D window attention.
+
+Shape glossary (used in every shape comment below):
+    B   batch                       C   latent channels
+    F   frames in the buffer        H, W  latent height and width
+    p   spatial patch size          h, w  token grid (H / p, W / p)
+    S   tokens per frame (h * w)    L   tokens in the buffer (F * S)
+    D   hidden width                n, d  attention heads and head width (D = n * d)
+    Lt  text tokens                 Dt  text encoder width
+    nW  windows                     Wt  tokens per window (Fw * Hw * Ww)
+
+The file reads in the order data flows: embedders, attention, the block, the final layer, the
+model, presets. A block is modulate -> window self-attention -> gate -> cross-attention to text
+-> modulate -> FFN -> gate, with the shift, scale and gate computed per frame from that frame's
+sigma, so one buffer can hold frames at many noise levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F_
+from einops import rearrange
+from torch import Tensor, nn
+
+from .schedule import SigmaWarp
+
+__all__ = ["StreamDiT", "StreamDiTConfig", "TextEmbedding", "PRESETS"]
+
+
+# --------------------------------------------------------------------------------------------
+# Config and presets
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StreamDiTConfig:
+    """Architecture of a StreamDiT; travels inside every checkpoint as JSON.
+
+    The defaults are the ``tiny`` preset: a model that runs in milliseconds on a CPU, for tests.
+    """
+
+    in_channels: int = 4  # latent channels C of the codec the model is paired with
+    patch_size: int = 2  # 1 x p x p patches: time is not patched, so a chunk of c frames is c token frames
+    hidden_size: int = 32  # D
+    depth: int = 2  # blocks; odd-numbered blocks shift their windows
+    num_heads: int = 2  # n; head width d = D / n
+    mlp_ratio: float = 4.0  # FFN hidden = mlp_ratio * D, as in DiT
+    text_dim: int = 32  # Dt, width of the text encoder's token states
+    window: tuple[int, int, int] | None = (4, 4, 4)  # [Fw, Hw, Ww] in tokens; None = full attention
+    frequency_dim: int = 256  # sinusoidal width of the sigma embedding, as in DiT
+    qk_norm: bool = True  # RMSNorm on queries and keys: steadier training at low precision
+    buffer_frames: int = 16  # F of the latent buffer the model is built for
+    latent_size: tuple[int, int] = (8, 8)  # H, W of that buffer
+    sigma_warp: str = "identity"  # the warp the model is trained with (schedule.SigmaWarp.parse)
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"StreamDiTConfig.{field}={getattr(self, field)!r}: {why}")
+
+        for field in ("in_channels", "patch_size", "hidden_size", "depth", "num_heads", "text_dim",
+                      "frequency_dim", "buffer_frames"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(field, "must be an integer >= 1")
+        if self.hidden_size % self.num_heads:
+            raise bad("num_heads", f"must divide hidden_size={self.hidden_size}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise bad("num_heads", "must leave an even head width")
+        if self.frequency_dim % 2:
+            raise bad("frequency_dim", "must be even")
+        if not self.mlp_ratio > 0:
+            raise bad("mlp_ratio", "must be > 0")
+        if self.window is not None:
+            window = tuple(self.window)
+            if len(window) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in window):
+                raise bad("window", "must be three integers >= 1 [Fw, Hw, Ww], or None for full attention")
+            object.__setattr__(self, "window", window)
+        size = tuple(self.latent_size)
+        if len(size) != 2 or any(not isinstance(v, int) or v < 1 or v % self.patch_size for v in size):
+            raise bad("latent_size", f"must be two integers divisible by patch_size={self.patch_size}")
+        object.__setattr__(self, "latent_size", size)
+        try:
+            SigmaWarp.parse(self.sigma_warp)
+        except ValueError as err:
+            raise bad("sigma_warp", str(err)) from None
+
+    @property
+    def warp(self) -> SigmaWarp:
+        return SigmaWarp.parse(self.sigma_warp)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StreamDiTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown StreamDiTConfig fields {unknown}; known fields are {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StreamDiTConfig":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"a StreamDiTConfig is a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def preset(cls, name: str) -> "StreamDiTConfig":
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown StreamDiT preset {name!r}; presets: {', '.join(PRESETS)}") from None
+
+
+PRESETS: dict[str, StreamDiTConfig] = {
+    # Milliseconds per call on a CPU: the engine's tests stream thousands of frames with it.
+    "tiny": StreamDiTConfig(),
+    # The paper's real-time model: about 4B parameters, 8-channel latents of a 4x8x8 temporal
+    # autoencoder, a 16 x 64 x 64 latent buffer (64 frames at 512x512), streamed with c=2, N=8.
+    # Width and depth are ours (the paper gives only the total); 16384 tokens per call.
+    # The paper does not give its window size; [4, 16, 16] tokens spans two chunks in time.
+    "paper-4b": StreamDiTConfig(
+        in_channels=8,
+        patch_size=2,
+        hidden_size=3072,
+        depth=20,
+        num_heads=24,
+        text_dim=4096,
+        window=(4, 16, 16),
+        buffer_frames=16,
+        latent_size=(64, 64),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """Text conditioning: token states and their padding mask.
+
+    Attributes:
+        tokens: ``[B, Lt, Dt]`` (``B = 1`` broadcasts over the latent batch).
+        mask: bool ``[B, Lt]``, True for real tokens; None means every token is real.
+    """
+
+    tokens: Tensor
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens.dim() != 3:
+            raise ValueError(f"text tokens must be [B, Lt, Dt], got {list(self.tokens.shape)}")
+        if self.mask is not None and tuple(self.mask.shape) != tuple(self.tokens.shape[:2]):
+            raise ValueError(
+                f"text mask must be [B, Lt] = {list(self.tokens.shape[:2])}, got {list(self.mask.shape)}"
+            )
+
+    def to(self, device=None, dtype=None) -> "TextEmbedding":
+        mask = None if self.mask is None else self.mask.to(device=device, dtype=torch.bool)
+        return TextEmbedding(self.tokens.to(device=device, dtype=dtype), mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Embedders
+# --------------------------------------------------------------------------------------------
+
+def sigma_embedding(sigma: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of ``1000 * sigma`` (DiT's timestep scale).
+
+    Args:
+        sigma: ``[...]``.
+    Returns:
+        float32 ``[..., dim]``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+    args = 1000.0 * sigma.float()[..., None] * freqs  # [..., half]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [..., dim]
+
+
+class SigmaEmbedder(nn.Module):
+    """Per-frame sigma ``[B, F]`` -> embedding ``[B, F, D]``."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, sigma: Tensor) -> Tensor:
+        freq = sigma_embedding(sigma, self.frequency_dim).to(self.mlp[0].weight.dtype)  # [B, F, 256]
+        return self.mlp(freq)  # [B, F, D]
+
+
+class TextProjection(nn.Module):
+    """Text token states ``[B, Lt, Dt]`` -> ``[B, Lt, D]``, shared by every block's cross-attention."""
+
+    def __init__(self, text_dim: int, hidden_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(text_dim, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.fc2(F_.gelu(self.fc1(tokens), approximate="tanh"))  # [B, Lt, D]
+
+
+def sincos_1d(positions: Tensor, dim: int) -> Tensor:
+    """``[P]`` positions -> ``[P, dim]`` sin/cos features (dim even)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=positions.device) / (dim // 2))
+    args = positions.double()[:, None] * omega  # [P, dim/2]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # [P, dim]
+
+
+def sincos_3d(grid: tuple[int, int, int], dim: int, device=None) -> Tensor:
+    """Fixed 3D position features ``[L, dim]`` for a token grid ``(F, h, w)``.
+
+    Positions count from the buffer's output end (frame 0), not from the start of the stream, so
+    an endless stream never leaves the positions the model was trained on. Each axis gets
+    ``2 * (dim // 6)`` features; the rest are zero.
+    """
+    per_axis = 2 * (dim // 6)
+    f, h, w = (torch.arange(n, device=device) for n in grid)
+    ef, eh, ew = (sincos_1d(a, per_axis) for a in (f, h, w))  # [F, a], [h, a], [w, a]
+    pos = torch.cat([
+        ef[:, None, None].expand(*grid, per_axis),
+        eh[None, :, None].expand(*grid, per_axis),
+        ew[None, None, :].expand(*grid, per_axis),
+    ], dim=-1)  # [F, h, w, 3a]
+    pos = F_.pad(pos, (0, dim - 3 * per_axis))  # [F, h, w, D]
+    return pos.reshape(-1, dim).float()  # [L, D]
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """How a token grid splits into windows for one block.
+
+    Attributes:
+        grid: ``(F, h, w)`` tokens.
+        window: ``(Fw, Hw, Ww)``, each clipped to the grid.
+        padded: the grid rounded up to whole windows; padding tokens are never attended to.
+        shift: cyclic shift per axis: half a window in shifted blocks, 0 where the window covers
+            the whole axis (shifting it would only cut the axis in two).
+    """
+
+    grid: tuple[int, int, int]
+    window: tuple[int, int, int]
+    padded: tuple[int, int, int]
+    shift: tuple[int, int, int]
+
+    @classmethod
+    def build(cls, grid: tuple[int, int, int], window: tuple[int, int, int] | None, shifted: bool) -> "WindowLayout":
+        grid = tuple(grid)
+        win = grid if window is None else tuple(min(wi, gi) for wi, gi in zip(window, grid))
+        padded = tuple(-(-g // wi) * wi for g, wi in zip(grid, win))
+        shift = tuple(wi // 2 if shifted and wi < g else 0 for wi, g in zip(win, grid))
+        return cls(grid, win, padded, shift)
+
+    @property
+    def windows(self) -> int:
+        return math.prod(g // wi for g, wi in zip(self.padded, self.window))
+
+    def mask(self, device) -> Tensor | None:
+        """Which keys each query may see, in rolled window order: bool ``[nW, Wt, Wt]``, or None.
+
+        After the cyclic roll, the last window along a shifted axis holds tokens from both ends
+        of the grid; a token attends only to tokens from its own side of that wrap (Swin's mask),
+        and never to padding. Every token may see itself, so no row is empty.
+        """
+        if not any(self.shift) and self.padded == self.grid:
+            return None
+        region = torch.zeros(self.padded, dtype=torch.int64, device=device)  # [F', h', w']
+        valid = torch.ones(self.padded, dtype=torch.bool, device=device)  # [F', h', w']
+        for axis, (g, gp, sh) in enumerate(zip(self.grid, self.padded, self.shift)):
+            view = [-1 if a == axis else 1 for a in range(3)]
+            pos = torch.arange(gp, device=device)  # [gp], rolled position
+            region = region + ((pos >= gp - sh).long() << axis).view(view)
+            valid = valid & ((pos + sh) % gp < g).view(view)  # original position inside the grid
+        fw, hw, ww = self.window
+        region, valid = (
+            rearrange(t, "(nf fw) (nh hw) (nw ww) -> (nf nh nw) (fw hw ww)", fw=fw, hw=hw, ww=ww)  # [nW, Wt]
+            for t in (region, valid)
+        )
+        eye = torch.eye(region.shape[1], dtype=torch.bool, device=device)  # [Wt, Wt]
+        return (region[:, :, None] == region[:, None, :]) & valid[:, None, :] | eye  # [nW, Wt, Wt]
+
+
+class WindowSelfAttention(nn.Module):
+    """Multi-head self-attention inside 3D windows, optionally shifted by half a window.
+
+    Windows are folded into the head axis, so one ``scaled_dot_product_attention`` call covers
+    them all; a grid that is not a whole number of windows is padded, and padding is masked.
+    Unshifted, unpadded layouts need no mask (the fast kernels apply).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int, int] | None, shifted: bool, qk_norm: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = window
+        self.shifted = shifted
+        head = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self._masks: dict[tuple, Tensor | None] = {}
+
+    def layout(self, grid: tuple[int, int, int]) -> WindowLayout:
+        return WindowLayout.build(grid, self.window, self.shifted)
+
+    def _mask(self, layout: WindowLayout, device) -> Tensor | None:
+        key = (layout, str(device))
+        if key not in self._masks:
+            mask = layout.mask(device)  # [nW, Wt, Wt]
+            if mask is not None:  # [1, nW * n, Wt, Wt] to match windows folded into heads
+                mask = mask[:, None].expand(-1, self.num_heads, -1, -1).reshape(1, -1, *mask.shape[1:])
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """x ``[B, L, D]`` with ``L = F * h * w`` -> ``[B, L, D]``."""
+        B, L, D = x.shape
+        lay = self.layout(grid)
+        (F, h, w), (Fp, hp, wp), (fw, hw, ww) = lay.grid, lay.padded, lay.window
+        x = x.view(B, F, h, w, D)  # [B, F, h, w, D]
+        if lay.padded != lay.grid:
+            x = F_.pad(x, (0, 0, 0, wp - w, 0, hp - h, 0, Fp - F))  # [B, F', h', w', D]
+        if any(lay.shift):
+            x = torch.roll(x, shifts=tuple(-s for s in lay.shift), dims=(1, 2, 3))
+        x = rearrange(x, "b (nf fw) (nh hw) (nw ww) d -> b (nf nh nw) (fw hw ww) d", fw=fw, hw=hw, ww=ww)  # [B, nW, Wt, D]
+        q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b w n t d", k=3, n=self.num_heads)  # 3 x [B, nW, n, Wt, d]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (rearrange(t, "b w n t d -> b (w n) t d") for t in (q, k, v))  # [B, nW*n, Wt, d]
+        o = F_.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(lay, x.device))  # [B, nW*n, Wt, d]
+        o = rearrange(o, "b (w n) t d -> b w t (n d)", n=self.num_heads)  # [B, nW, Wt, D]
+        o = self.proj(o)
+        o = rearrange(o, "b (nf nh nw) (fw hw ww) d -> b (nf fw) (nh hw) (nw ww) d",
+                      nf=Fp // fw, nh=hp // hw, fw=fw, hw=hw, ww=ww)  # [B, F', h', w', D]
+        if any(lay.shift):
+            o = torch.roll(o, shifts=lay.shift, dims=(1, 2, 3))
+        return o[:, :F, :h, :w].reshape(B, L, D)  # [B, L, D]
+
+
+class CrossAttention(nn.Module):
+    """Video tokens attend to text tokens; padded text tokens are masked out."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        head = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.q_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+        """x ``[B, L, D]``, context ``[B, Lt, D]``, mask bool ``[B, Lt]`` -> ``[B, L, D]``.
+
+        A sample with no real text token gets a zero update (the unconditional branch).
+        """
+        q = rearrange(self.q(x), "b l (n d) -> b n l d", n=self.num_heads)  # [B, n, L, d]
+        k, v = rearrange(self.kv(context), "b t (k n d) -> k b n t d", k=2, n=self.num_heads)  # 2 x [B, n, Lt, d]
+        q, k = self.q_norm(q), self.k_norm(k)
+        keep = None
+        attn_mask = None
+        if mask is not None:
+            keep = mask.any(dim=1)  # [B]
+            attn_mask = (mask | ~keep[:, None])[:, None, None, :]  # [B, 1, 1, Lt]
+        o = F_.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, n, L, d]
+        o = self.proj(rearrange(o, "b n l d -> b l (n d)"))  # [B, L, D]
+        if keep is not None and not bool(keep.all()):
+            o = o * keep[:, None, None].to(o.dtype)
+        return o
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F_.gelu(self.fc1(x), approximate="tanh"))
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor, frames: int) -> Tensor:
+    """Per-frame adaLN: x ``[B, L, D]``, shift and scale ``[B, F, D]`` -> ``[B, L, D]``."""
+    B, L, D = x.shape
+    x = x.view(B, frames, L // frames, D)  # [B, F, S, D]
+    return (x * (1 + scale[:, :, None]) + shift[:, :, None]).view(B, L, D)
+
+
+def gate(x: Tensor, g: Tensor, frames: int) -> Tensor:
+    """Per-frame gate: x ``[B, L, D]`` times g ``[B, F, D]``."""
+    B, L, D = x.shape
+    return (x.view(B, frames, L // frames, D) * g[:, :, None]).view(B, L, D)
+
+
+class StreamDiTBlock(nn.Module):
+    """modulate -> window self-attention -> gate -> cross-attention -> modulate -> FFN -> gate."""
+
+    def __init__(self, cfg: StreamDiTConfig, shifted: bool):
+        super().__init__()
+        D = cfg.hidden_size
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.attn = WindowSelfAttention(D, cfg.num_heads, cfg.window, shifted, cfg.qk_norm)
+        self.norm2 = nn.LayerNorm(D, eps=1e-6)
+        self.cross_attn = CrossAttention(D, cfg.num_heads, cfg.qk_norm)
+        self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(self, x: Tensor, t: Tensor, grid: tuple[int, int, int],
+                context: Tensor | None, mask: Tensor | None) -> Tensor:
+        """x ``[B, L, D]``, t ``[B, F, D]`` (per-frame sigma embedding) -> ``[B, L, D]``."""
+        F = grid[0]
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(t).chunk(6, dim=-1)  # 6 x [B, F, D]
+        x = x + gate(self.attn(modulate(self.norm1(x), shift_a, scale_a, F), grid), gate_a, F)
+        if context is not None:
+            x = x + self.cross_attn(self.norm2(x), context, mask)
+        x = x + gate(self.mlp(modulate(self.norm3(x), shift_m, scale_m, F)), gate_m, F)
+        return x
+
+
+class FinalLayer(nn.Module):
+    """Per-frame adaLN then a linear map to patches of velocity."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: Tensor, t: Tensor, frames: int) -> Tensor:
+        shift, scale = self.adaLN_modulation(t).chunk(2, dim=-1)  # 2 x [B, F, D]
+        return self.linear(modulate(self.norm_final(x), shift, scale, frames))  # [B, L, p*p*C]
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+class StreamDiT(nn.Module):
+    """The velocity model ``v = model(x, sigma, text)``.
+
+    Args (forward):
+        x: latents ``[B, C, F, H, W]``; frame 0 is the buffer's output end.
+        sigma: per-frame noise level ``[B, F]``.
+        text: :class:`TextEmbedding` (or bare tokens ``[B, Lt, Dt]``), or None for no text.
+    Returns:
+        velocity ``[B, C, F, H, W]`` in x's dtype.
+    """
+
+    def __init__(self, config: StreamDiTConfig | None = None):
+        super().__init__()
+        cfg = config or StreamDiTConfig()
+        self.config = cfg
+        D, p = cfg.hidden_size, cfg.patch_size
+        self.x_embedder = nn.Linear(cfg.in_channels * p * p, D)
+        self.t_embedder = SigmaEmbedder(D, cfg.frequency_dim)
+        self.y_embedder = TextProjection(cfg.text_dim, D)
+        self.blocks = nn.ModuleList(StreamDiTBlock(cfg, shifted=i % 2 == 1) for i in range(cfg.depth))
+        self.final_layer = FinalLayer(D, p, cfg.in_channels)
+        self._pos: dict[tuple, Tensor] = {}
+        self.initialize_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "StreamDiT":
+        cfg = StreamDiTConfig.preset(name)
+        return cls(dataclasses.replace(cfg, **overrides) if overrides else cfg)
+
+    def initialize_weights(self) -> None:
+        # Linear layers: Xavier-uniform weights, zero biases (as DiT).
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        # The sigma MLP starts small and trainable.
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block's shift, scale and gate start at 0, so a new block is the
+        # identity; the ungated cross-attention starts at 0 through its output projection.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            nn.init.zeros_(block.cross_attn.proj.weight)
+            nn.init.zeros_(block.cross_attn.proj.bias)
+        # The output layer starts at zero velocity.
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def _positions(self, grid: tuple[int, int, int], device, dtype) -> Tensor:
+        key = (grid, str(device), dtype)
+        if key not in self._pos:
+            self._pos[key] = sincos_3d(grid, self.config.hidden_size, device).to(dtype)  # [L, D]
+        return self._pos[key]
+
+    def _check(self, x: Tensor, sigma: Tensor) -> None:
+        cfg = self.config
+        if x.dim() != 5 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must be latents [B, C={cfg.in_channels}, F, H, W], got {list(x.shape)}")
+        H, W = x.shape[-2:]
+        if H % cfg.patch_size or W % cfg.patch_size:
+            raise ValueError(f"latent H, W = {H}, {W} must be multiples of patch_size={cfg.patch_size}")
+        if tuple(sigma.shape) != (x.shape[0], x.shape[2]):
+            raise ValueError(f"sigma must be [B, F] = {[x.shape[0], x.shape[2]]}, got {list(sigma.shape)}")
+
+    def _text(self, text, batch: int, device, dtype) -> tuple[Tensor | None, Tensor | None]:
+        if text is None:
+            return None, None
+        if isinstance(text, Tensor):
+            text = TextEmbedding(text)
+        if not isinstance(text, TextEmbedding):
+            raise TypeError(f"text must be a TextEmbedding, a [B, Lt, Dt] tensor or None, got {type(text).__name__}")
+        tokens, mask = text.tokens, text.mask
+        if tokens.shape[-1] != self.config.text_dim:
+            raise ValueError(f"text tokens must have width Dt={self.config.text_dim}, got {list(tokens.shape)}")
+        if tokens.shape[0] not in (1, batch):
+            raise ValueError(f"text batch {tokens.shape[0]} does not match latent batch {batch} (or 1)")
+        context = self.y_embedder(tokens.to(device=device, dtype=dtype)).expand(batch, -1, -1)  # [B, Lt, D]
+        if mask is not None:
+            mask = mask.to(device=device, dtype=torch.bool).expand(batch, -1)  # [B, Lt]
+            if bool(mask.all()):
+                mask = None
+        return context, mask
+
+    def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | Tensor | None = None) -> Tensor:
+        self._check(x, sigma)
+        cfg = self.config
+        p = cfg.patch_size
+        dtype = self.x_embedder.weight.dtype
+        B, C, F, H, W = x.shape
+        grid = (F, H // p, W // p)
+        tokens = rearrange(x.to(dtype), "b c f (h p) (w q) -> b (f h w) (c p q)", p=p, q=p)  # [B, L, C*p*p]
+        h = self.x_embedder(tokens) + self._positions(grid, x.device, dtype)  # [B, L, D]
+        t = self.t_embedder(sigma.to(x.device))  # [B, F, D]
+        context, mask = self._text(text, B, x.device, dtype)  # [B, Lt, D], [B, Lt]
+        for block in self.blocks:
+            h = block(h, t, grid, context, mask)  # [B, L, D]
+        out = self.final_layer(h, t, F)  # [B, L, p*p*C]
+        v = rearrange(out, "b (f h w) (c p q) -> b c f (h p) (w q)", f=F, h=grid[1], w=grid[2], p=p, q=p)  # [B, C, F, H, W]
+        return v.to(x.dtype)
