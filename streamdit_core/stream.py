@@ -1,0 +1,413 @@
+"""The moving buffer: StreamDiT inference over any velocity model.
+
+A :class:`Streamer` holds ``B`` latent frames ``[b, C, B, H, W]`` whose noise levels rise from
+the output end (frame 0) to the input end. Each :meth:`Streamer.step` is one model call that
+moves every chunk one micro step down its band. After ``s`` calls the oldest chunk is clean: its
+``c`` frames leave as an :class:`EmittedChunk`, the other chunks move one band down, and ``c``
+fresh frames enter at the top. ``K`` clean reference frames (the last frames emitted) sit at the
+output end as context and are never changed by a step.
+
+The velocity protocol is ``model(x [b, C, B, H, W], sigma [b, B], text) -> v`` like x; ``text``
+is handed to the model untouched, and may be replaced between any two calls (prompt switch).
+
+Noise is drawn on the CPU from the stream's own generator, in this order: one
+``randn([b, C, B, H, W])`` per buffer fill (the constructor's cold fill, then any later
+``reset``, ``warm_start`` or ``fill_video``), then one ``randn([b, C, c, H, W])`` per admitted
+chunk. So a seed gives the same stream on every device, and a plain Euler sampler can reproduce it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from .schedule import IDENTITY, Partition, SigmaWarp, add_noise, frame_sigma_table
+
+__all__ = ["Streamer", "StreamState", "EmittedChunk", "StreamError"]
+
+VelocityModel = Callable[[Tensor, Tensor, Any], Tensor]
+
+
+class StreamError(RuntimeError):
+    """A stream asked to do something its state cannot (nothing already emitted is lost)."""
+
+
+@dataclass(frozen=True)
+class EmittedChunk:
+    """Clean frames leaving the buffer.
+
+    Attributes:
+        latents: ``[b, C, c, H, W]``.
+        index: absolute index of the first frame in the stream (frames count from 0 in order).
+        calls: model calls made by the stream when these frames left.
+    """
+
+    latents: Tensor
+    index: int
+    calls: int
+
+    @property
+    def frames(self) -> int:
+        return self.latents.shape[2]
+
+
+@dataclass
+class StreamState:
+    """Everything a stream needs to continue: inspect it, clone it, resume from it.
+
+    Attributes:
+        partition: the buffer layout (K, N, c, s).
+        warp: the sigma warp of the schedule.
+        scale: grid scale in (0, 1]: 1 for text-to-video, the strength for video-to-video.
+        x: the buffer ``[b, C, B, H, W]``; frame 0 is the output end.
+        sigma: per-frame noise level ``[B]`` before the next call (float64, from the table).
+        step: micro step within the current cycle, ``0..s-1``.
+        calls: model calls so far.
+        frame_index: int64 ``[B]``, the absolute stream index of the frame in each slot
+            (-1 for a reference slot that holds no emitted frame yet).
+        next_index: the index the next admitted frame will get.
+        source: clean latents ``[b, C, n, H, W]`` queued for video-to-video admission, or None.
+        generator: the CPU generator all noise is drawn from.
+    """
+
+    partition: Partition
+    warp: SigmaWarp
+    scale: float
+    x: Tensor
+    sigma: Tensor
+    step: int
+    calls: int
+    frame_index: Tensor
+    next_index: int
+    source: Tensor | None = None
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    def clone(self) -> "StreamState":
+        """A deep copy, generator included: continuing it never touches the original."""
+        gen = torch.Generator()
+        gen.set_state(self.generator.get_state())
+        return StreamState(
+            partition=self.partition,
+            warp=self.warp,
+            scale=self.scale,
+            x=self.x.clone(),
+            sigma=self.sigma.clone(),
+            step=self.step,
+            calls=self.calls,
+            frame_index=self.frame_index.clone(),
+            next_index=self.next_index,
+            source=None if self.source is None else self.source.clone(),
+            generator=gen,
+        )
+
+    def tensors(self) -> list[Tensor]:
+        """The tensors the state holds (a stream's whole memory besides the model)."""
+        held = [self.x, self.sigma, self.frame_index, self.generator.get_state()]
+        return held + ([] if self.source is None else [self.source])
+
+
+def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device, (p.dtype if p.dtype.is_floating_point else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+class Streamer:
+    """StreamDiT inference over a velocity model.
+
+    Args:
+        model: ``model(x [b, C, B, H, W], sigma [b, B], text) -> v``.
+        partition: the buffer layout.
+        latent_shape: ``(C, H, W)`` of one latent frame.
+        text: conditioning handed to the model (replace it with :meth:`set_text`).
+        batch: streams sampled side by side.
+        warp: the sigma warp; default: the model's ``config.warp`` if it has one, else identity.
+        seed: seeds the stream's CPU generator.
+        device, dtype: of the buffer; default: the model's parameters', else CPU float32. A
+            low-precision model still gets a float32 buffer unless dtype says otherwise.
+
+    The buffer starts as pure noise at each chunk's level (a cold start: frames that begin in a
+    lower band were never denoised from sigma 1, so the first ``N - 1`` chunks out are rough).
+    Call :meth:`warm_start` for a clean start, or :meth:`fill_video` for video-to-video.
+    """
+
+    def __init__(
+        self,
+        model: VelocityModel,
+        partition: Partition,
+        latent_shape: tuple[int, int, int],
+        *,
+        text: Any = None,
+        batch: int = 1,
+        warp: SigmaWarp | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        if not isinstance(partition, Partition):
+            raise TypeError(f"partition must be a Partition, got {type(partition).__name__}")
+        if len(latent_shape) != 3 or any(int(n) < 1 for n in latent_shape):
+            raise ValueError(f"latent_shape must be (C, H, W) of positive sizes, got {tuple(latent_shape)}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if warp is None:
+            config = getattr(model, "config", None)
+            warp = getattr(config, "warp", IDENTITY)
+        model_device, model_dtype = _model_device_dtype(model)
+        self.model = model
+        self.text = text
+        self.device = torch.device(device) if device is not None else model_device
+        self.dtype = dtype or (model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32)
+        self.latent_shape = tuple(int(n) for n in latent_shape)
+        self.batch = batch
+        empty = torch.empty(0)
+        self.state = StreamState(
+            partition=partition, warp=warp, scale=1.0, x=empty, sigma=empty, step=0, calls=0,
+            frame_index=empty, next_index=0, generator=torch.Generator().manual_seed(seed),
+        )
+        self.reset()
+
+    # ---------------------------------------------------------------------------------- setup
+
+    @classmethod
+    def resume(cls, model: VelocityModel, state: StreamState, *, text: Any = None) -> "Streamer":
+        """A streamer that continues ``state`` (which it then owns; clone it to keep a copy)."""
+        C, H, W = state.x.shape[1], state.x.shape[3], state.x.shape[4]
+        self = cls.__new__(cls)
+        self.model = model
+        self.text = text
+        self.device = state.x.device
+        self.dtype = state.x.dtype
+        self.latent_shape = (C, H, W)
+        self.batch = state.x.shape[0]
+        self.state = state
+        self._set_scale(state.scale)
+        return self
+
+    @property
+    def partition(self) -> Partition:
+        return self.state.partition
+
+    def _noise(self, gen: torch.Generator, frames: int) -> Tensor:
+        C, H, W = self.latent_shape
+        eps = torch.randn((self.batch, C, frames, H, W), generator=gen)  # [b, C, frames, H, W]
+        return eps.to(device=self.device, dtype=self.dtype)
+
+    def _set_scale(self, scale: float) -> None:
+        st = self.state
+        st.scale = float(scale)
+        # float64 [s+1, B] levels of a cycle; the model and the update see them in the buffer dtype.
+        self._table64 = frame_sigma_table(st.partition, st.warp, st.scale)
+        self._table = self._table64.to(device=self.device, dtype=self.dtype)
+        st.sigma = self._table64[st.step].clone()
+
+    def _restart(self, x: Tensor, scale: float, refs_are_frames: bool) -> EmittedChunk | None:
+        """Installs a new buffer at step 0 and numbers its frames.
+
+        With ``refs_are_frames`` the ``K`` reference slots hold the video's first frames
+        (indices ``0..K-1``, returned as a chunk) and the chunks count on from ``K``; otherwise
+        reference slots hold no frame (-1) and the chunks count from 0.
+        """
+        st, K, B = self.state, self.partition.K, self.partition.B
+        st.x, st.step, st.source = x, 0, None
+        self._set_scale(scale)
+        first = K if refs_are_frames else 0
+        refs = torch.arange(K) if refs_are_frames else torch.full((K,), -1)
+        st.frame_index = torch.cat([refs, torch.arange(first, first + B - K)])
+        st.next_index = first + B - K
+        if refs_are_frames and K:
+            return EmittedChunk(latents=x[:, :, :K].clone(), index=0, calls=st.calls)
+        return None
+
+    def set_text(self, text: Any) -> None:
+        """Replaces the conditioning from the next call on (a prompt switch)."""
+        self.text = text
+
+    def reset(self, text: Any = None) -> None:
+        """Cold start: a new noise buffer at each chunk's level, zero reference frames.
+
+        See the class note: the first ``N - 1`` chunks out were never denoised from sigma 1.
+        """
+        if text is not None:
+            self.text = text
+        x = self._noise(self.state.generator, self.partition.B)
+        x[:, :, :self.partition.K] = 0
+        self._restart(x, 1.0, refs_are_frames=False)
+
+    @torch.no_grad()
+    def warm_start(self, text: Any = None, steps: int | None = None) -> EmittedChunk | None:
+        """Starts the stream from uniform sampling of the whole buffer (the paper's Fig. 13).
+
+        Runs ``steps`` Euler steps of ordinary text-to-video over all ``B`` frames (default
+        ``T``; must be a multiple of ``N``) and caches, for chunk ``j``, its frames at the moment
+        the shared level reaches that chunk's starting level; reference frames take the clean
+        result. Uses ``steps - steps / N`` calls (all ``steps`` when ``K > 0``). The stream is
+        unchanged until the last call returns.
+
+        Returns:
+            the ``K`` clean reference frames, which open the video, or None when ``K = 0``.
+        """
+        if text is not None:
+            self.text = text
+        P, st = self.partition, self.state
+        steps = P.T if steps is None else steps
+        if steps < P.N or steps % P.N:
+            raise ValueError(f"warm-start steps={steps} must be a multiple of N={P.N} so each chunk's level is on the grid")
+        gen = torch.Generator()
+        gen.set_state(st.generator.get_state())
+        x = self._noise(gen, P.B)  # [b, C, B, H, W]
+        u = torch.arange(steps, -1, -1, dtype=torch.float64) / steps  # [steps+1], 1 -> 0
+        grid = st.warp(u * st.scale).to(device=self.device, dtype=self.dtype)  # [steps+1]
+        per_band = steps // P.N
+        # Chunk j starts at u = (j+1)/N, which the shared level reaches after steps - (j+1) * per_band steps.
+        start = {steps - (j + 1) * per_band: j for j in range(P.N)}
+        last = steps if P.K else steps - per_band
+        filled = x.clone()
+        for k in range(last + 1):
+            if k in start:
+                lo = P.K + start[k] * P.c
+                filled[:, :, lo:lo + P.c] = x[:, :, lo:lo + P.c]
+            if k < last:
+                v = self._call(x, grid[k].expand(self.batch, P.B))
+                x = x - (grid[k] - grid[k + 1]) * v
+        filled[:, :, :P.K] = x[:, :, :P.K]
+        st.generator = gen
+        return self._restart(filled, st.scale, refs_are_frames=True)
+
+    def fill_video(self, latents: Tensor, strength: float = 1.0, text: Any = None) -> EmittedChunk | None:
+        """Video-to-video fill: noises clean latents to each chunk's level.
+
+        With ``strength < 1`` the whole schedule shrinks to ``[0, strength]`` (before the warp):
+        chunks keep that much of the source, and every later chunk must also come from source
+        frames, queued with :meth:`feed`. The ``K`` reference slots take the first frames as
+        they are; frame ``i`` of the source comes out as stream frame ``i``.
+
+        Args:
+            latents: clean latents ``[b, C, n, H, W]`` with ``n >= B`` (``b`` may be 1 to
+                broadcast); frames beyond ``B`` are queued as if fed.
+            strength: in (0, 1]; 1 keeps only what survives pure noise, that is nothing.
+        Returns:
+            the reference frames (the source's first ``K``), or None when ``K = 0``.
+        """
+        P = self.partition
+        latents = self._check_source(latents)
+        if latents.shape[2] < P.B:
+            raise ValueError(
+                f"video-to-video fill needs at least B={P.B} latent frames, got {latents.shape[2]}; "
+                "pad the clip (repeat its last frame) or use a shorter buffer"
+            )
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if text is not None:
+            self.text = text
+        sigma = frame_sigma_table(P, self.state.warp, strength)[0].to(device=self.device, dtype=self.dtype)  # [B]
+        eps = self._noise(self.state.generator, P.B)
+        x = add_noise(latents[:, :, :P.B], eps, sigma.expand(self.batch, P.B))
+        refs = self._restart(x, strength, refs_are_frames=True)
+        rest = latents[:, :, P.B:]
+        self.state.source = rest if rest.shape[2] else None
+        return refs
+
+    def feed(self, latents: Tensor) -> None:
+        """Queues clean source latents ``[b, C, n, H, W]`` for the next admitted chunks."""
+        latents = self._check_source(latents)
+        st = self.state
+        st.source = latents if st.source is None else torch.cat([st.source, latents], dim=2)
+
+    def _check_source(self, latents: Tensor) -> Tensor:
+        C, H, W = self.latent_shape
+        if latents.dim() != 5 or latents.shape[0] not in (1, self.batch) or tuple(latents.shape[i] for i in (1, 3, 4)) != (C, H, W):
+            raise ValueError(
+                f"source latents must be [b={self.batch} or 1, C={C}, frames, H={H}, W={W}], got {list(latents.shape)}"
+            )
+        return latents.to(device=self.device, dtype=self.dtype).expand(self.batch, -1, -1, -1, -1)
+
+    # ------------------------------------------------------------------------------ streaming
+
+    def _call(self, x: Tensor, sigma: Tensor) -> Tensor:
+        v = self.model(x, sigma, self.text)
+        if not isinstance(v, Tensor) or v.shape != x.shape:
+            got = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise StreamError(f"the velocity model returned {got} for latents {list(x.shape)}; it must return v like x")
+        self.state.calls += 1
+        return v.to(self.dtype)
+
+    @torch.no_grad()
+    def step(self) -> EmittedChunk | None:
+        """One model call: every chunk moves one micro step down; returns the frames that left.
+
+        The state changes only after the call returns, so an error or an interrupt in the model
+        leaves the stream where it was.
+        """
+        st, P = self.state, self.partition
+        m = st.step
+        if m == P.s - 1:
+            self._check_admission()  # before the call: a stream that cannot shift stays as it is
+        sigma_now, sigma_next = self._table[m], self._table[m + 1]  # [B], [B]
+        v = self._call(st.x, sigma_now.expand(self.batch, P.B))
+        d = (sigma_now - sigma_next)[P.K:].view(1, 1, -1, 1, 1)  # [1, 1, B-K, 1, 1]
+        # Euler on the chunks; reference frames are copied, not stepped.
+        st.x = torch.cat([st.x[:, :, :P.K], st.x[:, :, P.K:] - d * v[:, :, P.K:]], dim=2)  # [b, C, B, H, W]
+        st.step = m + 1
+        if st.step < P.s:
+            st.sigma = self._table64[st.step].clone()
+            return None
+        return self._shift()
+
+    def _queued(self) -> int:
+        return 0 if self.state.source is None else self.state.source.shape[2]
+
+    def _check_admission(self) -> None:
+        st, c = self.state, self.partition.c
+        if st.scale < 1 and self._queued() < c:
+            raise StreamError(
+                f"this video-to-video stream (strength {st.scale:g}) needs {c} more source frames "
+                f"to admit its next chunk but has {self._queued()}; feed() more latents (to flush a clip's "
+                f"last frames, feed its last frame {self.partition.N * c} times). The stream is unchanged."
+            )
+
+    def _admit(self) -> Tensor:
+        """The ``c`` frames entering at the top level: fresh noise, or noised source frames."""
+        st, P = self.state, self.partition
+        eps = self._noise(st.generator, P.c)  # [b, C, c, H, W]
+        if self._queued() < P.c:
+            return eps
+        clean, rest = st.source[:, :, :P.c], st.source[:, :, P.c:]
+        st.source = rest if rest.shape[2] else None
+        top = self._table[0, -1].expand(self.batch, P.c)  # [b, c]
+        return add_noise(clean, eps, top)
+
+    def _shift(self) -> EmittedChunk:
+        st, P = self.state, self.partition
+        K, c = P.K, P.c
+        entering = self._admit()
+        out = st.x[:, :, K:K + c].clone()  # [b, C, c, H, W]
+        index = int(st.frame_index[K])
+        refs = torch.cat([st.x[:, :, :K], out], dim=2)[:, :, -K:] if K else st.x[:, :, :0]  # [b, C, K, H, W]
+        st.x = torch.cat([refs, st.x[:, :, K + c:], entering], dim=2)  # [b, C, B, H, W]
+        ids = torch.arange(st.next_index, st.next_index + c)
+        ref_ids = torch.cat([st.frame_index[:K], st.frame_index[K:K + c]])[-K:] if K else st.frame_index[:0]
+        st.frame_index = torch.cat([ref_ids, st.frame_index[K + c:], ids])
+        st.next_index += c
+        st.step = 0
+        st.sigma = self._table64[0].clone()
+        return EmittedChunk(latents=out, index=index, calls=st.calls)
+
+    def next_chunk(self) -> EmittedChunk:
+        """Calls the model until a chunk leaves (``s`` calls, fewer mid-cycle)."""
+        while True:
+            chunk = self.step()
+            if chunk is not None:
+                return chunk
+
+    def chunks(self, count: int | None = None) -> Iterator[EmittedChunk]:
+        """Yields ``count`` emitted chunks (endless when None)."""
+        emitted = 0
+        while count is None or emitted < count:
+            yield self.next_chunk()
+            emitted += 1
