@@ -1,0 +1,142 @@
+"""Checkpoints: safetensors weights with the model config as JSON metadata.
+
+A checkpoint alone rebuilds its model: ``load_checkpoint(path)`` reads the config from the
+metadata, builds a :class:`StreamDiT` and loads the weights. Metadata keys:
+
+    format          "streamdit"
+    format_version  "1"
+    config          StreamDiTConfig as JSON
+    ...             anything the caller adds (training step, data, notes), as strings
+
+Every failure names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .model import StreamDiT, StreamDiTConfig
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_config", "read_metadata"]
+
+FORMAT = "streamdit"
+FORMAT_VERSION = "1"
+_RESERVED = ("format", "format_version", "config")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def save_checkpoint(model: StreamDiT, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Writes ``model`` with its config to ``path`` (``.safetensors``).
+
+    The file is written beside its target and renamed into place, so an interrupted save never
+    leaves a half-written checkpoint under the final name.
+
+    Args:
+        metadata: extra string entries; the reserved keys ``format``, ``format_version`` and
+            ``config`` are refused.
+    """
+    path = Path(path)
+    extra = dict(metadata or {})
+    clash = [k for k in extra if k in _RESERVED]
+    if clash:
+        raise ValueError(f"metadata keys {clash} are reserved for the checkpoint format")
+    if any(not isinstance(v, str) for v in extra.values()):
+        raise ValueError("checkpoint metadata values must be strings (json.dumps anything else)")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json(), **extra}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The checkpoint's metadata, after checking it is a StreamDiT checkpoint of a known version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for every malformed header
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({err}); it may be truncated or corrupted, "
+            "so copy or save it again"
+        ) from None
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(
+            f"{path}: a safetensors file without StreamDiT metadata (format={meta.get('format')!r}); "
+            "StreamDiT checkpoints are written by streamdit_core.save_checkpoint"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {meta.get('format_version')!r}; this library reads "
+            f"version {FORMAT_VERSION}. Update ComfyUI-StreamDiT"
+        )
+    return meta
+
+
+def read_config(path: str | os.PathLike) -> StreamDiTConfig:
+    """The config stored in a checkpoint, without loading its weights."""
+    meta = read_metadata(path)
+    try:
+        return StreamDiTConfig.from_json(meta["config"])
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: its stored config is not valid: {err}") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> StreamDiT:
+    """Rebuilds the model a checkpoint holds, in eval mode.
+
+    Args:
+        device: where to put it (default CPU).
+        dtype: floating dtype to cast to (default: as stored).
+    """
+    config = read_config(path)
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        model = StreamDiT(config)
+    expected = model.state_dict()
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = set(f.keys())
+            missing = sorted(set(expected) - keys)
+            unexpected = sorted(keys - set(expected))
+            if missing or unexpected:
+                raise CheckpointError(
+                    f"{path}: its weights do not match its config: missing {_few(missing)}, "
+                    f"unexpected {_few(unexpected)}"
+                )
+            tensors = {k: f.get_tensor(k) for k in expected}
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{path}: could not read its tensors ({err}); the file may be truncated or corrupted") from None
+    wrong = [f"{k} {list(v.shape)} (config needs {list(expected[k].shape)})"
+             for k, v in tensors.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise CheckpointError(f"{path}: tensor shapes do not match its config: {_few(wrong)}")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {_few(bad)}")
+    model.load_state_dict(tensors, assign=True)
+    return model.to(device=device or "cpu", dtype=dtype).eval()
+
+
+def _few(items: list[str], limit: int = 5) -> str:
+    if not items:
+        return "none"
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
