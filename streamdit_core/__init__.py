@@ -1,0 +1,35 @@
+"""StreamDiT: real-time streaming text-to-video with a moving-buffer flow-matching DiT.
+
+Pure torch; imports nothing from ComfyUI. The public surface:
+
+- :class:`Partition`, :class:`SigmaWarp`, :class:`MixedPartitions`: the schedule (``schedule.py``).
+- :class:`Streamer`: the moving buffer over any velocity model ``model(x, sigma, text) -> v``.
+- :class:`StreamDiT`, :class:`StreamDiTConfig`, :data:`PRESETS`: the model.
+- :func:`save_checkpoint`, :func:`load_checkpoint`: safetensors with the config inside.
+"""
+
+from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
+from .model import PRESETS, StreamDiT, StreamDiTConfig, TextEmbedding
+from .schedule import MixedPartitions, Partition, SigmaWarp, TrainingNoise
+from .stream import EmittedChunk, StreamError, Streamer, StreamState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "EmittedChunk",
+    "MixedPartitions",
+    "PRESETS",
+    "Partition",
+    "SigmaWarp",
+    "StreamDiT",
+    "StreamDiTConfig",
+    "StreamError",
+    "StreamState",
+    "Streamer",
+    "TextEmbedding",
+    "TrainingNoise",
+    "load_checkpoint",
+    "read_config",
+    "save_checkpoint",
+]

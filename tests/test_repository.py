@@ -1,0 +1,66 @@
+"""The repository as ComfyUI, the Comfy registry, CI and a reader of the README see it."""
+
+import ast
+import importlib.util
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_pack_root_is_a_comfyui_entry_point():
+    spec = importlib.util.spec_from_file_location("streamdit_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    assert isinstance(pack.NODE_CLASS_MAPPINGS, dict)
+    assert isinstance(pack.NODE_DISPLAY_NAME_MAPPINGS, dict)
+    assert (ROOT / pack.WEB_DIRECTORY).is_dir()
+
+
+def test_pyproject_has_the_registry_section():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(data["tool"]["comfy"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", data["project"]["version"])
+    assert "Repository" in data["project"]["urls"]
+
+
+def test_the_core_imports_nothing_from_comfyui():
+    comfy = {"comfy", "comfy_extras", "comfy_execution", "comfy_api", "folder_paths", "server", "nodes", "execution"}
+    offenders = []
+    for path in (ROOT / "streamdit_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in comfy]
+    assert not offenders
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"^TEST_COMMAND='(.+)'$", ci, re.M).group(1)
+    assert command in readme.splitlines()
+    assert "$TEST_COMMAND" in ci.splitlines()[-1]
+
+
+def test_the_readme_library_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    for code in blocks:
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_run_command_runs():
+    result = subprocess.run([sys.executable, "-m", "streamdit_core.demo", "--frames", "200"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "law of 32 Euler steps" in result.stdout and "ms per call" in result.stdout
+    assert "python -m streamdit_core.demo" in (ROOT / "README.md").read_text()
