@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
@@ -379,20 +377,3 @@ class MixedPartitions:
         sigma = torch.where(uniform[:, None], flat, sigma)
         chunk = torch.where(uniform, torch.full_like(chunk, self.B), chunk)
         return TrainingNoise(sigma=sigma.float(), chunk_size=chunk)
-
-
-def check_sigma(sigma: Tensor, batch: int, frames: int, what: str = "sigma") -> None:
-    """Raises a ValueError naming the shape unless ``sigma`` is ``[batch, frames]``."""
-    if tuple(sigma.shape) != (batch, frames):
-        raise ValueError(f"{what} must be [B, F] = [{batch}, {frames}], got {list(sigma.shape)}")
-
-
-def as_partition(value: Partition | Sequence[int]) -> Partition:
-    """Accepts a Partition or a ``(K, N, c, s)`` sequence."""
-    if isinstance(value, Partition):
-        return value
-    try:
-        K, N, c, s = value
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a Partition or (K, N, c, s), got {value!r}") from None
-    return Partition(K, N, c, s)

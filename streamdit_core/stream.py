@@ -63,7 +63,6 @@ class StreamState:
         warp: the sigma warp of the schedule.
         scale: grid scale in (0, 1]: 1 for text-to-video, the strength for video-to-video.
         x: the buffer ``[b, C, B, H, W]``; frame 0 is the output end.
-        sigma: per-frame noise level ``[B]`` before the next call (float64, from the table).
         step: micro step within the current cycle, ``0..s-1``.
         calls: model calls so far.
         frame_index: int64 ``[B]``, the absolute stream index of the frame in each slot
@@ -77,7 +76,6 @@ class StreamState:
     warp: SigmaWarp
     scale: float
     x: Tensor
-    sigma: Tensor
     step: int
     calls: int
     frame_index: Tensor
@@ -94,7 +92,6 @@ class StreamState:
             warp=self.warp,
             scale=self.scale,
             x=self.x.clone(),
-            sigma=self.sigma.clone(),
             step=self.step,
             calls=self.calls,
             frame_index=self.frame_index.clone(),
@@ -103,9 +100,14 @@ class StreamState:
             generator=gen,
         )
 
+    @property
+    def sigma(self) -> Tensor:
+        """Per-frame noise level ``[B]`` (float64) the next call will see."""
+        return frame_sigma_table(self.partition, self.warp, self.scale)[self.step]
+
     def tensors(self) -> list[Tensor]:
         """The tensors the state holds (a stream's whole memory besides the model)."""
-        held = [self.x, self.sigma, self.frame_index, self.generator.get_state()]
+        held = [self.x, self.frame_index, self.generator.get_state()]
         return held + ([] if self.source is None else [self.source])
 
 
@@ -167,7 +169,7 @@ class Streamer:
         self.batch = batch
         empty = torch.empty(0)
         self.state = StreamState(
-            partition=partition, warp=warp, scale=1.0, x=empty, sigma=empty, step=0, calls=0,
+            partition=partition, warp=warp, scale=1.0, x=empty, step=0, calls=0,
             frame_index=empty, next_index=0, generator=torch.Generator().manual_seed(seed),
         )
         self.reset()
@@ -186,7 +188,7 @@ class Streamer:
         self.latent_shape = (C, H, W)
         self.batch = state.x.shape[0]
         self.state = state
-        self._set_scale(state.scale)
+        self._build_table()
         return self
 
     @property
@@ -198,13 +200,10 @@ class Streamer:
         eps = torch.randn((self.batch, C, frames, H, W), generator=gen)  # [b, C, frames, H, W]
         return eps.to(device=self.device, dtype=self.dtype)
 
-    def _set_scale(self, scale: float) -> None:
+    def _build_table(self) -> None:
+        """Caches the cycle's ``[s+1, B]`` levels in the buffer's device and dtype."""
         st = self.state
-        st.scale = float(scale)
-        # float64 [s+1, B] levels of a cycle; the model and the update see them in the buffer dtype.
-        self._table64 = frame_sigma_table(st.partition, st.warp, st.scale)
-        self._table = self._table64.to(device=self.device, dtype=self.dtype)
-        st.sigma = self._table64[st.step].clone()
+        self._table = frame_sigma_table(st.partition, st.warp, st.scale).to(device=self.device, dtype=self.dtype)
 
     def _restart(self, x: Tensor, scale: float, refs_are_frames: bool) -> EmittedChunk | None:
         """Installs a new buffer at step 0 and numbers its frames.
@@ -214,8 +213,8 @@ class Streamer:
         reference slots hold no frame (-1) and the chunks count from 0.
         """
         st, K, B = self.state, self.partition.K, self.partition.B
-        st.x, st.step, st.source = x, 0, None
-        self._set_scale(scale)
+        st.x, st.step, st.source, st.scale = x, 0, None, float(scale)
+        self._build_table()
         first = K if refs_are_frames else 0
         refs = torch.arange(K) if refs_are_frames else torch.full((K,), -1)
         st.frame_index = torch.cat([refs, torch.arange(first, first + B - K)])
@@ -355,7 +354,6 @@ class Streamer:
         st.x = torch.cat([st.x[:, :, :P.K], st.x[:, :, P.K:] - d * v[:, :, P.K:]], dim=2)  # [b, C, B, H, W]
         st.step = m + 1
         if st.step < P.s:
-            st.sigma = self._table64[st.step].clone()
             return None
         return self._shift()
 
@@ -395,7 +393,6 @@ class Streamer:
         st.frame_index = torch.cat([ref_ids, st.frame_index[K + c:], ids])
         st.next_index += c
         st.step = 0
-        st.sigma = self._table64[0].clone()
         return EmittedChunk(latents=out, index=index, calls=st.calls)
 
     def next_chunk(self) -> EmittedChunk:

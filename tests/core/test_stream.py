@@ -9,6 +9,7 @@ import torch
 from helpers import random_text, randomized
 from streamdit_core import Partition, SigmaWarp, StreamDiTConfig, StreamError, Streamer
 from streamdit_core.analytic import GaussianVelocity
+from streamdit_core.schedule import frame_sigma_table
 
 SHAPE = (4, 8, 8)  # (C, H, W) of a latent frame
 
@@ -151,7 +152,7 @@ def test_warm_start_fills_each_chunk_from_the_uniform_trajectory(tiny_model):
     assert stream.warm_start() is None
     assert stream.state.calls == P.T - P.s  # the last band is never needed when K = 0
     assert stream.state.step == 0
-    assert torch.equal(stream.state.sigma, stream._table64[0])
+    assert torch.equal(stream.state.sigma, frame_sigma_table(P, warp)[0])
 
     gen = torch.Generator().manual_seed(seed)
     torch.randn((1, 4, P.B, 8, 8), generator=gen)  # the constructor's cold fill
