@@ -246,7 +246,7 @@ class Streamer:
         ``T``; must be a multiple of ``N``) and caches, for chunk ``j``, its frames at the moment
         the shared level reaches that chunk's starting level; reference frames take the clean
         result. Uses ``steps - steps / N`` calls (all ``steps`` when ``K > 0``). The stream is
-        unchanged until the last call returns.
+        unchanged until the last call returns; a video-to-video stream becomes text-to-video.
 
         Returns:
             the ``K`` clean reference frames, which open the video, or None when ``K = 0``.
@@ -261,7 +261,7 @@ class Streamer:
         gen.set_state(st.generator.get_state())
         x = self._noise(gen, P.B)  # [b, C, B, H, W]
         u = torch.arange(steps, -1, -1, dtype=torch.float64) / steps  # [steps+1], 1 -> 0
-        grid = st.warp(u * st.scale).to(device=self.device, dtype=self.dtype)  # [steps+1]
+        grid = st.warp(u).to(device=self.device, dtype=self.dtype)  # [steps+1]
         per_band = steps // P.N
         # Chunk j starts at u = (j+1)/N, which the shared level reaches after steps - (j+1) * per_band steps.
         start = {steps - (j + 1) * per_band: j for j in range(P.N)}
@@ -276,7 +276,7 @@ class Streamer:
                 x = x - (grid[k] - grid[k + 1]) * v
         filled[:, :, :P.K] = x[:, :, :P.K]
         st.generator = gen
-        return self._restart(filled, st.scale, refs_are_frames=True)
+        return self._restart(filled, 1.0, refs_are_frames=True)
 
     def fill_video(self, latents: Tensor, strength: float = 1.0, text: Any = None) -> EmittedChunk | None:
         """Video-to-video fill: noises clean latents to each chunk's level.

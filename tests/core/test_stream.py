@@ -183,6 +183,22 @@ def test_warm_start_with_references_returns_the_opening_frames(tiny_model):
         stream.warm_start(steps=3)
 
 
+def test_warm_start_after_a_video_fill_is_text_to_video_again(tiny_model):
+    stream = Streamer(tiny_model, Partition(0, 2, 8, 1), SHAPE, seed=0)
+    stream.fill_video(torch.zeros(1, *SHAPE[:1], 16, *SHAPE[1:]), strength=0.5)
+    stream.warm_start()
+    assert stream.state.scale == 1.0 and stream.state.sigma.max() == 1.0
+    stream.next_chunk()  # admits fresh noise: no source frames needed
+
+
+def test_a_low_precision_model_streams_into_a_float32_buffer(tiny_model):
+    stream = Streamer(tiny_model.to(torch.bfloat16), Partition.streamdit(16, 4, s=2), SHAPE, text=random_text())
+    stream.warm_start()
+    chunk = stream.next_chunk()
+    assert stream.state.x.dtype == torch.float32 and chunk.latents.dtype == torch.float32
+    assert torch.isfinite(chunk.latents).all() and chunk.latents.std() > 0.1
+
+
 def test_cold_start_zeroes_references_and_numbers_chunks_from_zero():
     stream = Streamer(zero_velocity, Partition(K=2, N=2, c=2, s=1), (1, 2, 2))
     assert (stream.state.x[:, :, :2] == 0).all()
