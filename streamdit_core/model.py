@@ -199,18 +199,6 @@ class SigmaEmbedder(nn.Module):
         return self.mlp(freq)  # [B, F, D]
 
 
-class TextProjection(nn.Module):
-    """Text token states ``[B, Lt, Dt]`` -> ``[B, Lt, D]``, shared by every block's cross-attention."""
-
-    def __init__(self, text_dim: int, hidden_size: int):
-        super().__init__()
-        self.fc1 = nn.Linear(text_dim, hidden_size)
-        self.fc2 = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.fc2(F_.gelu(self.fc1(tokens), approximate="tanh"))  # [B, Lt, D]
-
-
 def sincos_1d(positions: Tensor, dim: int) -> Tensor:
     """``[P]`` positions -> ``[P, dim]`` sin/cos features (dim even)."""
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=positions.device) / (dim // 2))
@@ -385,13 +373,15 @@ class CrossAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    """Linear -> GELU (tanh) -> Linear: the blocks' FFN, and the text projection."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, out or dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F_.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(F_.gelu(self.fc1(x), approximate="tanh"))  # [..., out]
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +463,8 @@ class StreamDiT(nn.Module):
         D, p = cfg.hidden_size, cfg.patch_size
         self.x_embedder = nn.Linear(cfg.in_channels * p * p, D)
         self.t_embedder = SigmaEmbedder(D, cfg.frequency_dim)
-        self.y_embedder = TextProjection(cfg.text_dim, D)
+        # Text token states [B, Lt, Dt] -> [B, Lt, D], once per call, shared by every block.
+        self.y_embedder = Mlp(cfg.text_dim, D, D)
         self.blocks = nn.ModuleList(StreamDiTBlock(cfg, shifted=i % 2 == 1) for i in range(cfg.depth))
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self._pos: dict[tuple, Tensor] = {}
