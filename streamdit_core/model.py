@@ -254,10 +254,6 @@ class WindowLayout:
         shift = tuple(wi // 2 if shifted and wi < g else 0 for wi, g in zip(win, grid))
         return cls(grid, win, padded, shift)
 
-    @property
-    def windows(self) -> int:
-        return math.prod(g // wi for g, wi in zip(self.padded, self.window))
-
     def mask(self, device) -> Tensor | None:
         """Which keys each query may see, in rolled window order: bool ``[nW, Wt, Wt]``, or None.
 
@@ -525,11 +521,9 @@ class StreamDiT(nn.Module):
             raise ValueError(f"text tokens must have width Dt={self.config.text_dim}, got {list(tokens.shape)}")
         if tokens.shape[0] not in (1, batch):
             raise ValueError(f"text batch {tokens.shape[0]} does not match latent batch {batch} (or 1)")
-        context = self.y_embedder(tokens.to(device=device, dtype=dtype)).expand(batch, -1, -1)  # [B, Lt, D]
-        if mask is not None:
-            mask = mask.to(device=device, dtype=torch.bool).expand(batch, -1)  # [B, Lt]
-            if bool(mask.all()):
-                mask = None
+        text = text.to(device=device, dtype=dtype)
+        context = self.y_embedder(text.tokens).expand(batch, -1, -1)  # [B, Lt, D]
+        mask = None if text.mask is None or bool(text.mask.all()) else text.mask.expand(batch, -1)  # [B, Lt]
         return context, mask
 
     def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | Tensor | None = None) -> Tensor:
