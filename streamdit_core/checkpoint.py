@@ -1,11 +1,14 @@
 """Checkpoints: safetensors weights with the model config as JSON metadata.
 
 A checkpoint alone rebuilds its model: ``load_checkpoint(path)`` reads the config from the
-metadata, builds a :class:`StreamDiT` and loads the weights. Metadata keys:
+metadata, builds the module it names (a :class:`StreamDiT`, or a
+:class:`~streamdit_core.codec.VideoAutoencoder` for ``load_codec``) and loads the weights.
+Metadata keys:
 
     format          "streamdit"
     format_version  "1"
-    config          StreamDiTConfig as JSON
+    class           "StreamDiT" (the default when absent) or "VideoAutoencoder"
+    config          the module's config as JSON
     ...             anything the caller adds (training step, data, notes), as strings
 
 Every failure names the file and what is wrong with it.
@@ -22,28 +25,30 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .codec import CodecConfig, VideoAutoencoder
 from .model import StreamDiT, StreamDiTConfig
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_config", "read_metadata"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_codec", "read_config", "read_metadata"]
 
 FORMAT = "streamdit"
 FORMAT_VERSION = "1"
-_RESERVED = ("format", "format_version", "config")
+_RESERVED = ("format", "format_version", "config", "class")
+_CLASSES = {"StreamDiT": (StreamDiT, StreamDiTConfig), "VideoAutoencoder": (VideoAutoencoder, CodecConfig)}
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
-def save_checkpoint(model: StreamDiT, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+def save_checkpoint(model: StreamDiT | VideoAutoencoder, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
     """Writes ``model`` with its config to ``path`` (``.safetensors``).
 
     The file is written beside its target and renamed into place, so an interrupted save never
     leaves a half-written checkpoint under the final name.
 
     Args:
-        metadata: extra string entries; the reserved keys ``format``, ``format_version`` and
-            ``config`` are refused.
+        metadata: extra string entries; the reserved keys ``format``, ``format_version``,
+            ``class`` and ``config`` are refused.
     """
     path = Path(path)
     extra = dict(metadata or {})
@@ -52,7 +57,11 @@ def save_checkpoint(model: StreamDiT, path: str | os.PathLike, metadata: Mapping
         raise ValueError(f"metadata keys {clash} are reserved for the checkpoint format")
     if any(not isinstance(v, str) for v in extra.values()):
         raise ValueError("checkpoint metadata values must be strings (json.dumps anything else)")
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json(), **extra}
+    cls = type(model).__name__
+    if cls not in _CLASSES:
+        raise TypeError(f"cannot checkpoint a {cls}; expected one of {', '.join(_CLASSES)}")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "class": cls,
+            "config": model.config.to_json(), **extra}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -87,11 +96,19 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def read_config(path: str | os.PathLike) -> StreamDiTConfig:
+def _class_of(path: Path, meta: Mapping[str, str]) -> str:
+    cls = meta.get("class", "StreamDiT")
+    if cls not in _CLASSES:
+        raise CheckpointError(f"{path}: holds a {cls!r}, which this library cannot build")
+    return cls
+
+
+def read_config(path: str | os.PathLike) -> StreamDiTConfig | CodecConfig:
     """The config stored in a checkpoint, without loading its weights."""
     meta = read_metadata(path)
+    config_cls = _CLASSES[_class_of(Path(path), meta)][1]
     try:
-        return StreamDiTConfig.from_json(meta["config"])
+        return config_cls.from_json(meta["config"])
     except (ValueError, TypeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: its stored config is not valid: {err}") from None
 
@@ -99,15 +116,27 @@ def read_config(path: str | os.PathLike) -> StreamDiTConfig:
 def load_checkpoint(
     path: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> StreamDiT:
-    """Rebuilds the model a checkpoint holds, in eval mode.
+    """Rebuilds the StreamDiT a checkpoint holds, in eval mode.
 
     Args:
         device: where to put it (default CPU).
         dtype: floating dtype to cast to (default: as stored).
     """
+    return _load(path, "StreamDiT", device, dtype)
+
+
+def load_codec(path: str | os.PathLike, device: torch.device | str | None = None) -> VideoAutoencoder:
+    """Rebuilds the learned codec a checkpoint holds, in eval mode."""
+    return _load(path, "VideoAutoencoder", device, None)
+
+
+def _load(path, want: str, device, dtype):
     config = read_config(path)
+    cls = _class_of(Path(path), read_metadata(path))
+    if cls != want:
+        raise CheckpointError(f"{path}: holds a {cls}, not a {want}")
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
-        model = StreamDiT(config)
+        model = _CLASSES[cls][0](config)
     expected = model.state_dict()
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
