@@ -123,6 +123,22 @@ class StreamDiTConfig:
 PRESETS: dict[str, StreamDiTConfig] = {
     # Milliseconds per call on a CPU: the engine's tests stream thousands of frames with it.
     "tiny": StreamDiTConfig(),
+    # The embedded default: the synthetic world's 8 x 8 x 8 latents (64x64 video, 2x temporal /
+    # 8x spatial codec) in an 8-frame buffer (1 s of 16 fps video), 16 tokens per latent frame,
+    # 128 tokens per call; MiniLM's 384-dim token states; windows of 4 latent frames; shift 2
+    # puts more of the schedule at high noise, where color, shape and heading are decided.
+    "embedded": StreamDiTConfig(
+        in_channels=8,
+        patch_size=2,
+        hidden_size=128,
+        depth=6,
+        num_heads=4,
+        text_dim=384,
+        window=(4, 4, 4),
+        buffer_frames=8,
+        latent_size=(8, 8),
+        sigma_warp="shift:2",
+    ),
     # The paper's real-time model: about 4B parameters, 8-channel latents of a 4x8x8 temporal
     # autoencoder, a 16 x 64 x 64 latent buffer (64 frames at 512x512), streamed with c=2, N=8.
     # Width and depth are ours (the paper gives only the total); 16384 tokens per call.

@@ -27,3 +27,28 @@ def random_text(batch: int = 1, length: int = 6, dim: int = 32, seed: int = 0, r
     mask = torch.zeros(batch, length, dtype=torch.bool)
     mask[:, : (length if real is None else real)] = True
     return TextEmbedding(tokens, mask)
+
+
+def ddp_gradient_worker(rank: int, world: int, port: int, config, x0, sigma, eps, tokens, out) -> None:
+    """One DDP process: gradients of the flow-matching loss on its share of a joint batch."""
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from streamdit_core.train import flow_matching_loss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = StreamDiT(config)
+        net = DistributedDataParallel(model)
+        share = slice(rank * x0.shape[0] // world, (rank + 1) * x0.shape[0] // world)
+        loss = flow_matching_loss(net, x0[share], sigma[share], eps[share], TextEmbedding(tokens[share]))
+        loss.backward()
+        if rank == 0:
+            torch.save({k: p.grad.clone() for k, p in model.named_parameters()}, out)
+    finally:
+        dist.destroy_process_group()

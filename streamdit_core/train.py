@@ -1,0 +1,287 @@
+"""Buffered flow-matching training (paper Eq. 5) with mixed partitions, and the codec's training.
+
+One step, top to bottom: draw a batch of clean latents and captions; draw a partition and a
+per-frame sigma for every sample (:class:`~streamdit_core.schedule.MixedPartitions`, Eq. 8);
+noise each frame at its own level; regress the velocity ``eps - x0`` on every noised frame
+(clean reference frames carry no loss); AdamW with warm-up, gradient clipping; an EMA of the
+weights, which is what the checkpoints ship.
+
+Data-parallel: run under ``torchrun --nproc_per_node=P``; each process draws its own batch from
+its own seed, DDP averages the gradients (gloo on CPU, NCCL on CUDA), rank 0 writes checkpoints
+and shows the progress bar. On CUDA the forward runs under bf16 autocast.
+
+Files in the output folder: ``model.safetensors`` (EMA weights, with the training record in the
+metadata), ``train_state.pt`` (raw weights, EMA, optimizer, step, generator: what ``resume``
+needs). Both are written atomically, so an interrupted run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .model import StreamDiT, TextEmbedding
+from .schedule import MixedPartitions, add_noise, velocity_target
+
+__all__ = ["TrainConfig", "CodecTrainConfig", "flow_matching_loss", "train", "train_codec", "TrainResult"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Trainer settings; each default says why."""
+
+    steps: int = 4000  # enough for the embedded world on a 2-core CPU in about 40 minutes
+    batch_size: int = 32  # per process
+    lr: float = 4e-4  # small DiTs tolerate a high rate with warm-up and clipping
+    weight_decay: float = 0.01
+    warmup: int = 200  # linear warm-up steps, then cosine decay to lr/10
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # about 1000 steps of memory
+    chunk_sizes: tuple[int, ...] | None = None  # None: powers of two dividing B - K, and B - K
+    uniform_ratio: float = 0.1  # extra share of plain text-to-video (one sigma for the buffer)
+    reference_frames: int = 0  # K clean frames at the output end in the chunked schemes
+    text_dropout: float = 0.1  # share of samples trained without text (classifier-free guidance)
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.text_dropout <= 1 or not 0 < self.ema_decay < 1:
+            raise ValueError("text_dropout must be in [0, 1] and ema_decay in (0, 1)")
+
+
+class BatchSource(Protocol):
+    def sample(self, batch: int, gen: torch.Generator): ...  # -> .latents [b, C, F, h, w], .prompts
+
+
+def flow_matching_loss(model: nn.Module, x0: Tensor, sigma: Tensor, eps: Tensor, text) -> Tensor:
+    """Mean squared velocity error over every noised frame.
+
+    Args:
+        x0: clean latents ``[b, C, F, h, w]``; eps: noise like x0; sigma: ``[b, F]``.
+        text: the conditioning handed to ``model``.
+    """
+    x = add_noise(x0, eps, sigma)
+    target = velocity_target(x0, eps)
+    pred = model(x, sigma, text)
+    err = (pred.float() - target.float()).square().mean(dim=(1, 3, 4))  # [b, F]
+    weight = (sigma > 0).float()  # clean reference frames have no velocity to learn
+    return (err * weight).sum() / weight.sum().clamp_min(1)
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainResult:
+    """What a run did: final step, last smoothed loss, wall seconds, the checkpoint written."""
+
+    step: int
+    loss: float
+    seconds: float
+    checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)
+
+
+def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]], TextEmbedding],
+          config: TrainConfig, out: str | os.PathLike | None = None, resume: bool = False,
+          metadata: dict[str, str] | None = None, progress: bool = True) -> TrainResult:
+    """Trains ``model`` in place on ``data``; returns when ``config.steps`` steps are done.
+
+    Args:
+        data: ``sample(batch, generator)`` -> object with ``latents [b, C, F, h, w]`` and
+            ``prompts`` (a list of b strings).
+        encode_text: prompts -> TextEmbedding (the empty prompt must mean "no text").
+        out: folder for checkpoints (None: keep nothing on disk).
+        resume: continue from ``out/train_state.pt`` if it exists.
+        metadata: extra string entries for the shipped checkpoint (codec file, text encoder...).
+    """
+    rank, world = _distributed()
+    device = _device()
+    cfg = config
+    B = model.config.buffer_frames
+    mix = MixedPartitions(B=B, chunk_sizes=cfg.chunk_sizes, uniform_ratio=cfg.uniform_ratio, K=cfg.reference_frames)
+    warp = model.config.warp
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each process its own batches
+    step, losses = 0, []
+    out_dir = Path(out) if out is not None else None
+    state_file = out_dir / "train_state.pt" if out_dir else None
+    if resume and state_file is not None and state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"][rank] if rank < len(state["generator"]) else state["generator"][0])
+        step, losses = state["step"], state["losses"]
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    start = time.perf_counter()
+    seconds_before = float(state["seconds"]) if resume and state_file is not None and state_file.exists() else 0.0
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not progress or rank != 0, dynamic_ncols=True)
+    smooth = losses[-1] if losses else None
+    checkpoint = None
+
+    def save() -> Path | None:
+        if out_dir is None:
+            return None
+        gens = [gen.get_state()]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, gen.get_state())
+            gens = gathered
+        if rank != 0:
+            return None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        elapsed = seconds_before + time.perf_counter() - start
+        record = {"step": str(step), "train_config": json.dumps(asdict(cfg)), "train_seconds": f"{elapsed:.1f}",
+                  "train_processes": str(world), "train_device": device.type, **(metadata or {})}
+        path = save_checkpoint(ema, out_dir / "model.safetensors", record)
+        _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                      "generator": gens, "step": step, "losses": losses, "seconds": elapsed}, state_file)
+        return path
+
+    while step < cfg.steps:
+        batch = data.sample(cfg.batch_size, gen)
+        x0 = batch.latents.to(device)
+        prompts = list(batch.prompts)
+        drop = torch.rand(len(prompts), generator=gen) < cfg.text_dropout
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        text = encode_text(prompts).to(device)
+        noise = mix.sample(x0.shape[0], gen, warp)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        with autocast:
+            loss = flow_matching_loss(net, x0, noise.sigma.to(device), eps, text)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():  # EMA, with a short memory early so it is useful from the start
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p.detach(), 1 - decay)
+        step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {step}; lower --lr or check the data")
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        if step % 50 == 0 or step == cfg.steps:
+            losses.append(round(smooth, 5))
+        bar.update(1)
+        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{_lr_at(step - 1, cfg):.2e}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpoint = save() or checkpoint
+    bar.close()
+    model.eval()
+    return TrainResult(step, smooth if smooth is not None else float("nan"),
+                       seconds_before + time.perf_counter() - start, checkpoint, losses)
+
+
+# --------------------------------------------------------------------------------------------
+# The codec
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CodecTrainConfig:
+    """Autoencoder training on world clips."""
+
+    steps: int = 2000
+    batch_size: int = 32  # clips of context + 1 latent frames
+    lr: float = 2e-3
+    latent_noise: float = 0.05  # relative noise on latents in training: a decoder robust to small errors
+    pool: int = 2048  # clips rendered up front; a quarter is re-rendered every 100 steps
+    seed: int = 0
+
+
+def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, decoder_only: bool = False) -> float:
+    """Trains a :class:`~streamdit_core.codec.VideoAutoencoder` on world clips, then calibrates
+    its latent normalisation. Returns the final reconstruction MSE on fresh clips.
+
+    With ``decoder_only`` the encoder and the normalisation stay frozen, so the latent space a
+    diffusion model was trained on does not move while the decoder keeps improving.
+    """
+    cfg = config
+    gen = torch.Generator().manual_seed(cfg.seed + (1 if decoder_only else 0))
+    codec.encoder.requires_grad_(not decoder_only)
+    frames = codec.time_factor * (codec.context + 1)  # the shortest clip that exercises the causal context
+    pool, _ = world.batch(cfg.pool, frames, gen)
+    pool = pool.transpose(1, 2).contiguous()  # [pool, 3, T, H, W]
+    opt = torch.optim.Adam([p for p in codec.parameters() if p.requires_grad], lr=cfg.lr)
+    codec.train()
+    bar = tqdm(range(cfg.steps), desc="refining decoder" if decoder_only else "training codec", disable=not progress, dynamic_ncols=True)
+    smooth = None
+    for step in bar:
+        if step and step % 100 == 0:
+            fresh, _ = world.batch(cfg.pool // 4, frames, gen)
+            pool[torch.randperm(cfg.pool, generator=gen)[: cfg.pool // 4]] = fresh.transpose(1, 2)
+        for group in opt.param_groups:  # cosine to lr/20
+            group["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        x = pool[torch.randint(cfg.pool, (cfg.batch_size,), generator=gen)]
+        with torch.set_grad_enabled(not decoder_only):
+            z = codec.encode_raw(x)
+        z = z + cfg.latent_noise * z.detach().std() * torch.randn(z.shape, generator=gen)
+        y = codec.decode_raw(z)
+        # The subject covers a few percent of the pixels but carries the shape: weigh its
+        # pixels (anything away from the frame's median color) ten times the background's.
+        bg = x.flatten(3).median(dim=3).values[..., None, None]  # [b, 3, T, 1, 1]
+        weight = 1 + 9 * ((x - bg).norm(dim=1, keepdim=True) > 0.1).float()  # [b, 1, T, H, W]
+        err = y - x
+        loss = (weight * (err.square() + 0.1 * err.abs())).mean() / weight.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        opt.step()
+        value = loss.item()
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        bar.set_postfix(loss=f"{smooth:.4f}")
+    codec.eval()
+    codec.encoder.requires_grad_(True)
+    with torch.no_grad():
+        video, _ = world.batch(64, 8 * codec.time_factor, gen)
+        video = video.transpose(1, 2)
+        if not decoder_only:
+            codec.calibrate(video)
+        return float((codec.decode(codec.encode(video)) - video).square().mean())
