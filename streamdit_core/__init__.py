@@ -6,6 +6,11 @@ Pure torch; imports nothing from ComfyUI. The public surface:
 - :class:`Streamer`: the moving buffer over any velocity model ``model(x, sigma, text) -> v``.
 - :class:`StreamDiT`, :class:`StreamDiTConfig`, :data:`PRESETS`: the model.
 - :func:`save_checkpoint`, :func:`load_checkpoint`: safetensors with the config inside.
+
+Around them, imported on demand: ``text`` (TextEncoder), ``codec`` (latent codecs, seam-free
+chunk decoding), ``data`` (the synthetic world), ``train``, ``metrics``, ``evaluate``,
+``pipeline`` (model + codec + text encoder: ``Pipeline.load()`` is the embedded model),
+``video`` (streaming file writers) and the CLI ``python -m streamdit_core generate|train|evaluate``.
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint

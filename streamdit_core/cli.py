@@ -1,0 +1,291 @@
+"""``python -m streamdit_core generate|train|evaluate ...``: each subcommand has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def _chunk_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"chunk sizes are comma-separated integers like 1,2,4,8, got {text!r}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the embedded world model (codec, then StreamDiT)",
+                       description="Train a StreamDiT on the synthetic world: the latent codec first "
+                                   "(unless --codec is given or OUT/codec.safetensors exists), then the "
+                                   "buffered flow-matching model. Run under torchrun for data-parallel training.")
+    p.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder (default runs/embedded)")
+    p.add_argument("--preset", default="embedded", help="StreamDiT preset (default embedded)")
+    p.add_argument("--steps", type=_positive(int), default=None, help="StreamDiT training steps")
+    p.add_argument("--batch-size", type=_positive(int), default=None, help="samples per step and process")
+    p.add_argument("--lr", type=_positive(float), default=None)
+    p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partition chunk sizes to mix, e.g. 1,2,4,8")
+    p.add_argument("--uniform-ratio", type=float, default=None, help="extra share of plain text-to-video samples")
+    p.add_argument("--codec", type=Path, default=None, help="a trained codec checkpoint to use instead of training one")
+    p.add_argument("--codec-steps", type=_positive(int), default=None, help="codec training steps")
+    p.add_argument("--decoder-steps", type=int, default=3000,
+                   help="decoder refinement steps after the StreamDiT is trained (encoder frozen); 0 skips")
+    p.add_argument("--clips", type=_positive(int), default=4096, help="training clips rendered and encoded up front")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from .checkpoint import load_codec, read_metadata, save_checkpoint
+    from .codec import VideoAutoencoder
+    from .data import FPS, World
+    from .data.pool import LatentPool
+    from .model import StreamDiT
+    from .text import TextEncoder
+    from .train import CodecTrainConfig, TrainConfig, train, train_codec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    world = World()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    codec_file = args.codec or out / "codec.safetensors"
+    t0 = time.perf_counter()
+    if codec_file.exists():
+        codec = load_codec(codec_file)
+        print(f"codec: {codec_file}")
+    else:
+        codec_cfg = CodecTrainConfig(seed=args.seed, **({"steps": args.codec_steps} if args.codec_steps else {}))
+        codec = VideoAutoencoder()
+        mse = train_codec(codec, world, codec_cfg)
+        save_checkpoint(codec, codec_file, {"train_config": str(dataclasses.asdict(codec_cfg)),
+                                            "reconstruction_mse": f"{mse:.6f}",
+                                            "train_seconds": f"{time.perf_counter() - t0:.1f}"})
+        print(f"codec: reconstruction MSE {mse:.5f} on fresh clips -> {codec_file}")
+    model = StreamDiT.from_preset(args.preset)
+    B = model.config.buffer_frames
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                                   "chunk_sizes": args.chunk_sizes, "uniform_ratio": args.uniform_ratio}.items()
+                 if v is not None}
+    config = TrainConfig(seed=args.seed, **overrides)
+    shipped = out / "model.safetensors"
+    if args.resume and shipped.exists() and read_metadata(shipped).get("step") == str(config.steps):
+        print(f"StreamDiT: {shipped} already has its {config.steps} steps")
+    else:
+        pool = LatentPool(world, codec, clips=args.clips, frames=B, clip_frames=B + 4, seed=args.seed + 1)
+        encoder = TextEncoder()
+        codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
+        result = train(model, pool, encoder.encode, config, out=out, resume=args.resume,
+                       metadata={"codec": codec_name, "text_encoder": encoder.name, "fps": str(FPS),
+                                 "world": "shapes-64"})
+        print(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
+    meta = read_metadata(codec_file)
+    if args.decoder_steps > 0 and "decoder_refined_steps" not in meta:
+        t1 = time.perf_counter()
+        refine = CodecTrainConfig(steps=args.decoder_steps, lr=1e-3, seed=args.seed)
+        mse = train_codec(codec, world, refine, decoder_only=True)
+        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "class", "config")}
+        save_checkpoint(codec, codec_file, {**extra, "decoder_refined_steps": str(args.decoder_steps),
+                                            "decoder_refined_seconds": f"{time.perf_counter() - t1:.1f}",
+                                            "refined_reconstruction_mse": f"{mse:.6f}"})
+        print(f"codec: decoder refined for {args.decoder_steps} steps, reconstruction MSE {mse:.5f} -> {codec_file}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# generate
+# --------------------------------------------------------------------------------------------
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="stream a video from a prompt (and prompt switches) to a file",
+                       description="Stream text-to-video with the moving buffer and write frames to FILE as "
+                                   "they are produced. FILE ends in .mp4, .webm or .gif, or in / for a folder "
+                                   "of numbered PNGs.")
+    p.add_argument("--prompt", required=True, help='e.g. "a red circle moving left on a black background"')
+    p.add_argument("--switch", nargs=2, action="append", default=[], metavar=("SECONDS", "PROMPT"),
+                   help="switch to PROMPT at SECONDS of video (repeatable)")
+    p.add_argument("--seconds", type=_positive(float), default=10.0, help="video length (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
+    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint (default: the embedded model)")
+    p.add_argument("--chunk", type=_positive(int), default=2, help="latent frames per chunk c (default 2)")
+    p.add_argument("--steps", type=_positive(int), default=16, help="denoising steps per frame T = s*N (default 16)")
+    p.add_argument("--cold-start", action="store_true", help="start from a noise buffer instead of a warm start")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .pipeline import Pipeline, PromptSchedule
+    from .video import open_writer
+
+    entries = [(0.0, args.prompt)]
+    for seconds, prompt in args.switch:
+        try:
+            t = float(seconds)
+        except ValueError:
+            raise SystemExit(f"--switch {seconds!r} {prompt!r}: SECONDS must be a number") from None
+        if not 0 < t < args.seconds:
+            raise SystemExit(f"--switch {seconds} {prompt!r}: the time must be inside the video (0, {args.seconds:g}) s")
+        entries.append((t, prompt))
+    try:
+        schedule = PromptSchedule(tuple(sorted(entries)))
+    except ValueError as err:
+        raise SystemExit(f"bad prompts: {err}") from None
+    try:
+        writer = open_writer(args.out, 16)  # checks the path before any work; fps is set below
+    except ValueError as err:
+        raise SystemExit(f"--out: {err}") from None
+    pipe = Pipeline.load(args.model, device=args.device)
+    writer.fps = Fraction(pipe.fps)  # the container opens on the first frame
+    try:
+        partition = pipe.default_partition(args.chunk, args.steps)
+    except ValueError as err:
+        raise SystemExit(f"bad partition: {err}") from None
+    total = max(1, round(args.seconds * pipe.fps))
+    t0 = time.perf_counter()
+    first = None
+    written = 0
+    with writer, tqdm(total=total, desc="generating", unit="frame") as bar:
+        for chunk in pipe.frames(schedule, partition, seed=args.seed, warm_start=not args.cold_start):
+            frames = chunk.frames[: total - written]
+            writer.write(frames)
+            written += frames.shape[0]
+            if first is None:
+                first = time.perf_counter() - t0
+            bar.update(frames.shape[0])
+            if written >= total:
+                break
+    wall = time.perf_counter() - t0
+    path = writer.close()
+    print(f"wrote {written} frames ({written / pipe.fps:.2f} s at {pipe.fps} fps) to {path}")
+    print(f"{written / wall:.1f} frames/s ({wall:.2f} s wall, device {pipe.device}), "
+          f"time to first frame {first:.3f} s, {chunk.calls} model calls")
+    return 0
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+_TABLE_KEYS = [("color", "color"), ("shape", "shape"), ("direction", "direction"), ("background", "backgr."),
+               ("subject_consistency", "subject cons."), ("background_consistency", "backgr. cons."),
+               ("temporal_flickering", "temp. flicker"), ("motion_smoothness", "motion smooth."),
+               ("dynamic_degree", "dynamic deg.")]
+
+
+def _add_evaluate(sub) -> None:
+    from .evaluate import SCHEMES
+
+    p = sub.add_parser("evaluate", help="score a model on the held-out combinations of the synthetic world",
+                       description="Stream every held-out scene with each inference scheme and print adherence "
+                                   "(color, shape, direction, background read from pixels) and VBench-style "
+                                   "scores; then a long-stream drift check and prompt-switch checks.")
+    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint (default: the embedded model)")
+    p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated, from {', '.join(SCHEMES)}")
+    p.add_argument("--seconds", type=_positive(float), default=4.0, help="video per scene and scheme (default 4)")
+    p.add_argument("--steps", type=_positive(int), default=16, help="denoising steps per frame T (default 16)")
+    p.add_argument("--scenes", type=_positive(int), default=None, help="use the first N held-out scenes (default all)")
+    p.add_argument("--drift-seconds", type=float, default=120.0, help="long-stream length; 0 skips the drift check")
+    p.add_argument("--drift-scenes", type=int, default=8, help="scenes in the drift check")
+    p.add_argument("--switch-scenes", type=int, default=24, help="scenes per switched attribute; 0 skips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=_positive(int), default=32, help="streams run side by side")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    import dataclasses
+    import json
+
+    from .data import held_out_scenes
+    from .evaluate import SCHEMES, compare_schemes, drift, prompt_switch, seams
+    from .pipeline import Pipeline
+
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown:
+        raise SystemExit(f"unknown schemes {unknown}; choose from {', '.join(SCHEMES)}")
+    pipe = Pipeline.load(args.model, device=args.device)
+    scenes = held_out_scenes()[: args.scenes]
+    report: dict = {"model": str(pipe.path), "scenes": len(scenes), "seconds": args.seconds, "steps": args.steps}
+    print(f"model {pipe.path}: {len(scenes)} held-out scenes, {args.seconds:g} s each, T={args.steps}")
+    results = compare_schemes(pipe, schemes, scenes, args.seconds, args.steps, args.seed, args.batch)
+    head = "| scheme | K,N,c,s | calls/frame | " + " | ".join(h for _, h in _TABLE_KEYS) + " |"
+    print(head)
+    print("|" + "---|" * (3 + len(_TABLE_KEYS)))
+    for r in results:
+        P = r.partition
+        cells = " | ".join(f"{r.summary[k]:.3f}" for k, _ in _TABLE_KEYS)
+        print(f"| {r.name} | {P.K},{P.N},{P.c},{P.s} | {r.calls_per_frame:.2f} | {cells} |")
+    report["schemes"] = [{"name": r.name, "partition": dataclasses.asdict(r.partition),
+                          "calls_per_frame": r.calls_per_frame, "seconds": r.seconds, **r.summary} for r in results]
+    seam = seams(pipe, scenes[:16], seed=args.seed)
+    print(f"seams (c=2, {seam.chunk_frames} frames per chunk; boundary change / inside change, 1 = none): "
+          f"overlap decoding {seam.overlap:.3f}, chunks decoded alone {seam.separate:.3f}")
+    report["seams"] = dataclasses.asdict(seam)
+    if args.drift_seconds > 0 and args.drift_scenes > 0:
+        d = drift(pipe, scenes[: args.drift_scenes], args.drift_seconds, seed=args.seed)
+        print(f"drift over {args.drift_seconds:g} s ({args.drift_scenes} scenes, c=2): first 10 s vs last 10 s")
+        for k in ("color", "shape", "direction", "background", "subject_present", "brightness"):
+            print(f"  {k:16s} {d.first[k]:.3f} -> {d.last[k]:.3f}")
+        report["drift"] = dataclasses.asdict(d)
+    if args.switch_scenes > 0:
+        print(f"prompt switch at 3 s ({args.switch_scenes} scenes per attribute, c=2):")
+        report["switch"] = []
+        for attribute in ("color", "shape", "direction", "background"):
+            r = prompt_switch(pipe, scenes[: args.switch_scenes], attribute, seed=args.seed)
+            print(f"  {attribute:10s} switched {r.switched:.3f}, within 2 s {r.within_2s:.3f}, "
+                  f"mean latency {r.latency:.2f} s, other attributes kept {r.kept:.3f}")
+            report["switch"].append(dataclasses.asdict(r))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+# --------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m streamdit_core",
+                                     description="StreamDiT: streaming text-to-video with a moving-buffer DiT.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,evaluate}")
+    _add_generate(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

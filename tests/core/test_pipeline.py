@@ -1,0 +1,78 @@
+"""The streaming loop shared by generate and evaluate: switches, decoding, seeds."""
+
+import pytest
+import torch
+
+from helpers import randomized
+from streamdit_core import StreamDiTConfig, TextEmbedding
+from streamdit_core.codec import PixelCodec
+from streamdit_core.pipeline import Pipeline, PromptSchedule
+
+CONFIG = StreamDiTConfig(in_channels=3, hidden_size=32, depth=2, num_heads=2, text_dim=4, window=(2, 4, 4),
+                         buffer_frames=4, latent_size=(8, 8))
+
+
+class Words:
+    """A stand-in text encoder: one token per prompt, its value the prompt's length."""
+
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, prompts):
+        self.seen.append(list(prompts))
+        return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
+
+
+class Recorder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.texts = model, model.config, []
+
+    def forward(self, x, sigma, text):
+        self.texts.append(float(text.tokens[0, 0, 0]))
+        return self.inner(x, sigma, text)
+
+
+def _pipe(fps=4):
+    return Pipeline(Recorder(randomized(CONFIG)), PixelCodec(), Words(), fps)
+
+
+def test_frames_come_in_order_decoded_and_in_range():
+    pipe = _pipe()
+    chunks = []
+    for chunk in pipe.frames("abc", pipe.default_partition(chunk=2, steps=4), seed=1):
+        chunks.append(chunk)
+        if len(chunks) == 5:
+            break
+    assert [c.index for c in chunks] == [0, 2, 4, 6, 8]
+    assert all(c.frames.shape == (2, 3, 8, 8) and 0 <= c.frames.min() and c.frames.max() <= 1 for c in chunks)
+
+
+def test_same_seed_same_frames_and_other_seed_other_frames():
+    def first(seed):
+        pipe = _pipe()
+        return next(iter(pipe.frames("abc", pipe.default_partition(2, 4), seed=seed))).frames
+    assert torch.equal(first(3), first(3)) and not torch.equal(first(3), first(4))
+
+
+def test_a_switch_takes_effect_when_the_output_reaches_its_time():
+    pipe = _pipe(fps=4)  # PixelCodec: one video frame per latent frame, so 1 s = 4 frames
+    schedule = PromptSchedule(((0.0, "ab"), (1.0, "abcdef")))
+    P = pipe.default_partition(chunk=2, steps=4)  # N=2, s=2
+    for chunk in pipe.frames(schedule, P, seed=0, warm_start=False):
+        if chunk.index >= 8:
+            break
+    texts = pipe.model.texts
+    # Calls 0-3 emit frames 0-3 (before 1 s) under "ab"; from the call after frame 3 left, "abcdef".
+    assert texts[:4] == [2.0] * 4 and set(texts[4:]) == {6.0}
+
+
+def test_prompt_schedule_validation_names_the_problem():
+    with pytest.raises(ValueError, match="starts with a prompt at 0"):
+        PromptSchedule(((1.0, "x"),))
+    with pytest.raises(ValueError, match="must increase"):
+        PromptSchedule(((0.0, "x"), (2.0, "y"), (1.0, "z")))
+    with pytest.raises(ValueError, match="empty"):
+        PromptSchedule(((0.0, " "),))
+    s = PromptSchedule(((0.0, "x"), (2.0, "y")))
+    assert (s.at(0), s.at(1.99), s.at(2.0), s.at(50)) == ("x", "x", "y", "y")
