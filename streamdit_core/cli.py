@@ -135,6 +135,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--chunk", type=_positive(int), default=2, help="latent frames per chunk c (default 2)")
     p.add_argument("--steps", type=_positive(int), default=16, help="denoising steps per frame T = s*N (default 16)")
     p.add_argument("--cold-start", action="store_true", help="start from a noise buffer instead of a warm start")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.set_defaults(run=_run_generate)
 
@@ -163,6 +165,9 @@ def _run_generate(args) -> int:
     except ValueError as err:
         raise SystemExit(f"--out: {err}") from None
     pipe = Pipeline.load(args.model, device=args.device)
+    guidance = pipe.guidance if args.guidance is None else args.guidance
+    if guidance < 0:
+        raise SystemExit(f"--guidance must be at least 0, got {guidance}")
     writer.fps = Fraction(pipe.fps)  # the container opens on the first frame
     try:
         partition = pipe.default_partition(args.chunk, args.steps)
@@ -173,7 +178,8 @@ def _run_generate(args) -> int:
     first = None
     written = 0
     with writer, tqdm(total=total, desc="generating", unit="frame") as bar:
-        for chunk in pipe.frames(schedule, partition, seed=args.seed, warm_start=not args.cold_start):
+        for chunk in pipe.frames(schedule, partition, seed=args.seed, warm_start=not args.cold_start,
+                                 guidance=guidance):
             frames = chunk.frames[: total - written]
             writer.write(frames)
             written += frames.shape[0]
@@ -216,6 +222,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--switch-scenes", type=int, default=24, help="scenes per switched attribute; 0 skips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=_positive(int), default=32, help="streams run side by side")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     p.set_defaults(run=_run_evaluate)
@@ -234,11 +242,13 @@ def _run_evaluate(args) -> int:
     if unknown:
         raise SystemExit(f"unknown schemes {unknown}; choose from {', '.join(SCHEMES)}")
     pipe = Pipeline.load(args.model, device=args.device)
+    g = pipe.guidance if args.guidance is None else args.guidance
     scenes = held_out_scenes()[: args.scenes]
-    report: dict = {"model": str(pipe.path), "scenes": len(scenes), "seconds": args.seconds, "steps": args.steps}
-    print(f"model {pipe.path}: {len(scenes)} held-out scenes, {args.seconds:g} s each, T={args.steps}")
-    results = compare_schemes(pipe, schemes, scenes, args.seconds, args.steps, args.seed, args.batch)
-    head = "| scheme | K,N,c,s | calls/frame | " + " | ".join(h for _, h in _TABLE_KEYS) + " |"
+    report: dict = {"model": str(pipe.path), "scenes": len(scenes), "seconds": args.seconds, "steps": args.steps,
+                    "guidance": g}
+    print(f"model {pipe.path}: {len(scenes)} held-out scenes, {args.seconds:g} s each, T={args.steps}, guidance {g:g}")
+    results = compare_schemes(pipe, schemes, scenes, args.seconds, args.steps, args.seed, args.batch, guidance=g)
+    head = "| scheme | K,N,c,s | model calls/frame | " + " | ".join(h for _, h in _TABLE_KEYS) + " |"
     print(head)
     print("|" + "---|" * (3 + len(_TABLE_KEYS)))
     for r in results:
@@ -247,12 +257,12 @@ def _run_evaluate(args) -> int:
         print(f"| {r.name} | {P.K},{P.N},{P.c},{P.s} | {r.calls_per_frame:.2f} | {cells} |")
     report["schemes"] = [{"name": r.name, "partition": dataclasses.asdict(r.partition),
                           "calls_per_frame": r.calls_per_frame, "seconds": r.seconds, **r.summary} for r in results]
-    seam = seams(pipe, scenes[:16], seed=args.seed)
+    seam = seams(pipe, scenes[:16], seed=args.seed, guidance=g)
     print(f"seams (c=2, {seam.chunk_frames} frames per chunk; boundary change / inside change, 1 = none): "
           f"overlap decoding {seam.overlap:.3f}, chunks decoded alone {seam.separate:.3f}")
     report["seams"] = dataclasses.asdict(seam)
     if args.drift_seconds > 0 and args.drift_scenes > 0:
-        d = drift(pipe, scenes[: args.drift_scenes], args.drift_seconds, seed=args.seed)
+        d = drift(pipe, scenes[: args.drift_scenes], args.drift_seconds, seed=args.seed, guidance=g)
         print(f"drift over {args.drift_seconds:g} s ({args.drift_scenes} scenes, c=2): first 10 s vs last 10 s")
         for k in ("color", "shape", "direction", "background", "subject_present", "brightness"):
             print(f"  {k:16s} {d.first[k]:.3f} -> {d.last[k]:.3f}")
@@ -261,7 +271,7 @@ def _run_evaluate(args) -> int:
         print(f"prompt switch at 3 s ({args.switch_scenes} scenes per attribute, c=2):")
         report["switch"] = []
         for attribute in ("color", "shape", "direction", "background"):
-            r = prompt_switch(pipe, scenes[: args.switch_scenes], attribute, seed=args.seed)
+            r = prompt_switch(pipe, scenes[: args.switch_scenes], attribute, seed=args.seed, guidance=g)
             print(f"  {attribute:10s} switched {r.switched:.3f}, within 2 s {r.within_2s:.3f}, "
                   f"mean latency {r.latency:.2f} s, other attributes kept {r.kept:.3f}")
             report["switch"].append(dataclasses.asdict(r))

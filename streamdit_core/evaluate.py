@@ -45,14 +45,14 @@ def scheme_partition(name: str, B: int, T: int) -> Partition:
 
 
 def _stream(pipe: Pipeline, schedules: list[PromptSchedule], partition: Partition, frames: int, seed: int,
-            batch: int, overlap: bool = True) -> torch.Tensor:
+            batch: int, overlap: bool = True, guidance: float = 1.0) -> torch.Tensor:
     """``[len(schedules), frames, 3, H, W]``, streamed ``batch`` at a time."""
     out = []
     for i in range(0, len(schedules), batch):
         group = schedules[i:i + batch]
         got, parts = 0, []
         for chunk in pipe.frames(group[0], partition, seed=seed + i, batch=len(group), schedules=group,
-                                 overlap=overlap):
+                                 overlap=overlap, guidance=guidance):
             f = chunk.frames if len(group) > 1 else chunk.frames[None]  # [b, t, 3, H, W]
             parts.append(f[:, : frames - got])
             got += parts[-1].shape[1]
@@ -73,7 +73,8 @@ class SchemeResult:
 
 
 def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | None = None, seconds: float = 4.0,
-                    steps: int = 16, seed: int = 0, batch: int = 32, progress: bool = True) -> list[SchemeResult]:
+                    steps: int = 16, seed: int = 0, batch: int = 32, progress: bool = True,
+                    guidance: float = 1.0) -> list[SchemeResult]:
     """Streams every scene with every scheme and scores the videos."""
     scenes = scenes if scenes is not None else held_out_scenes()
     frames = int(seconds * pipe.fps)
@@ -83,24 +84,25 @@ def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | No
         P = scheme_partition(name, B, steps)
         schedules = [PromptSchedule.single(s.caption) for s in scenes]
         t0 = time.perf_counter()
-        calls = _count_calls(pipe, P, frames, seed)
-        video = _stream(pipe, schedules, P, frames, seed, batch)
+        calls = _count_calls(pipe, P, frames, seed, guidance)
+        video = _stream(pipe, schedules, P, frames, seed, batch, guidance=guidance)
         elapsed = time.perf_counter() - t0
         scores = [score_video(v, s) for v, s in zip(video, scenes)]
         results.append(SchemeResult(name, P, calls, elapsed, summarize(scores), scores))
     return results
 
 
-def _count_calls(pipe: Pipeline, P: Partition, frames: int, seed: int) -> float:
-    """Model calls per video frame over a stream of ``frames`` frames, warm start included."""
+def _count_calls(pipe: Pipeline, P: Partition, frames: int, seed: int, guidance: float = 1.0) -> float:
+    """Model calls per video frame over a stream of ``frames`` frames, warm start included (a
+    guided call counts as two: it evaluates both branches, batched)."""
     calls, got = 0, 0
     counter = _Counting(pipe.model)
     counting = Pipeline(counter, pipe.codec, pipe.text, pipe.fps, pipe.path)
-    for chunk in counting.frames("a stream whose calls are counted", P, seed=seed):
+    for chunk in counting.frames("a stream whose calls are counted", P, seed=seed, guidance=guidance):
         got += chunk.frames.shape[0]
         if got >= frames:
             break
-    return counter.calls / got
+    return counter.branches / got
 
 
 class _Counting(torch.nn.Module):
@@ -111,9 +113,11 @@ class _Counting(torch.nn.Module):
         self.inner = model
         self.config = model.config
         self.calls = 0
+        self.branches = 0
 
     def forward(self, x, sigma, text):
         self.calls += 1
+        self.branches += x.shape[0]  # batch 1 per branch here
         return self.inner(x, sigma, text)
 
 
@@ -127,7 +131,7 @@ class SeamResult:
 
 
 def seams(pipe: Pipeline, scenes: list[Scene], partition: Partition | None = None, seconds: float = 4.0,
-          seed: int = 0) -> SeamResult:
+          seed: int = 0, guidance: float = 1.0) -> SeamResult:
     """Streams the same latents twice, decoded with and without overlap, and measures seams."""
     from .codec import seam_ratio
 
@@ -136,7 +140,8 @@ def seams(pipe: Pipeline, scenes: list[Scene], partition: Partition | None = Non
     schedules = [PromptSchedule.single(s.caption) for s in scenes]
     ratios = []
     for overlap in (True, False):
-        video = _stream(pipe, schedules, P, frames, seed, len(scenes), overlap=overlap)  # [n, T, 3, H, W]
+        video = _stream(pipe, schedules, P, frames, seed, len(scenes), overlap=overlap,
+                        guidance=guidance)  # [n, T, 3, H, W]
         ratios.append(seam_ratio(video.transpose(1, 2), P.c * pipe.frames_per_latent))
     return SeamResult(ratios[0], ratios[1], P.c * pipe.frames_per_latent)
 
@@ -149,12 +154,12 @@ class DriftResult:
 
 
 def drift(pipe: Pipeline, scenes: list[Scene], seconds: float = 120.0, partition: Partition | None = None,
-          seed: int = 0, window_seconds: float = 10.0) -> DriftResult:
+          seed: int = 0, window_seconds: float = 10.0, guidance: float = 1.0) -> DriftResult:
     """Streams each scene for ``seconds``; scores its first and last ``window_seconds``."""
     frames = int(seconds * pipe.fps)
     w = int(window_seconds * pipe.fps)
     video = _stream(pipe, [PromptSchedule.single(s.caption) for s in scenes], partition or pipe.default_partition(),
-                    frames, seed, len(scenes))
+                    frames, seed, len(scenes), guidance=guidance)
     first = summarize([score_video(v[:w], s) for v, s in zip(video, scenes)])
     last = summarize([score_video(v[-w:], s) for v, s in zip(video, scenes)])
     return DriftResult(seconds, first, last)
@@ -170,14 +175,15 @@ class SwitchResult:
 
 
 def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float = 3.0, seconds: float = 7.0,
-                  partition: Partition | None = None, seed: int = 0) -> SwitchResult:
+                  partition: Partition | None = None, seed: int = 0, guidance: float = 1.0) -> SwitchResult:
     """Switches one attribute at ``at`` seconds; measures when the detector sees it change."""
     gen = torch.Generator().manual_seed(seed)
     world = World()
     scripts = [world.switch_script(gen, s, attribute, 1) for s in scenes]
     schedules = [PromptSchedule(((0.0, a.caption), (at, b.caption))) for (_, a), (_, b) in scripts]
     frames = int(seconds * pipe.fps)
-    video = _stream(pipe, schedules, partition or pipe.default_partition(), frames, seed, len(scenes))
+    video = _stream(pipe, schedules, partition or pipe.default_partition(), frames, seed, len(scenes),
+                    guidance=guidance)
     start = int(at * pipe.fps)
     lat, ok, kept = [], 0, 0
     half = FPS // 2

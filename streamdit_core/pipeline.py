@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metadata
 from .codec import ChunkDecoder, PixelCodec
+from .guidance import Guided
 from .model import StreamDiT
 from .schedule import Partition
 from .stream import Streamer
@@ -86,6 +87,7 @@ class Pipeline:
     text: TextEncoder
     fps: int
     path: Path | None = None
+    guidance: float = 1.0  # the checkpoint's recommended classifier-free guidance scale
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -106,7 +108,7 @@ class Pipeline:
             codec_path = Path(codec_name) if Path(codec_name).is_absolute() else path.parent / codec_name
             codec = load_codec(codec_path, device=dev)
         text = TextEncoder()  # the only encoder shipped; other folders can be passed to TextEncoder
-        return cls(model, codec, text, int(meta.get("fps", "16")), path)
+        return cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")))
 
     @property
     def device(self) -> torch.device:
@@ -125,7 +127,7 @@ class Pipeline:
 
     def frames(self, schedule: PromptSchedule | str, partition: Partition | None = None, seed: int = 0,
                warm_start: bool = True, batch: int = 1, overlap: bool = True,
-               schedules: Sequence[PromptSchedule] | None = None) -> Iterator[FrameChunk]:
+               schedules: Sequence[PromptSchedule] | None = None, guidance: float = 1.0) -> Iterator[FrameChunk]:
         """Streams decoded frames for ever (stop iterating to stop the stream).
 
         Args:
@@ -136,6 +138,8 @@ class Pipeline:
             batch: streams run side by side (all with the same schedule unless ``schedules``
                 gives one per stream). Frames of stream i are ``frames[i]`` when batch > 1.
             overlap: seam-free chunk decoding (False: each chunk decoded alone, for comparison).
+            guidance: classifier-free guidance scale (1: none; each call then runs both
+                branches in one batched call, see :class:`~streamdit_core.guidance.Guided`).
         """
         if isinstance(schedule, str):
             schedule = PromptSchedule.single(schedule)
@@ -152,7 +156,8 @@ class Pipeline:
 
         current = [s.at(0) for s in schedules]
         with torch.inference_mode():
-            stream = Streamer(self.model, partition, shape, text=text_at(0), batch=batch, seed=seed,
+            model = self.model if guidance == 1.0 else Guided(self.model, guidance)
+            stream = Streamer(model, partition, shape, text=text_at(0), batch=batch, seed=seed,
                               device=self.device, dtype=next(self.model.parameters()).dtype)
             decoder = ChunkDecoder(self.codec, overlap=overlap)
             opening = stream.warm_start() if warm_start else None
