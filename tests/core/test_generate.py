@@ -1,0 +1,42 @@
+"""`python -m streamdit_core generate` on the embedded model writes a playable video."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamdit_core.pipeline import DEFAULT_MODEL
+from streamdit_core.video import read_video
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _generate(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "streamdit_core", "generate", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_embedded_model_ships_with_the_package():
+    assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size <= 25 * 2**20
+    assert (DEFAULT_MODEL.parent / "codec.safetensors").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif", "/"])
+def test_generate_writes_the_requested_frames(tmp_path, suffix):
+    out = str(tmp_path / "clip") + suffix
+    run = _generate("--prompt", "a red circle moving left on a black background", "--seconds", "1.25",
+                    "--switch", "0.5", "a red circle moving right on a black background", "--out", out)
+    assert run.returncode == 0, run.stderr[-2000:]
+    video = read_video(out)
+    assert video.shape == (20, 3, 64, 64)  # 1.25 s at 16 fps
+    assert "time to first frame" in run.stdout and "frames/s" in run.stdout
+
+
+def test_generate_rejects_bad_input_with_a_clear_message(tmp_path):
+    run = _generate("--prompt", "x", "--seconds", "1", "--out", str(tmp_path / "a.avi"))
+    assert run.returncode != 0 and ".avi" in run.stderr
+    run = _generate("--prompt", "x", "--seconds", "1", "--switch", "3", "y", "--out", str(tmp_path / "a.mp4"))
+    assert run.returncode != 0 and "inside the video" in run.stderr
+    run = _generate("--prompt", "x", "--chunk", "3", "--out", str(tmp_path / "a.mp4"))
+    assert run.returncode != 0 and "bad partition" in run.stderr
