@@ -188,7 +188,7 @@ def test_config_round_trips_and_rejects_bad_values():
     cfg = PRESETS["paper-4b"]
     assert StreamDiTConfig.from_json(cfg.to_json()) == cfg
     assert StreamDiTConfig.preset("tiny") == StreamDiTConfig()
-    with pytest.raises(ValueError, match="presets: tiny, paper-4b"):
+    with pytest.raises(ValueError, match="presets: tiny, embedded, paper-4b"):
         StreamDiTConfig.preset("huge")
     with pytest.raises(ValueError, match="num_heads"):
         StreamDiTConfig(hidden_size=30, num_heads=4)

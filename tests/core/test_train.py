@@ -57,6 +57,20 @@ def test_a_micro_model_lowers_its_loss_in_a_few_dozen_steps(tmp_path):
     assert meta["step"] == "60" and "train_config" in meta
 
 
+class Interrupted(Patterns):
+    """Patterns that stop the run (as Ctrl-C would) when batch ``stop`` is asked for."""
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop, self.asked = stop, 0
+
+    def sample(self, batch, gen):
+        self.asked += 1
+        if self.asked == self.stop:
+            raise KeyboardInterrupt
+        return super().sample(batch, gen)
+
+
 def test_resume_continues_where_the_run_stopped(tmp_path):
     cfg = TrainConfig(steps=12, batch_size=4, warmup=2, checkpoint_every=6)
     torch.manual_seed(0)
@@ -64,7 +78,8 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     train(straight, Patterns(), encode, cfg, out=tmp_path / "a", progress=False)
     torch.manual_seed(0)
     first = StreamDiT(MICRO)
-    train(first, Patterns(), encode, TrainConfig(**{**cfg.__dict__, "steps": 6}), out=tmp_path / "b", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # stopped during step 9, after the step-6 checkpoint
+        train(first, Interrupted(stop=9), encode, cfg, out=tmp_path / "b", progress=False)
     torch.manual_seed(99)  # a different init: resume must replace it
     resumed = StreamDiT(MICRO)
     result = train(resumed, Patterns(), encode, cfg, out=tmp_path / "b", resume=True, progress=False)
