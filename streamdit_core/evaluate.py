@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.world import FPS, Scene, World, held_out_scenes
-from .metrics import VideoScores, detect, score_video, summarize
+from .metrics import VideoScores, _heading, _majority, _steps, detect, score_video, summarize
 from .pipeline import Pipeline, PromptSchedule
 from .schedule import Partition
 
@@ -95,7 +95,7 @@ def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | No
 def _count_calls(pipe: Pipeline, P: Partition, frames: int, seed: int, guidance: float = 1.0) -> float:
     """Model calls per video frame over a stream of ``frames`` frames, warm start included (a
     guided call counts as two: it evaluates both branches, batched)."""
-    calls, got = 0, 0
+    got = 0
     counter = _Counting(pipe.model)
     counting = Pipeline(counter, pipe.codec, pipe.text, pipe.fps, pipe.path)
     for chunk in counting.frames("a stream whose calls are counted", P, seed=seed, guidance=guidance):
@@ -208,8 +208,6 @@ def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float
 
 def _attribute(det, attribute: str, t: int, half: int):
     """The detected attribute around frame ``t`` (direction: mean heading over ``half`` frames)."""
-    from .metrics import _heading, _majority, _steps
-
     lo, hi = max(0, t - half // 2), t + half // 2 + 1
     if attribute == "direction":
         return _heading(_steps(det.center[lo:hi], det.size))
