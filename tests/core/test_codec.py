@@ -8,7 +8,7 @@ from streamdit_core.codec import ChunkDecoder, CodecConfig, PixelCodec, VideoAut
 
 def _codec(seed=0, time_factor=2):
     torch.manual_seed(seed)
-    return VideoAutoencoder(CodecConfig(width=16, time_factor=time_factor)).eval()
+    return VideoAutoencoder(CodecConfig(width=16, time_factor=time_factor, latent_channels=8, space_factor=8)).eval()
 
 
 def test_shapes_and_compression():
@@ -22,6 +22,17 @@ def test_shapes_and_compression():
         codec.encode(torch.rand(1, 3, 7, 64, 64))
     with pytest.raises(ValueError, match=r"\[b, 3, T, H, W\]"):
         codec.encode(torch.rand(3, 8, 64, 64))
+
+
+@pytest.mark.parametrize("space_factor,channels", [(4, 4), (8, 8)])
+def test_space_factors(space_factor, channels):
+    torch.manual_seed(0)
+    codec = VideoAutoencoder(CodecConfig(width=16, latent_channels=channels, space_factor=space_factor)).eval()
+    z = codec.encode(torch.rand(1, 3, 3, 64, 64))
+    assert z.shape == (1, channels, 3, 64 // space_factor, 64 // space_factor)
+    assert codec.decode(z).shape == (1, 3, 3, 64, 64)
+    with pytest.raises(ValueError, match="space_factor must be 4 or 8"):
+        VideoAutoencoder(CodecConfig(space_factor=2))
 
 
 def test_decoder_is_causal_in_time():
