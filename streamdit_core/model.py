@@ -57,6 +57,10 @@ class StreamDiTConfig:
     buffer_frames: int = 16  # F of the latent buffer the model is built for
     latent_size: tuple[int, int] = (8, 8)  # H, W of that buffer
     sigma_warp: str = "identity"  # the warp the model is trained with (schedule.SigmaWarp.parse)
+    # Also add the prompt's pooled token states to every frame's adaLN input, as DiT conditions
+    # on its class and SD3 on its pooled text: a global attribute (a color, a shape, a heading)
+    # then steers every block's modulation directly instead of only through cross-attention.
+    pooled_text: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -73,6 +77,8 @@ class StreamDiTConfig:
             raise bad("num_heads", "must leave an even head width")
         if self.frequency_dim % 2:
             raise bad("frequency_dim", "must be even")
+        if not isinstance(self.pooled_text, bool):
+            raise bad("pooled_text", "must be true or false")
         if not self.mlp_ratio > 0:
             raise bad("mlp_ratio", "must be > 0")
         if self.window is not None:
@@ -123,10 +129,11 @@ class StreamDiTConfig:
 PRESETS: dict[str, StreamDiTConfig] = {
     # Milliseconds per call on a CPU: the engine's tests stream thousands of frames with it.
     "tiny": StreamDiTConfig(),
-    # The embedded default: the synthetic world's 8 x 8 x 8 latents (64x64 video, 2x temporal /
-    # 8x spatial codec) in an 8-frame buffer (1 s of 16 fps video), 16 tokens per latent frame,
-    # 128 tokens per call; MiniLM's 384-dim token states; windows of 4 latent frames; shift 2
-    # puts more of the schedule at high noise, where color, shape and heading are decided.
+    # The embedded default: the synthetic world's 8 x 8 x 8 latents (64x64 video, 8x spatial
+    # codec, one latent per frame) in an 8-frame buffer (0.5 s of 16 fps video), 16 tokens per
+    # latent frame, 128 tokens per call; MiniLM's 384-dim token states; windows of 4 latent
+    # frames; shift 2 puts more of the schedule at high noise, where color, shape and heading
+    # are decided.
     "embedded": StreamDiTConfig(
         in_channels=8,
         patch_size=2,
@@ -477,6 +484,8 @@ class StreamDiT(nn.Module):
         self.t_embedder = SigmaEmbedder(D, cfg.frequency_dim)
         # Text token states [B, Lt, Dt] -> [B, Lt, D], once per call, shared by every block.
         self.y_embedder = Mlp(cfg.text_dim, D, D)
+        # Masked mean of the text token states [B, Dt] -> [B, D], added to the sigma embedding.
+        self.pool_embedder = Mlp(cfg.text_dim, D, D) if cfg.pooled_text else None
         self.blocks = nn.ModuleList(StreamDiTBlock(cfg, shifted=i % 2 == 1) for i in range(cfg.depth))
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self._pos: dict[tuple, Tensor] = {}
@@ -503,6 +512,9 @@ class StreamDiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
             nn.init.zeros_(block.cross_attn.proj.weight)
             nn.init.zeros_(block.cross_attn.proj.bias)
+        # The pooled text starts with no effect on the modulation.
+        if self.pool_embedder is not None:
+            nn.init.zeros_(self.pool_embedder.fc2.weight)
         # The output layer starts at zero velocity.
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
@@ -525,9 +537,10 @@ class StreamDiT(nn.Module):
         if tuple(sigma.shape) != (x.shape[0], x.shape[2]):
             raise ValueError(f"sigma must be [B, F] = {[x.shape[0], x.shape[2]]}, got {list(sigma.shape)}")
 
-    def _text(self, text, batch: int, device, dtype) -> tuple[Tensor | None, Tensor | None]:
+    def _text(self, text, batch: int, device, dtype) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """-> cross-attention context ``[B, Lt, D]``, its mask ``[B, Lt]`` (None: all real), pooled text ``[B, D]``."""
         if text is None:
-            return None, None
+            return None, None, None
         if isinstance(text, Tensor):
             text = TextEmbedding(text)
         if not isinstance(text, TextEmbedding):
@@ -539,8 +552,16 @@ class StreamDiT(nn.Module):
             raise ValueError(f"text batch {tokens.shape[0]} does not match latent batch {batch} (or 1)")
         text = text.to(device=device, dtype=dtype)
         context = self.y_embedder(text.tokens).expand(batch, -1, -1)  # [B, Lt, D]
+        pooled = None
+        if self.pool_embedder is not None:
+            real = (torch.ones(text.tokens.shape[:2], device=device, dtype=torch.bool) if text.mask is None
+                    else text.mask)  # [b, Lt]
+            weight = real.to(dtype)[..., None]  # [b, Lt, 1]
+            mean = (text.tokens * weight).sum(1) / weight.sum(1).clamp_min(1)  # [b, Dt]
+            # A prompt with no real token (the unconditional branch) adds nothing.
+            pooled = (self.pool_embedder(mean) * real.any(1, keepdim=True).to(dtype)).expand(batch, -1)  # [B, D]
         mask = None if text.mask is None or bool(text.mask.all()) else text.mask.expand(batch, -1)  # [B, Lt]
-        return context, mask
+        return context, mask, pooled
 
     def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | Tensor | None = None) -> Tensor:
         self._check(x, sigma)
@@ -552,7 +573,9 @@ class StreamDiT(nn.Module):
         tokens = rearrange(x.to(dtype), "b c f (h p) (w q) -> b (f h w) (c p q)", p=p, q=p)  # [B, L, C*p*p]
         h = self.x_embedder(tokens) + self._positions(grid, x.device, dtype)  # [B, L, D]
         t = self.t_embedder(sigma.to(x.device))  # [B, F, D]
-        context, mask = self._text(text, B, x.device, dtype)  # [B, Lt, D], [B, Lt]
+        context, mask, pooled = self._text(text, B, x.device, dtype)  # [B, Lt, D], [B, Lt], [B, D]
+        if pooled is not None:
+            t = t + pooled[:, None, :]  # [B, F, D]
         for block in self.blocks:
             h = block(h, t, grid, context, mask)  # [B, L, D]
         out = self.final_layer(h, t, F)  # [B, L, p*p*C]

@@ -136,7 +136,9 @@ def test_forward_shapes_batching_and_dtype(tiny_model):
     assert odd.shape == (1, 4, 7, 6, 10) and torch.isfinite(odd).all()
 
 
-def test_padded_text_tokens_are_ignored(tiny_model):
+@pytest.mark.parametrize("pooled", [False, True])
+def test_padded_text_tokens_are_ignored(pooled):
+    tiny_model = randomized(StreamDiTConfig(pooled_text=pooled))
     x, sigma = torch.randn(2, 4, 16, 8, 8), torch.rand(2, 16)
     text = random_text(2, length=8, real=5)
     with torch.no_grad():
@@ -149,6 +151,20 @@ def test_padded_text_tokens_are_ignored(tiny_model):
         # a sample with no real token gets no text at all
         empty = TextEmbedding(text.tokens, torch.zeros_like(text.mask))
         assert torch.allclose(tiny_model(x, sigma, empty), tiny_model(x, sigma, None), atol=1e-6)
+
+
+def test_pooled_text_reaches_every_frames_modulation_on_its_own():
+    model = randomized(StreamDiTConfig(pooled_text=True))
+    with torch.no_grad():
+        for block in model.blocks:  # cut the cross-attention: only the pooled path carries text
+            block.cross_attn.proj.weight.zero_()
+            block.cross_attn.proj.bias.zero_()
+        x, sigma = torch.randn(1, 4, 16, 8, 8), torch.rand(1, 16)
+        a, b = model(x, sigma, random_text(seed=1)), model(x, sigma, random_text(seed=2))
+        assert (a - b).abs().flatten(3).amax(-1).min() > 0  # every frame, every channel moved
+        plain = StreamDiT(dataclasses.replace(model.config, pooled_text=False))
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("pool_embedder")})
+        assert torch.allclose(plain(x, sigma, random_text(seed=1)), plain(x, sigma, random_text(seed=2)), atol=1e-6)
 
 
 def test_window_attention_model_equals_full_attention_model_when_one_window_covers_all():
@@ -196,6 +212,8 @@ def test_config_round_trips_and_rejects_bad_values():
         StreamDiTConfig(window=(4, 4))
     with pytest.raises(ValueError, match="sigma_warp"):
         StreamDiTConfig(sigma_warp="shift:-1")
+    with pytest.raises(ValueError, match="pooled_text"):
+        StreamDiTConfig(pooled_text="yes")
     with pytest.raises(ValueError, match=r"unknown StreamDiTConfig fields \['depthh'\]"):
         StreamDiTConfig.from_dict({"depthh": 3})
 
