@@ -53,6 +53,7 @@ class TrainConfig:
     uniform_ratio: float = 0.1  # extra share of plain text-to-video (one sigma for the buffer)
     reference_frames: int = 0  # K clean frames at the output end in the chunked schemes
     text_dropout: float = 0.1  # share of samples trained without text (classifier-free guidance)
+    subject_weight: float = 0.0  # extra loss weight on latent pixels the subject covers (0: plain MSE)
     checkpoint_every: int = 500
     seed: int = 0
 
@@ -60,6 +61,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.subject_weight < 0:
+            raise ValueError(f"subject_weight must be at least 0, got {self.subject_weight}")
         if not 0 <= self.text_dropout <= 1 or not 0 < self.ema_decay < 1:
             raise ValueError("text_dropout must be in [0, 1] and ema_decay in (0, 1)")
 
@@ -68,17 +71,25 @@ class BatchSource(Protocol):
     def sample(self, batch: int, gen: torch.Generator): ...  # -> .latents [b, C, F, h, w], .prompts
 
 
-def flow_matching_loss(model: nn.Module, x0: Tensor, sigma: Tensor, eps: Tensor, text) -> Tensor:
+def flow_matching_loss(model: nn.Module, x0: Tensor, sigma: Tensor, eps: Tensor, text,
+                       pixel_weight: Tensor | None = None) -> Tensor:
     """Mean squared velocity error over every noised frame.
 
     Args:
         x0: clean latents ``[b, C, F, h, w]``; eps: noise like x0; sigma: ``[b, F]``.
         text: the conditioning handed to ``model``.
+        pixel_weight: optional ``[b, 1, F, h, w]`` weight per latent pixel; each frame's error is
+            its weighted mean, so frames keep equal say.
     """
     x = add_noise(x0, eps, sigma)
     target = velocity_target(x0, eps)
     pred = model(x, sigma, text)
-    err = (pred.float() - target.float()).square().mean(dim=(1, 3, 4))  # [b, F]
+    sq = (pred.float() - target.float()).square()  # [b, C, F, h, w]
+    if pixel_weight is None:
+        err = sq.mean(dim=(1, 3, 4))  # [b, F]
+    else:
+        w = pixel_weight.float()
+        err = (sq * w).mean(dim=(1, 3, 4)) / w.mean(dim=(1, 3, 4)).clamp_min(1e-8)
     weight = (sigma > 0).float()  # clean reference frames have no velocity to learn
     return (err * weight).sum() / weight.sum().clamp_min(1)
 
@@ -193,8 +204,15 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         eps = torch.randn(x0.shape, generator=gen).to(device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
+        weight = None
+        if cfg.subject_weight > 0:
+            cover = getattr(batch, "subject", None)
+            if cover is None:
+                raise ValueError("subject_weight needs batches that carry subject cover (a LatentPool); "
+                                 "set subject_weight=0 for other data")
+            weight = 1 + cfg.subject_weight * cover.to(device)
         with autocast:
-            loss = flow_matching_loss(net, x0, noise.sigma.to(device), eps, text)
+            loss = flow_matching_loss(net, x0, noise.sigma.to(device), eps, text, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -5,20 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .world import World
 
-__all__ = ["LatentBatch", "LatentPool"]
+__all__ = ["LatentBatch", "LatentPool", "subject_cover"]
 
 
 @dataclass(frozen=True)
 class LatentBatch:
-    """latents ``[b, C, F, h, w]`` and one caption per sample."""
+    """latents ``[b, C, F, h, w]``, one caption per sample and, from a pool, the share of each
+    latent pixel that the subject (with a two-pixel margin) covers, ``[b, 1, F, h, w]``."""
 
     latents: Tensor
     prompts: list[str]
+    subject: Tensor | None = None
 
 
 class LatentPool:
@@ -37,14 +40,16 @@ class LatentPool:
             raise ValueError(f"clip_frames ({clip_frames}) must be at least frames ({frames})")
         gen = torch.Generator().manual_seed(seed)
         tf = codec.time_factor
-        latents, prompts = [], []
+        latents, cover, prompts = [], [], []
         with torch.no_grad():
             for start in tqdm(range(0, clips, encode_batch), desc="encoding training clips", disable=not progress):
                 n = min(encode_batch, clips - start)
                 video, caps = world.batch(n, clip_frames * tf, gen)  # [n, T, 3, H, W]
                 latents.append(codec.encode(video.transpose(1, 2)).to(torch.float32))  # [n, C, F, h, w]
+                cover.append(subject_cover(video, tf, codec.space_factor).to(torch.float16))
                 prompts.extend(caps)
         self.latents = torch.cat(latents)  # [clips, C, F, h, w]
+        self.subject = torch.cat(cover)  # [clips, 1, F, h, w]
         self.prompts = prompts
 
     def __len__(self) -> int:
@@ -54,5 +59,24 @@ class LatentPool:
         idx = torch.randint(len(self), (batch,), generator=gen)
         span = self.latents.shape[2] - self.frames + 1
         start = torch.randint(span, (batch,), generator=gen)
-        x = torch.stack([self.latents[i, :, s:s + self.frames] for i, s in zip(idx.tolist(), start.tolist())])
-        return LatentBatch(x, [self.prompts[i] for i in idx.tolist()])
+        pick = list(zip(idx.tolist(), start.tolist()))
+        x = torch.stack([self.latents[i, :, s:s + self.frames] for i, s in pick])
+        cover = torch.stack([self.subject[i, :, s:s + self.frames] for i, s in pick]).float()
+        return LatentBatch(x, [self.prompts[i] for i in idx.tolist()], cover)
+
+
+def subject_cover(video: Tensor, time_factor: int, space_factor: int, margin: int = 2) -> Tensor:
+    """Share of each latent pixel covered by the subject, ``[n, 1, F, h, w]`` in 0..1.
+
+    The subject is every pixel away (RGB distance over 0.1) from its frame's median color,
+    grown by ``margin`` pixels so the edges that tell one shape from another are inside it.
+    ``video`` is ``[n, T, 3, H, W]`` in 0..1.
+    """
+    n, T, _, H, W = video.shape
+    bg = video.flatten(3).median(dim=3).values[..., None, None]  # [n, T, 3, 1, 1]
+    fg = ((video - bg).norm(dim=2) > 0.1).float().reshape(n * T, 1, H, W)
+    if margin:
+        fg = F.max_pool2d(fg, 2 * margin + 1, stride=1, padding=margin)
+    fg = F.avg_pool2d(fg, space_factor)  # [n*T, 1, h, w]
+    fg = fg.reshape(n, T // time_factor, time_factor, 1, H // space_factor, W // space_factor).mean(2)
+    return fg.permute(0, 2, 1, 3, 4).contiguous()  # [n, 1, F, h, w]

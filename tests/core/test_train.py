@@ -120,3 +120,38 @@ def test_ddp_with_two_gloo_processes_gives_the_gradients_of_one_process_on_the_j
     for name, p in model.named_parameters():
         assert torch.allclose(ddp[name], p.grad, atol=1e-6, rtol=1e-4), name
     assert any(g.abs().sum() > 0 for g in ddp.values())
+
+
+class _Constant(torch.nn.Module):
+    """A "model" that predicts a fixed velocity, so the loss is a known function of the target."""
+
+    def __init__(self, v):
+        super().__init__()
+        self.v = v
+
+    def forward(self, x, sigma, text):
+        return self.v.expand_as(x)
+
+
+def test_pixel_weight_moves_the_loss_towards_the_weighted_pixels():
+    x0 = torch.zeros(1, 1, 2, 2, 2)
+    eps = torch.zeros(1, 1, 2, 2, 2)
+    eps[..., 0, 0] = 1.0  # the target velocity is 1 on one pixel per frame, 0 elsewhere
+    sigma = torch.full((1, 2), 0.5)
+    model = _Constant(torch.zeros(1))
+    plain = float(flow_matching_loss(model, x0, sigma, eps, None))
+    assert plain == pytest.approx(0.25)  # one pixel in four has error 1
+    weight = torch.ones(1, 1, 2, 2, 2)
+    weight[..., 0, 0] = 4.0
+    weighted = float(flow_matching_loss(model, x0, sigma, eps, None, weight))
+    assert weighted == pytest.approx(4 / 7)  # (4 * 1) / (4 + 1 + 1 + 1)
+    uniform = float(flow_matching_loss(model, x0, sigma, eps, None, 3 * torch.ones_like(weight)))
+    assert uniform == pytest.approx(plain)  # a constant weight changes nothing
+
+
+def test_subject_weight_needs_batches_with_subject_cover():
+    with pytest.raises(ValueError, match="subject_weight"):
+        train(StreamDiT(MICRO), Patterns(), encode, TrainConfig(steps=1, batch_size=2, subject_weight=4.0),
+              progress=False)
+    with pytest.raises(ValueError, match="subject_weight must be at least 0"):
+        TrainConfig(subject_weight=-1.0)
