@@ -43,6 +43,10 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=_positive(float), default=None)
     p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partition chunk sizes to mix, e.g. 1,2,4,8")
     p.add_argument("--uniform-ratio", type=float, default=None, help="extra share of plain text-to-video samples")
+    p.add_argument("--subject-weight", type=float, default=None,
+                   help="extra loss weight on latent pixels the subject covers (default 0: plain MSE)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale to record as the model's recommendation (default 1: none)")
     p.add_argument("--codec", type=Path, default=None, help="a trained codec checkpoint to use instead of training one")
     p.add_argument("--codec-steps", type=_positive(int), default=None, help="codec training steps")
     p.add_argument("--decoder-steps", type=int, default=3000,
@@ -69,6 +73,8 @@ def _run_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.guidance < 0:
+        raise SystemExit(f"--guidance must be at least 0, got {args.guidance}")
     torch.manual_seed(args.seed)
     world = World()
     out: Path = args.out
@@ -89,7 +95,8 @@ def _run_train(args) -> int:
     model = StreamDiT.from_preset(args.preset)
     B = model.config.buffer_frames
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                   "chunk_sizes": args.chunk_sizes, "uniform_ratio": args.uniform_ratio}.items()
+                                   "chunk_sizes": args.chunk_sizes, "uniform_ratio": args.uniform_ratio,
+                                   "subject_weight": args.subject_weight}.items()
                  if v is not None}
     config = TrainConfig(seed=args.seed, **overrides)
     shipped = out / "model.safetensors"
@@ -101,7 +108,7 @@ def _run_train(args) -> int:
         codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
         result = train(model, pool, encoder.encode, config, out=out, resume=args.resume,
                        metadata={"codec": codec_name, "text_encoder": encoder.name, "fps": str(FPS),
-                                 "world": "shapes-64"})
+                                 "world": "shapes-64", "guidance": f"{args.guidance:g}"})
         print(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     meta = read_metadata(codec_file)
     if args.decoder_steps > 0 and "decoder_refined_steps" not in meta:
