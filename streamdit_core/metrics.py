@@ -47,7 +47,7 @@ _BG_TABLE = torch.tensor([BACKGROUNDS[c] for c in _BG_NAMES])  # [4, 3]
 _DIR_NAMES = list(DIRECTIONS)
 _DIR_TABLE = torch.tensor([DIRECTIONS[d] for d in _DIR_NAMES])  # [8, 2]
 WINDOW = 16  # frames per adherence window (one second at 16 fps)
-CROP = 32  # subject crop side in pixels (at 64x64)
+CROP = 48  # subject crop side in pixels at 64x64: holds the largest shape (37 pixels across)
 
 
 @dataclass
