@@ -14,7 +14,7 @@ chunk decoding), ``data`` (the synthetic world), ``train``, ``metrics``, ``evalu
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
-from .model import PRESETS, StreamDiT, StreamDiTConfig, TextEmbedding
+from .model import PRESETS, FrameText, StreamDiT, StreamDiTConfig, TextEmbedding
 from .schedule import MixedPartitions, Partition, SigmaWarp, TrainingNoise
 from .stream import EmittedChunk, StreamError, Streamer, StreamState
 
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "EmittedChunk",
+    "FrameText",
     "MixedPartitions",
     "PRESETS",
     "Partition",

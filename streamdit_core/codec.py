@@ -220,10 +220,15 @@ class ChunkDecoder:
     (the seamed baseline, kept for measurement).
     """
 
-    def __init__(self, codec: Codec, overlap: bool = True):
+    def __init__(self, codec: Codec, overlap: bool = True, tail: Tensor | None = None):
         self.codec = codec
         self.overlap = overlap
-        self._tail: Tensor | None = None
+        self._tail: Tensor | None = tail  # a previous decoder's ``tail``, to continue its video
+
+    @property
+    def tail(self) -> Tensor | None:
+        """The latent frames kept as left context for the next chunk (None before the first)."""
+        return self._tail
 
     def reset(self) -> None:
         self._tail = None

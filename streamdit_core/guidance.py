@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .model import TextEmbedding
+from .model import FrameText, TextEmbedding
 
 __all__ = ["Guided"]
 
@@ -34,17 +34,25 @@ class Guided(nn.Module):
         self.calls = 0
         self.branches = 0
 
-    def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding) -> Tensor:
-        """x ``[b, C, F, H, W]``, sigma ``[b, F]``, text with tokens ``[b or 1, L, D]`` -> v like x."""
+    def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | FrameText) -> Tensor:
+        """x ``[b, C, F, H, W]``, sigma ``[b, F]``, text with tokens ``[b or 1, L, D]`` (or a
+        :class:`FrameText` of such prompts) -> v like x."""
         b = x.shape[0]
-        tokens = text.tokens.expand(b, -1, -1) if text.tokens.shape[0] == 1 else text.tokens  # [b, L, D]
-        mask = text.mask if text.mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool,
-                                                                  device=tokens.device)
-        mask = mask.expand(b, -1) if mask.shape[0] == 1 else mask  # [b, L]
-        both = TextEmbedding(torch.cat([tokens, torch.zeros_like(tokens)]),  # [2b, L, D]
-                             torch.cat([mask, torch.zeros_like(mask)]))  # [2b, L]
+        if isinstance(text, FrameText):
+            both = FrameText(tuple(_with_unconditional(t, b) for t in text.texts), text.index)
+        else:
+            both = _with_unconditional(text, b)
         v = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), both)  # [2b, C, F, H, W]
         self.calls += 1
         self.branches += 2
         cond, uncond = v[:b], v[b:]
         return uncond + self.scale * (cond - uncond)
+
+
+def _with_unconditional(text: TextEmbedding, b: int) -> TextEmbedding:
+    """``[b or 1, L, D]`` -> ``[2b, L, D]``: the prompt for the first b samples, no text after."""
+    tokens = text.tokens.expand(b, -1, -1) if text.tokens.shape[0] == 1 else text.tokens  # [b, L, D]
+    mask = text.real()
+    mask = mask.expand(b, -1) if mask.shape[0] == 1 else mask  # [b, L]
+    return TextEmbedding(torch.cat([tokens, torch.zeros_like(tokens)]),  # [2b, L, D]
+                         torch.cat([mask, torch.zeros_like(mask)]))  # [2b, L]

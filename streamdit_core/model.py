@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F_
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .schedule import SigmaWarp
 
-__all__ = ["StreamDiT", "StreamDiTConfig", "TextEmbedding", "PRESETS"]
+__all__ = ["StreamDiT", "StreamDiTConfig", "TextEmbedding", "FrameText", "PRESETS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +187,76 @@ class TextEmbedding:
     def to(self, device=None, dtype=None) -> "TextEmbedding":
         mask = None if self.mask is None else self.mask.to(device=device, dtype=torch.bool)
         return TextEmbedding(self.tokens.to(device=device, dtype=dtype), mask)
+
+    def real(self) -> Tensor:
+        """bool ``[B, Lt]``: the mask, or all True when there is none."""
+        if self.mask is not None:
+            return self.mask
+        return torch.ones(self.tokens.shape[:2], dtype=torch.bool, device=self.tokens.device)
+
+    def padded(self, length: int, batch: int | None = None) -> "TextEmbedding":
+        """The same prompts over ``length >= Lt`` tokens (padding is zero and masked),
+        broadcast to ``batch`` when given."""
+        tokens, mask = self.tokens, self.real()
+        extra = length - tokens.shape[1]
+        if extra < 0:
+            raise ValueError(f"cannot pad {tokens.shape[1]} text tokens down to {length}")
+        tokens = F_.pad(tokens * mask[..., None].to(tokens.dtype), (0, 0, 0, extra))  # [B, length, Dt]
+        mask = F_.pad(mask, (0, extra))  # [B, length]
+        if batch is not None:
+            tokens, mask = tokens.expand(batch, -1, -1), mask.expand(batch, -1)
+        return TextEmbedding(tokens, mask)
+
+    def lerp(self, other: "TextEmbedding", weight: float) -> "TextEmbedding":
+        """A prompt blend: token states ``(1 - weight) * self + weight * other`` over the union
+        of both prompts' real tokens (padding counts as zero); for gradual prompt switches."""
+        length = max(self.tokens.shape[1], other.tokens.shape[1])
+        batch = max(self.tokens.shape[0], other.tokens.shape[0])
+        a, b = self.padded(length, batch), other.padded(length, batch)
+        return TextEmbedding(torch.lerp(a.tokens, b.tokens.to(a.tokens), float(weight)), a.mask | b.mask)
+
+
+@dataclass(frozen=True)
+class FrameText:
+    """Per-frame text conditioning: each latent frame attends to its own prompt.
+
+    Streams switch prompts chunk by chunk with it: the frames that entered the buffer before a
+    switch keep the old prompt while the new one conditions only the chunks entering after it.
+
+    Attributes:
+        texts: the distinct prompts, each a :class:`TextEmbedding` ``[B or 1, Lt_i, Dt]``.
+        index: int64 ``[F]``: which of ``texts`` conditions each frame of the buffer.
+    """
+
+    texts: tuple[TextEmbedding, ...]
+    index: Tensor
+
+    def __post_init__(self) -> None:
+        if not self.texts or not all(isinstance(t, TextEmbedding) for t in self.texts):
+            raise TypeError("FrameText needs one or more TextEmbedding prompts")
+        if self.index.dim() != 1 or self.index.dtype != torch.int64:
+            raise ValueError(f"FrameText index must be int64 [F], got {self.index.dtype} {list(self.index.shape)}")
+        if self.index.numel() and not 0 <= int(self.index.min()) <= int(self.index.max()) < len(self.texts):
+            raise ValueError(f"FrameText index must lie in 0..{len(self.texts) - 1}, got {self.index.tolist()}")
+
+    @classmethod
+    def of_frames(cls, per_frame: Sequence[TextEmbedding]) -> "FrameText":
+        """From one prompt per frame; the same object given twice is stored once."""
+        texts: list[TextEmbedding] = []
+        index = []
+        for text in per_frame:
+            at = next((i for i, t in enumerate(texts) if t is text), None)
+            if at is None:
+                texts.append(text)
+                at = len(texts) - 1
+            index.append(at)
+        return cls(tuple(texts), torch.tensor(index, dtype=torch.int64))
+
+    def stacked(self, batch: int) -> tuple[Tensor, Tensor]:
+        """All prompts padded to one length: tokens ``[batch, P, Lt, Dt]``, mask ``[batch, P, Lt]``."""
+        length = max(t.tokens.shape[1] for t in self.texts)
+        padded = [t.padded(length, batch) for t in self.texts]
+        return torch.stack([t.tokens for t in padded], dim=1), torch.stack([t.mask for t in padded], dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,8 +444,17 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
         """x ``[B, L, D]``, context ``[B, Lt, D]``, mask bool ``[B, Lt]`` -> ``[B, L, D]``.
 
-        A sample with no real text token gets a zero update (the unconditional branch).
+        With per-frame text, context is ``[B, F, Lt, D]`` and mask ``[B, F, Lt]``: the tokens of
+        frame f attend only to frame f's prompt. A sample (or frame) with no real text token
+        gets a zero update (the unconditional branch).
         """
+        if context.dim() == 4:
+            B, L, D = x.shape
+            frames = context.shape[1]
+            o = self.forward(x.reshape(B * frames, L // frames, D),  # [B*F, S, D]
+                             context.flatten(0, 1),  # [B*F, Lt, D]
+                             None if mask is None else mask.flatten(0, 1))  # [B*F, Lt]
+            return o.reshape(B, L, D)  # [B, L, D]
         q = rearrange(self.q(x), "b l (n d) -> b n l d", n=self.num_heads)  # [B, n, L, d]
         k, v = rearrange(self.kv(context), "b t (k n d) -> k b n t d", k=2, n=self.num_heads)  # 2 x [B, n, Lt, d]
         q, k = self.q_norm(q), self.k_norm(k)
@@ -470,7 +549,8 @@ class StreamDiT(nn.Module):
     Args (forward):
         x: latents ``[B, C, F, H, W]``; frame 0 is the buffer's output end.
         sigma: per-frame noise level ``[B, F]``.
-        text: :class:`TextEmbedding` (or bare tokens ``[B, Lt, Dt]``), or None for no text.
+        text: :class:`TextEmbedding` (or bare tokens ``[B, Lt, Dt]``), :class:`FrameText` (a
+            prompt per frame), or None for no text.
     Returns:
         velocity ``[B, C, F, H, W]`` in x's dtype.
     """
@@ -537,31 +617,44 @@ class StreamDiT(nn.Module):
         if tuple(sigma.shape) != (x.shape[0], x.shape[2]):
             raise ValueError(f"sigma must be [B, F] = {[x.shape[0], x.shape[2]]}, got {list(sigma.shape)}")
 
-    def _text(self, text, batch: int, device, dtype) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """-> cross-attention context ``[B, Lt, D]``, its mask ``[B, Lt]`` (None: all real), pooled text ``[B, D]``."""
+    def _text(self, text, batch: int, frames: int, device, dtype
+              ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """-> cross-attention context ``[B, Lt, D]`` (``[B, F, Lt, D]`` for per-frame text), its
+        mask ``[B, Lt]`` / ``[B, F, Lt]`` (None: all real), pooled text ``[B, D]`` / ``[B, F, D]``."""
         if text is None:
             return None, None, None
         if isinstance(text, Tensor):
             text = TextEmbedding(text)
-        if not isinstance(text, TextEmbedding):
-            raise TypeError(f"text must be a TextEmbedding, a [B, Lt, Dt] tensor or None, got {type(text).__name__}")
-        tokens, mask = text.tokens, text.mask
-        if tokens.shape[-1] != self.config.text_dim:
-            raise ValueError(f"text tokens must have width Dt={self.config.text_dim}, got {list(tokens.shape)}")
-        if tokens.shape[0] not in (1, batch):
-            raise ValueError(f"text batch {tokens.shape[0]} does not match latent batch {batch} (or 1)")
-        text = text.to(device=device, dtype=dtype)
-        context = self.y_embedder(text.tokens).expand(batch, -1, -1)  # [B, Lt, D]
+        if isinstance(text, FrameText):
+            if text.index.numel() != frames:
+                raise ValueError(f"per-frame text has {text.index.numel()} frames, the latents {frames}")
+            for t in text.texts:
+                self._check_text(t, batch)
+            tokens, mask = text.stacked(batch)  # [B, P, Lt, Dt], [B, P, Lt]
+            index = text.index.to(device)
+            tokens, mask = tokens.to(device=device, dtype=dtype)[:, index], mask.to(device)[:, index]  # [B, F, Lt, Dt], [B, F, Lt]
+        elif isinstance(text, TextEmbedding):
+            self._check_text(text, batch)
+            text = text.to(device=device, dtype=dtype)
+            tokens, mask = text.tokens.expand(batch, -1, -1), text.real().expand(batch, -1)  # [B, Lt, Dt], [B, Lt]
+        else:
+            raise TypeError(
+                f"text must be a TextEmbedding, a FrameText, a [B, Lt, Dt] tensor or None, got {type(text).__name__}"
+            )
+        context = self.y_embedder(tokens)  # [B, (F,) Lt, D]
         pooled = None
         if self.pool_embedder is not None:
-            real = (torch.ones(text.tokens.shape[:2], device=device, dtype=torch.bool) if text.mask is None
-                    else text.mask)  # [b, Lt]
-            weight = real.to(dtype)[..., None]  # [b, Lt, 1]
-            mean = (text.tokens * weight).sum(1) / weight.sum(1).clamp_min(1)  # [b, Dt]
+            weight = mask.to(dtype)[..., None]  # [B, (F,) Lt, 1]
+            mean = (tokens * weight).sum(-2) / weight.sum(-2).clamp_min(1)  # [B, (F,) Dt]
             # A prompt with no real token (the unconditional branch) adds nothing.
-            pooled = (self.pool_embedder(mean) * real.any(1, keepdim=True).to(dtype)).expand(batch, -1)  # [B, D]
-        mask = None if text.mask is None or bool(text.mask.all()) else text.mask.expand(batch, -1)  # [B, Lt]
-        return context, mask, pooled
+            pooled = self.pool_embedder(mean) * mask.any(-1, keepdim=True).to(dtype)  # [B, (F,) D]
+        return context, (None if bool(mask.all()) else mask), pooled
+
+    def _check_text(self, text: TextEmbedding, batch: int) -> None:
+        if text.tokens.shape[-1] != self.config.text_dim:
+            raise ValueError(f"text tokens must have width Dt={self.config.text_dim}, got {list(text.tokens.shape)}")
+        if text.tokens.shape[0] not in (1, batch):
+            raise ValueError(f"text batch {text.tokens.shape[0]} does not match latent batch {batch} (or 1)")
 
     def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | Tensor | None = None) -> Tensor:
         self._check(x, sigma)
@@ -573,9 +666,9 @@ class StreamDiT(nn.Module):
         tokens = rearrange(x.to(dtype), "b c f (h p) (w q) -> b (f h w) (c p q)", p=p, q=p)  # [B, L, C*p*p]
         h = self.x_embedder(tokens) + self._positions(grid, x.device, dtype)  # [B, L, D]
         t = self.t_embedder(sigma.to(x.device))  # [B, F, D]
-        context, mask, pooled = self._text(text, B, x.device, dtype)  # [B, Lt, D], [B, Lt], [B, D]
+        context, mask, pooled = self._text(text, B, F, x.device, dtype)  # [B, (F,) Lt, D], [B, (F,) Lt], [B, (F,) D]
         if pooled is not None:
-            t = t + pooled[:, None, :]  # [B, F, D]
+            t = t + (pooled if pooled.dim() == 3 else pooled[:, None, :])  # [B, F, D]
         for block in self.blocks:
             h = block(h, t, grid, context, mask)  # [B, L, D]
         out = self.final_layer(h, t, F)  # [B, L, p*p*C]

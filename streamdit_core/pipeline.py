@@ -22,12 +22,13 @@ from torch import Tensor
 from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metadata
 from .codec import ChunkDecoder, PixelCodec
 from .guidance import Guided
-from .model import StreamDiT
+from .model import StreamDiT, TextEmbedding
 from .schedule import Partition
-from .stream import Streamer
+from .stream import StreamState, Streamer
 from .text import TextEncoder
 
-__all__ = ["DEFAULT_MODEL", "Pipeline", "PromptSchedule", "resolve_device", "FrameChunk"]
+__all__ = ["DEFAULT_MODEL", "FrameChunk", "Pipeline", "PromptSchedule", "PromptSwitch", "Session",
+           "StreamSnapshot", "SWITCH_MODES", "resolve_device"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "embedded" / "model.safetensors"
 
@@ -125,9 +126,14 @@ class Pipeline:
     def encode(self, prompts: str | Sequence[str]):
         return self.text.encode(prompts).to(self.device)
 
+    def session(self, prompt: str | Sequence[str], partition: Partition | None = None, **kwargs) -> "Session":
+        """A :class:`Session` on this model (see there for the arguments)."""
+        return Session(self, prompt, partition, **kwargs)
+
     def frames(self, schedule: PromptSchedule | str, partition: Partition | None = None, seed: int = 0,
                warm_start: bool = True, batch: int = 1, overlap: bool = True,
-               schedules: Sequence[PromptSchedule] | None = None, guidance: float = 1.0) -> Iterator[FrameChunk]:
+               schedules: Sequence[PromptSchedule] | None = None, guidance: float = 1.0,
+               switch: PromptSwitch | None = None) -> Iterator[FrameChunk]:
         """Streams decoded frames for ever (stop iterating to stop the stream).
 
         Args:
@@ -140,41 +146,268 @@ class Pipeline:
             overlap: seam-free chunk decoding (False: each chunk decoded alone, for comparison).
             guidance: classifier-free guidance scale (1: none; each call then runs both
                 branches in one batched call, see :class:`~streamdit_core.guidance.Guided`).
+            switch: how scheduled prompt changes apply (default: immediately, as in the paper).
+                Immediate and blended switches start when the next frame to leave the buffer
+                reaches the switch time; a per-chunk switch conditions the frames from the
+                switch time on, from the moment they enter.
         """
         if isinstance(schedule, str):
             schedule = PromptSchedule.single(schedule)
         schedules = list(schedules) if schedules is not None else [schedule] * batch
         if len(schedules) != batch:
             raise ValueError(f"need {batch} prompt schedules, got {len(schedules)}")
-        partition = partition or self.default_partition()
-        cfg = self.model.config
-        shape = (cfg.in_channels, *cfg.latent_size)
-        tf = self.frames_per_latent
+        session = Session(self, [s.at(0) for s in schedules], partition, seed=seed, guidance=guidance,
+                          batch=batch, overlap=overlap, switch=switch)
+        opening = session.start(warm_start)
+        if opening is not None:  # K > 0: the reference frames open the video
+            yield opening
+        while True:
+            seconds = session.seconds_in if session.switch.mode == "chunk" else session.seconds_out
+            wanted = [s.at(seconds) for s in schedules]
+            if wanted != session.prompts:
+                session.set_prompt(wanted)
+            chunk = session.step()
+            if chunk is not None:
+                yield chunk
 
-        def text_at(seconds: float):
-            return self.encode([s.at(seconds) for s in schedules])
 
-        current = [s.at(0) for s in schedules]
-        with torch.inference_mode():
-            model = self.model if guidance == 1.0 else Guided(self.model, guidance)
-            stream = Streamer(model, partition, shape, text=text_at(0), batch=batch, seed=seed,
-                              device=self.device, dtype=next(self.model.parameters()).dtype)
-            decoder = ChunkDecoder(self.codec, overlap=overlap)
-            opening = stream.warm_start() if warm_start else None
-            if opening is not None:  # K > 0: the reference frames open the video
-                yield self._decoded(decoder, opening, batch)
-            while True:
-                # Switch prompts when the next frame to leave the buffer reaches the switch time.
-                seconds = int(stream.state.frame_index[partition.K]) * tf / self.fps
-                wanted = [s.at(seconds) for s in schedules]
-                if wanted != current:
-                    current = wanted
-                    stream.set_text(self.encode(current))
-                chunk = stream.step()
-                if chunk is not None:
-                    yield self._decoded(decoder, chunk, batch)
+SWITCH_MODES = ("immediate", "blend", "chunk")
 
-    def _decoded(self, decoder: ChunkDecoder, chunk, batch: int) -> FrameChunk:
-        video = decoder.decode(chunk.latents)  # [b, 3, T, H, W]
+
+@dataclass(frozen=True)
+class PromptSwitch:
+    """How a new prompt takes over a running stream.
+
+    Attributes:
+        mode: ``immediate``: every frame in the buffer sees the new prompt from the next call
+            (the paper's switch); ``blend``: the text embedding moves from the old prompt to the
+            new one over ``blend_calls`` model calls; ``chunk``: the new prompt conditions only
+            the chunks that enter the buffer after the switch, so the change in the video is
+            sharp at a chunk boundary (the model sees a prompt per frame meanwhile).
+        blend_calls: model calls a blend takes (``blend`` only).
+    """
+
+    mode: str = "immediate"
+    blend_calls: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in SWITCH_MODES:
+            raise ValueError(f"unknown prompt switch mode {self.mode!r}; choose one of {', '.join(SWITCH_MODES)}")
+        if isinstance(self.blend_calls, bool) or not isinstance(self.blend_calls, int) or self.blend_calls < 1:
+            raise ValueError(f"blend_calls must be an integer >= 1, got {self.blend_calls!r}")
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """A paused stream that a later :class:`Session` continues exactly (see :meth:`Session.snapshot`).
+
+    Attributes:
+        state: the buffer (a private copy).
+        prompts: the prompt per stream in force.
+        guidance, overlap, switch: the session's settings.
+        decoder_tail: the decoder's left context, so the continued video has no seam.
+    """
+
+    state: StreamState
+    prompts: tuple[str, ...]
+    guidance: float
+    overlap: bool
+    switch: PromptSwitch
+    decoder_tail: Tensor | None
+
+    @property
+    def partition(self) -> Partition:
+        return self.state.partition
+
+    @property
+    def frames_out(self) -> int:
+        """Latent frames the stream has emitted so far."""
+        K = self.state.partition.K
+        return int(self.state.frame_index[K])
+
+
+class Session:
+    """One stream on a :class:`Pipeline`: prompts that can change while it runs, decoding, counters.
+
+    Args:
+        pipe: the model, codec and text encoder.
+        prompt: one prompt, or one per stream when ``batch > 1``.
+        partition: default :meth:`Pipeline.default_partition`.
+        seed: seeds all of the stream's noise.
+        guidance: classifier-free guidance scale (default: the checkpoint's recommended scale).
+        batch: streams side by side.
+        overlap: seam-free chunk decoding.
+        switch: how :meth:`set_prompt` takes effect.
+        snapshot: continue a :class:`StreamSnapshot` instead of starting a new buffer (its
+            partition, guidance, overlap and switch then apply unless given here).
+
+    Frames come out as :class:`FrameChunk` (``frames [T, 3, H, W]``, ``[b, T, 3, H, W]`` when
+    ``batch > 1``); a model error or an interrupt leaves the stream where it was.
+    """
+
+    def __init__(self, pipe: Pipeline, prompt: str | Sequence[str], partition: Partition | None = None, *,
+                 seed: int = 0, guidance: float | None = None, batch: int = 1, overlap: bool | None = None,
+                 switch: PromptSwitch | None = None, snapshot: StreamSnapshot | None = None):
+        self.pipe = pipe
+        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != batch:
+            raise ValueError(f"need {batch} prompts (one per stream), got {len(prompts)}")
+        self.batch = batch
+        if snapshot is not None:
+            partition = partition or snapshot.partition
+            guidance = snapshot.guidance if guidance is None else guidance
+            overlap = snapshot.overlap if overlap is None else overlap
+            switch = switch or snapshot.switch
+        self.switch = switch or PromptSwitch()
+        guidance = pipe.guidance if guidance is None else float(guidance)
+        if guidance < 0:
+            raise ValueError(f"guidance must be at least 0, got {guidance}")
+        self.guidance = guidance
+        self.overlap = True if overlap is None else overlap
+        self.model = pipe.model if guidance == 1.0 else Guided(pipe.model, guidance)
+        self.prompts = prompts
+        self._blend: tuple[TextEmbedding, TextEmbedding, int] | None = None  # (from, to, calls done)
+        text = pipe.encode(prompts)
+        if snapshot is not None:
+            if snapshot.state.x.shape[0] != batch:
+                raise ValueError(f"the snapshot holds {snapshot.state.x.shape[0]} streams, not batch={batch}")
+            if partition != snapshot.partition:
+                raise ValueError(f"a snapshot continues with its own partition {snapshot.partition}, not {partition}")
+            self.stream = Streamer.resume(self.model, snapshot.state.clone(), text=text)
+            tail = snapshot.decoder_tail
+            self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap, tail=None if tail is None else tail.clone())
+            if snapshot.prompts != tuple(prompts):  # the old prompt fills the buffer; switch as asked
+                self.stream.set_text(pipe.encode(list(snapshot.prompts)))
+                self.prompts = list(snapshot.prompts)
+                self.set_prompt(prompts)
+        else:
+            partition = partition or pipe.default_partition()
+            cfg = pipe.model.config
+            self.stream = Streamer(self.model, partition, (cfg.in_channels, *cfg.latent_size), text=text,
+                                   batch=batch, seed=seed, device=pipe.device,
+                                   dtype=next(pipe.model.parameters()).dtype)
+            self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap)
+
+    # ------------------------------------------------------------------------------- clocks
+
+    @property
+    def partition(self) -> Partition:
+        return self.stream.partition
+
+    @property
+    def calls(self) -> int:
+        """Model calls made by this stream (a guided call counts once)."""
+        return self.stream.state.calls
+
+    @property
+    def seconds_out(self) -> float:
+        """Video time of the next frame to leave the buffer."""
+        st = self.stream.state
+        return int(st.frame_index[self.partition.K]) * self.pipe.frames_per_latent / self.pipe.fps
+
+    @property
+    def seconds_in(self) -> float:
+        """Video time of the next frame to enter the buffer."""
+        return self.stream.state.next_index * self.pipe.frames_per_latent / self.pipe.fps
+
+    # ------------------------------------------------------------------------------- starts
+
+    @torch.inference_mode()
+    def start(self, warm: bool = True) -> FrameChunk | None:
+        """Warm start (the uniform trajectory; paper Fig. 13) or keep the cold noise buffer.
+
+        Returns the opening reference frames when ``K > 0``.
+        """
+        if not warm:
+            return None
+        opening = self.stream.warm_start()
+        return None if opening is None else self._decoded(opening)
+
+    @torch.inference_mode()
+    def fill_video(self, video: Tensor, strength: float) -> FrameChunk | None:
+        """Video-to-video: ``video [T, 3, H, W]`` (or ``[b, T, 3, H, W]``) in 0..1 at the model's
+        size becomes the buffer and the queued source; frame i comes out as frame i.
+
+        Frames beyond the buffer are queued; the clip is padded with its last frame so every
+        source frame leaves the stream (take ``T`` frames out).
+        """
+        if video.dim() == 4:
+            video = video[None]
+        H, W = self.frame_size
+        if video.dim() != 5 or video.shape[2] != 3 or tuple(video.shape[-2:]) != (H, W):
+            raise ValueError(f"video must be frames [T, 3, H={H}, W={W}] in 0..1, got {list(video.shape)}")
+        P, tf = self.partition, self.pipe.frames_per_latent
+        need = max(P.B * tf, -(-video.shape[1] // tf) * tf) + P.N * P.c * tf  # whole latents, then a flush
+        pad = video[:, -1:].expand(-1, need - video.shape[1], -1, -1, -1)
+        clip = torch.cat([video, pad], 1).to(self.pipe.device)  # [b, T', 3, H, W]
+        latents = self.pipe.codec.encode(clip.transpose(1, 2).float())  # [b, C, F, h, w]
+        opening = self.stream.fill_video(latents, strength)
+        return None if opening is None else self._decoded(opening)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of the video frames this model makes."""
+        h, w = self.pipe.model.config.latent_size
+        f = getattr(self.pipe.codec, "space_factor", 1)
+        return h * f, w * f
+
+    # ------------------------------------------------------------------------------ prompts
+
+    def set_prompt(self, prompt: str | Sequence[str]) -> None:
+        """A new prompt (one per stream), taking effect as :attr:`switch` says."""
+        prompts = [prompt] * self.batch if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != self.batch or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"need {self.batch} non-empty prompt(s), got {prompt!r}")
+        if prompts == self.prompts:
+            return
+        new = self.pipe.encode(prompts)
+        mode = self.switch.mode
+        if mode == "blend":
+            current = self.stream.conditioning()
+            if not isinstance(current, TextEmbedding):
+                current = self.pipe.encode(self.prompts)
+            self._blend = (current, new, 0)
+        else:
+            self._blend = None
+            self.stream.set_text(new, entering_only=mode == "chunk")
+        self.prompts = prompts
+
+    def _advance_blend(self) -> None:
+        if self._blend is None:
+            return
+        old, new, done = self._blend
+        done += 1
+        if done >= self.switch.blend_calls:
+            self.stream.set_text(new)
+            self._blend = None
+        else:
+            self.stream.set_text(old.lerp(new, done / self.switch.blend_calls))
+            self._blend = (old, new, done)
+
+    # ---------------------------------------------------------------------------- streaming
+
+    @torch.inference_mode()
+    def step(self) -> FrameChunk | None:
+        """One model call; the decoded frames that left the buffer, if any."""
+        self._advance_blend()
+        chunk = self.stream.step()
+        return None if chunk is None else self._decoded(chunk)
+
+    def next_chunk(self) -> FrameChunk:
+        """Model calls until frames leave (``s`` calls, fewer mid-cycle)."""
+        while True:
+            chunk = self.step()
+            if chunk is not None:
+                return chunk
+
+    def snapshot(self) -> StreamSnapshot:
+        """A copy of where the stream stands, for a later :class:`Session` to continue."""
+        tail = self.decoder.tail
+        return StreamSnapshot(self.stream.state.clone(), tuple(self.prompts), self.guidance, self.overlap,
+                              self.switch, None if tail is None else tail.clone())
+
+    def _decoded(self, chunk) -> FrameChunk:
+        video = self.decoder.decode(chunk.latents)  # [b, 3, T, H, W]
         frames = video.permute(0, 2, 1, 3, 4).float().cpu()  # [b, T, 3, H, W]
-        return FrameChunk(frames[0] if batch == 1 else frames, chunk.index * self.frames_per_latent, chunk.calls)
+        tf = self.pipe.frames_per_latent
+        return FrameChunk(frames[0] if self.batch == 1 else frames, chunk.index * tf, chunk.calls)

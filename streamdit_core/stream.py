@@ -9,6 +9,10 @@ output end as context and are never changed by a step.
 
 The velocity protocol is ``model(x [b, C, B, H, W], sigma [b, B], text) -> v`` like x; ``text``
 is handed to the model untouched, and may be replaced between any two calls (prompt switch).
+A switch can also be per chunk (``set_text(text, entering_only=True)``): the new text then
+conditions only the chunks that enter after it, and each call gets a
+:class:`~streamdit_core.model.FrameText` (one prompt per buffer frame) until the frames from
+before the switch have left.
 
 Noise is drawn on the CPU from the stream's own generator, in this order: one
 ``randn([b, C, B, H, W])`` per buffer fill (the constructor's cold fill, then any later
@@ -24,6 +28,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
+from .model import FrameText, TextEmbedding
 from .schedule import IDENTITY, Partition, SigmaWarp, add_noise, frame_sigma_table
 
 __all__ = ["Streamer", "StreamState", "EmittedChunk", "StreamError"]
@@ -167,6 +172,7 @@ class Streamer:
         self.dtype = dtype or (model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32)
         self.latent_shape = tuple(int(n) for n in latent_shape)
         self.batch = batch
+        self._slots: list[Any] | None = None  # per-slot text after a per-chunk switch, else None
         empty = torch.empty(0)
         self.state = StreamState(
             partition=partition, warp=warp, scale=1.0, x=empty, step=0, calls=0,
@@ -187,6 +193,7 @@ class Streamer:
         self.dtype = state.x.dtype
         self.latent_shape = (C, H, W)
         self.batch = state.x.shape[0]
+        self._slots = None
         self.state = state
         self._build_table()
         return self
@@ -214,6 +221,7 @@ class Streamer:
         """
         st, K, B = self.state, self.partition.K, self.partition.B
         st.x, st.step, st.source, st.scale = x, 0, None, float(scale)
+        self._slots = None
         self._build_table()
         first = K if refs_are_frames else 0
         refs = torch.arange(K) if refs_are_frames else torch.full((K,), -1)
@@ -223,9 +231,33 @@ class Streamer:
             return EmittedChunk(latents=x[:, :, :K].clone(), index=0, calls=st.calls)
         return None
 
-    def set_text(self, text: Any) -> None:
-        """Replaces the conditioning from the next call on (a prompt switch)."""
+    def set_text(self, text: Any, entering_only: bool = False) -> None:
+        """Replaces the conditioning from the next call on (a prompt switch).
+
+        Args:
+            text: the new conditioning.
+            entering_only: a per-chunk switch: frames already in the buffer keep the text they
+                entered with, and only chunks admitted from now on get ``text`` (both must be
+                :class:`~streamdit_core.model.TextEmbedding`, and the model must accept
+                :class:`~streamdit_core.model.FrameText`).
+        """
+        if entering_only:
+            slots = self._slots or [self.text] * self.partition.B
+            bad = [type(t).__name__ for t in (text, *slots) if not isinstance(t, TextEmbedding)]
+            if bad:
+                raise StreamError(f"a per-chunk prompt switch needs TextEmbedding conditioning, got {bad[0]}; "
+                                  "switch immediately instead. The stream is unchanged.")
+            self._slots = slots
+        else:
+            self._slots = None
         self.text = text
+
+    def conditioning(self) -> Any:
+        """What the next call hands the model: the text, or a FrameText while frames from
+        before a per-chunk switch are still in the buffer."""
+        if self._slots is None:
+            return self.text
+        return FrameText.of_frames(self._slots)
 
     def reset(self, text: Any = None) -> None:
         """Cold start: a new noise buffer at each chunk's level, zero reference frames.
@@ -272,7 +304,7 @@ class Streamer:
                 lo = P.K + start[k] * P.c
                 filled[:, :, lo:lo + P.c] = x[:, :, lo:lo + P.c]
             if k < last:
-                v = self._call(x, grid[k].expand(self.batch, P.B))
+                v = self._call(x, grid[k].expand(self.batch, P.B), self.text)  # the whole buffer: one text
                 x = x - (grid[k] - grid[k + 1]) * v
         filled[:, :, :P.K] = x[:, :, :P.K]
         st.generator = gen
@@ -328,8 +360,8 @@ class Streamer:
 
     # ------------------------------------------------------------------------------ streaming
 
-    def _call(self, x: Tensor, sigma: Tensor) -> Tensor:
-        v = self.model(x, sigma, self.text)
+    def _call(self, x: Tensor, sigma: Tensor, text: Any = None) -> Tensor:
+        v = self.model(x, sigma, self.conditioning() if text is None else text)
         if not isinstance(v, Tensor) or v.shape != x.shape:
             got = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
             raise StreamError(f"the velocity model returned {got} for latents {list(x.shape)}; it must return v like x")
@@ -391,6 +423,11 @@ class Streamer:
         ids = torch.arange(st.next_index, st.next_index + c)
         ref_ids = torch.cat([st.frame_index[:K], st.frame_index[K:K + c]])[-K:] if K else st.frame_index[:0]
         st.frame_index = torch.cat([ref_ids, st.frame_index[K + c:], ids])
+        if self._slots is not None:  # texts move with their frames; the entering chunk gets the newest
+            slots = self._slots
+            self._slots = (slots[:K] + slots[K:K + c])[c:] + slots[K + c:] + [self.text] * c
+            if all(t is self.text for t in self._slots):
+                self._slots = None
         st.next_index += c
         st.step = 0
         return EmittedChunk(latents=out, index=index, calls=st.calls)

@@ -1,0 +1,225 @@
+"""Prompt switches: per-frame text in the model, per-chunk and blended switches in the stream,
+snapshots that continue a stream exactly."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from helpers import random_text, randomized
+from streamdit_core import FrameText, Partition, StreamDiTConfig, StreamError, Streamer, TextEmbedding
+from streamdit_core.codec import PixelCodec
+from streamdit_core.guidance import Guided
+from streamdit_core.pipeline import Pipeline, PromptSwitch
+
+SHAPE = (4, 8, 8)
+
+
+def _x(b=2, F=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b, *SHAPE[:1], F, *SHAPE[1:], generator=gen), torch.rand(b, F, generator=gen)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_one_prompt_for_every_frame_is_the_plain_text(pooled):
+    model = randomized(StreamDiTConfig(pooled_text=pooled))
+    x, sigma = _x()
+    text = random_text(batch=2, real=4)
+    per_frame = FrameText.of_frames([text] * 16)
+    assert per_frame.texts == (text,) and per_frame.index.tolist() == [0] * 16
+    with torch.no_grad():
+        assert torch.allclose(model(x, sigma, per_frame), model(x, sigma, text), atol=1e-5)
+
+
+def test_each_frame_attends_to_its_own_prompt(tiny_model):
+    """Without self-attention between frames (window 1 frame deep), a frame's output depends only
+    on its own prompt."""
+    model = randomized(StreamDiTConfig(window=(1, 4, 4)))
+    x, sigma = _x(b=1)
+    a, b = random_text(seed=1), random_text(seed=2, length=3)
+    mixed = FrameText.of_frames([a] * 8 + [b] * 8)
+    with torch.no_grad():
+        out, only_a, only_b = model(x, sigma, mixed), model(x, sigma, a), model(x, sigma, b)
+    assert torch.allclose(out[:, :, :8], only_a[:, :, :8], atol=1e-5)
+    assert torch.allclose(out[:, :, 8:], only_b[:, :, 8:], atol=1e-5)
+    assert not torch.allclose(only_a[:, :, 8:], only_b[:, :, 8:], atol=1e-3)
+
+
+def test_frame_text_is_checked(tiny_model):
+    x, sigma = _x()
+    with pytest.raises(ValueError, match="per-frame text has 3 frames, the latents 16"):
+        tiny_model(x, sigma, FrameText.of_frames([random_text()] * 3))
+    with pytest.raises(ValueError, match="index must lie in 0..0"):
+        FrameText((random_text(),), torch.tensor([0, 1]))
+
+
+def test_guidance_with_per_frame_text_matches_plain_guidance(tiny_model):
+    x, sigma = _x()
+    text = random_text(batch=1, real=3)
+    guided = Guided(tiny_model, 4.0)
+    with torch.no_grad():
+        assert torch.allclose(guided(x, sigma, FrameText.of_frames([text] * 16)), guided(x, sigma, text), atol=1e-5)
+
+
+def test_text_blend_moves_from_one_prompt_to_the_other():
+    a, b = random_text(length=6, real=4, seed=1), random_text(length=5, real=5, seed=2)
+    half = a.lerp(b, 0.5)
+    assert half.tokens.shape == (1, 6, 32) and half.mask[0].tolist() == [True] * 5 + [False]
+    assert torch.allclose(half.tokens[0, :4], (a.tokens[0, :4] + b.tokens[0, :4]) / 2)
+    assert torch.allclose(half.tokens[0, 4], b.tokens[0, 4] / 2)  # a's padding counts as zero
+    assert torch.equal(a.lerp(b, 1.0).tokens[0, :5], b.tokens[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The stream
+
+class Recorder:
+    def __init__(self, model):
+        self.model, self.texts = model, []
+
+    def __call__(self, x, sigma, text):
+        self.texts.append(text)
+        return self.model(x, sigma, text)
+
+
+def test_per_chunk_switch_conditions_only_the_chunks_entering_after_it(tiny_model):
+    P = Partition(K=2, N=3, c=2, s=2)  # B = 8
+    old, new = random_text(seed=1), random_text(seed=2)
+    rec = Recorder(tiny_model)
+    stream = Streamer(rec, P, SHAPE, text=old, seed=0)
+    stream.step()
+    stream.set_text(new, entering_only=True)
+    stream.step()  # the cycle's last call: every frame still holds the old text; then a shift
+    assert rec.texts[-1].texts == (old,) and rec.texts[-1].index.tolist() == [0] * 8
+    ids = []
+    for _ in range(P.N):  # each shift lets one new chunk in at the top; references keep theirs
+        stream.step()
+        ids.append(rec.texts[-1].index.tolist())
+        stream.step()
+    assert ids[0] == [0, 0, 0, 0, 0, 0, 1, 1]
+    assert ids[1] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert ids[2] == [0, 0, 1, 1, 1, 1, 1, 1]  # the old text now only on the reference frames
+    stream.step()
+    assert rec.texts[-1] is new  # every frame entered after the switch: back to one plain text
+
+
+def test_per_chunk_switch_needs_text_embeddings_and_leaves_the_stream_unchanged(tiny_model):
+    stream = Streamer(tiny_model, Partition(K=0, N=2, c=2, s=1), SHAPE, text=None)
+    with pytest.raises(StreamError, match="needs TextEmbedding conditioning, got NoneType"):
+        stream.set_text(random_text(), entering_only=True)
+    assert stream.text is None and stream.conditioning() is None
+
+
+def test_immediate_switch_drops_a_pending_per_chunk_switch(tiny_model):
+    stream = Streamer(tiny_model, Partition(K=0, N=2, c=2, s=1), SHAPE, text=random_text(seed=1))
+    stream.set_text(random_text(seed=2), entering_only=True)
+    last = random_text(seed=3)
+    stream.set_text(last)
+    assert stream.conditioning() is last
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions on a pipeline
+
+CONFIG = StreamDiTConfig(in_channels=3, hidden_size=32, depth=2, num_heads=2, text_dim=4, window=(2, 4, 4),
+                         buffer_frames=4, latent_size=(8, 8))
+
+
+class Words:
+    """A stand-in text encoder: one token per prompt, its value the prompt's length."""
+
+    def encode(self, prompts):
+        return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
+
+
+class TextLog(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.seen = model, model.config, []
+
+    def forward(self, x, sigma, text):
+        self.seen.append(text)
+        return self.inner(x, sigma, text)
+
+
+def _pipe():
+    return Pipeline(TextLog(randomized(CONFIG)), PixelCodec(), Words(), fps=4)
+
+
+def test_blend_reaches_the_new_prompt_after_the_chosen_calls():
+    pipe = _pipe()
+    session = pipe.session("ab", Partition(K=0, N=2, c=2, s=2), switch=PromptSwitch("blend", blend_calls=4))
+    session.start()
+    session.set_prompt("abcdef")  # token value 2 -> 6
+    for _ in range(5):
+        session.step()
+    values = [float(t.tokens[0, 0, 0]) for t in pipe.model.seen[-5:]]
+    assert values == pytest.approx([3.0, 4.0, 5.0, 6.0, 6.0])
+
+
+def test_a_snapshot_continues_the_stream_exactly():
+    pipe = _pipe()
+    P = Partition(K=1, N=3, c=1, s=2)
+    whole = pipe.session("a prompt", P, seed=5)
+    whole.start()
+    expected = [whole.next_chunk().frames for _ in range(7)]
+
+    first = pipe.session("a prompt", P, seed=5)
+    first.start()
+    got = [first.next_chunk().frames for _ in range(3)]
+    snap = first.snapshot()
+    first.next_chunk()  # the first session going on does not disturb the snapshot
+    second = pipe.session("a prompt", snapshot=snap)
+    got += [second.next_chunk().frames for _ in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert second.calls == whole.calls and snap.frames_out == 3 + P.K
+
+
+def test_a_snapshot_resumed_with_a_new_prompt_switches_per_chunk():
+    pipe = _pipe()
+    P = Partition(K=0, N=2, c=2, s=1)
+    first = pipe.session("aa", P, switch=PromptSwitch("chunk"))
+    first.start()
+    first.next_chunk()
+    second = pipe.session("aaaa", snapshot=first.snapshot())
+    second.step()  # the old prompt's frames fill the buffer; the new prompt's first chunk enters
+    second.step()
+    seen = pipe.model.seen[-1]
+    assert isinstance(seen, FrameText) and seen.index.tolist() == [0, 0, 1, 1]
+    assert [float(t.tokens[0, 0, 0]) for t in seen.texts] == [2.0, 4.0]
+
+
+def test_switch_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown prompt switch mode 'sudden'"):
+        PromptSwitch("sudden")
+    with pytest.raises(ValueError, match="blend_calls must be an integer >= 1"):
+        PromptSwitch("blend", 0)
+    session = _pipe().session("x", Partition(K=0, N=2, c=2, s=1))
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        session.set_prompt("  ")
+    assert dataclasses.is_dataclass(session.snapshot())
+
+
+@pytest.mark.slow
+def test_embedded_model_per_chunk_switch_changes_only_frames_entering_after_it():
+    """On the embedded model, a color switch made when frame 16 enters the buffer: per chunk,
+    every frame before 16 keeps the old color and every frame from 16 on has the new one; an
+    immediate switch at the same moment also recolors frames already in the buffer."""
+    from streamdit_core.metrics import detect
+
+    pipe = Pipeline.load()
+    colors = {}
+    for mode in ("chunk", "immediate"):
+        session = pipe.session("a red circle moving right on a black background", seed=0,
+                               switch=PromptSwitch(mode))
+        session.start()
+        frames = []
+        while sum(f.shape[0] for f in frames) < 24:
+            if session.seconds_in >= 1.0:  # frame 16 is next to enter
+                session.set_prompt("a blue circle moving right on a black background")
+            chunk = session.step()
+            if chunk is not None:
+                frames.append(chunk.frames)
+        colors[mode] = detect(torch.cat(frames)[:24]).color
+    assert colors["chunk"] == ["red"] * 16 + ["blue"] * 8
+    assert colors["immediate"][16:] == ["blue"] * 8 and colors["immediate"][8:16].count("blue") >= 4
