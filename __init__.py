@@ -1,11 +1,23 @@
 """ComfyUI-StreamDiT: ComfyUI entry point.
 
 ComfyUI imports this package from ``custom_nodes/`` and reads the three names below. The node
-classes live in ``nodes/``; the torch library they wrap is ``streamdit_core/``.
+classes live in ``nodes/``; the torch library they wrap is ``streamdit_core/``; the canvas
+extension (live player, live prompt box) is ``web/``.
 """
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+import os
+import sys
+
+# The nodes import the library as ``streamdit_core``; ComfyUI imports this folder as a package
+# without putting it on the path. Appended, not prepended: nothing of ComfyUI's is shadowed.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.append(_HERE)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, setup_host  # noqa: E402
+
 WEB_DIRECTORY = "./web"
+
+setup_host()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -12,9 +12,10 @@ each emitted chunk seam-free and yields frames ``[T, 3, H, W]`` as they are prod
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -40,6 +41,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
+_TIMED = re.compile(r"^(\d+(?:\.\d+)?)\s*s\s*:(.*)$")
+
+
 @dataclass(frozen=True)
 class PromptSchedule:
     """Prompts over video time: ``[(seconds, prompt), ...]`` starting at 0, times increasing."""
@@ -59,6 +63,44 @@ class PromptSchedule:
     @classmethod
     def single(cls, prompt: str) -> "PromptSchedule":
         return cls(((0.0, prompt),))
+
+    @classmethod
+    def parse(cls, text: str) -> "PromptSchedule":
+        """Reads one prompt per line, each ``<seconds>s: <prompt>``::
+
+            0s: a red circle moving left on a black background
+            4.5s: a blue circle moving left on a black background
+
+        Blank lines and lines starting with ``#`` are skipped; a text with no time at all is one
+        prompt for the whole video. Raises ValueError naming the bad line.
+        """
+        lines = [(n, line.strip()) for n, line in enumerate(str(text).splitlines(), 1)]
+        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+        if not lines:
+            raise ValueError("the prompt schedule is empty; write a prompt, or lines like '0s: a calm lake'")
+        if len(lines) == 1 and not _TIMED.match(lines[0][1]):
+            return cls.single(lines[0][1])
+        entries = []
+        for n, line in lines:
+            m = _TIMED.match(line)
+            if m is None:
+                raise ValueError(f"line {n} {line[:60]!r}: write '<seconds>s: <prompt>', e.g. '4s: the lake at night'")
+            seconds, prompt = float(m.group(1)), m.group(2).strip()
+            if not prompt:
+                raise ValueError(f"line {n} {line[:60]!r}: the prompt after the time is empty")
+            if entries and seconds <= entries[-1][0]:
+                raise ValueError(f"line {n} {line[:60]!r}: {seconds:g}s is not after the previous line's "
+                                 f"{entries[-1][0]:g}s; list the prompts in time order")
+            entries.append((seconds, prompt))
+        if entries[0][0] != 0:
+            raise ValueError(f"line {lines[0][0]} {lines[0][1][:60]!r}: the first prompt must start at 0s")
+        return cls(tuple(entries))
+
+    def starting_at(self, seconds: float) -> "PromptSchedule":
+        """This schedule for a stream segment that starts at ``seconds`` of stream time: its
+        first prompt holds until then, its later times move by ``seconds``."""
+        later = tuple((t + seconds, p) for t, p in self.entries[1:])
+        return PromptSchedule(((0.0, self.entries[0][1]),) + later)
 
     def at(self, seconds: float) -> str:
         """The prompt in force at ``seconds`` of video."""
@@ -162,10 +204,7 @@ class Pipeline:
         if opening is not None:  # K > 0: the reference frames open the video
             yield opening
         while True:
-            seconds = session.seconds_in if session.switch.mode == "chunk" else session.seconds_out
-            wanted = [s.at(seconds) for s in schedules]
-            if wanted != session.prompts:
-                session.set_prompt(wanted)
+            session.follow(schedules)
             chunk = session.step()
             if chunk is not None:
                 yield chunk
@@ -240,6 +279,11 @@ class Session:
         switch: how :meth:`set_prompt` takes effect.
         snapshot: continue a :class:`StreamSnapshot` instead of starting a new buffer (its
             partition, guidance, overlap and switch then apply unless given here).
+        size: ``(H, W)`` of the video frames (default: the model's own size); multiples of the
+            codec's spatial factor times the patch size.
+        before_call: called with no arguments before every model call, warm start included
+            (a host's progress and interrupt check: an exception it raises stops the stream
+            before the call, leaving it where it was).
 
     Frames come out as :class:`FrameChunk` (``frames [T, 3, H, W]``, ``[b, T, 3, H, W]`` when
     ``batch > 1``); a model error or an interrupt leaves the stream where it was.
@@ -247,7 +291,8 @@ class Session:
 
     def __init__(self, pipe: Pipeline, prompt: str | Sequence[str], partition: Partition | None = None, *,
                  seed: int = 0, guidance: float | None = None, batch: int = 1, overlap: bool | None = None,
-                 switch: PromptSwitch | None = None, snapshot: StreamSnapshot | None = None):
+                 switch: PromptSwitch | None = None, snapshot: StreamSnapshot | None = None,
+                 size: tuple[int, int] | None = None, before_call: Callable[[], None] | None = None):
         self.pipe = pipe
         prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
         if len(prompts) != batch:
@@ -265,6 +310,8 @@ class Session:
         self.guidance = guidance
         self.overlap = True if overlap is None else overlap
         self.model = pipe.model if guidance == 1.0 else Guided(pipe.model, guidance)
+        if before_call is not None:
+            self.model = _Hooked(self.model, before_call)
         self.prompts = prompts
         self._blend: tuple[TextEmbedding, TextEmbedding, int] | None = None  # (from, to, calls done)
         text = pipe.encode(prompts)
@@ -283,7 +330,7 @@ class Session:
         else:
             partition = partition or pipe.default_partition()
             cfg = pipe.model.config
-            self.stream = Streamer(self.model, partition, (cfg.in_channels, *cfg.latent_size), text=text,
+            self.stream = Streamer(self.model, partition, (cfg.in_channels, *self._latent_size(size)), text=text,
                                    batch=batch, seed=seed, device=pipe.device,
                                    dtype=next(pipe.model.parameters()).dtype)
             self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap)
@@ -346,10 +393,21 @@ class Session:
 
     @property
     def frame_size(self) -> tuple[int, int]:
-        """(H, W) of the video frames this model makes."""
-        h, w = self.pipe.model.config.latent_size
+        """(H, W) of the video frames this stream makes."""
         f = getattr(self.pipe.codec, "space_factor", 1)
-        return h * f, w * f
+        return self.stream.latent_shape[1] * f, self.stream.latent_shape[2] * f
+
+    def _latent_size(self, size: tuple[int, int] | None) -> tuple[int, int]:
+        cfg = self.pipe.model.config
+        if size is None:
+            return tuple(cfg.latent_size)
+        step = getattr(self.pipe.codec, "space_factor", 1) * cfg.patch_size
+        H, W = (int(n) for n in size)
+        if H < step or W < step or H % step or W % step:
+            native = tuple(n * step // cfg.patch_size for n in cfg.latent_size)
+            raise ValueError(f"frame size {H}x{W} must be positive multiples of {step} for this model "
+                             f"(its own size is {native[0]}x{native[1]})")
+        return H * cfg.patch_size // step, W * cfg.patch_size // step
 
     # ------------------------------------------------------------------------------ prompts
 
@@ -384,6 +442,19 @@ class Session:
             self.stream.set_text(old.lerp(new, done / self.switch.blend_calls))
             self._blend = (old, new, done)
 
+    def follow(self, schedule: PromptSchedule | Sequence[PromptSchedule]) -> None:
+        """Switches to the prompt ``schedule`` (one per stream, or one for all) says is due.
+
+        Immediate and blended switches are due when the next frame to leave the buffer reaches
+        the switch time; a per-chunk switch when the next frame to enter does, so the frames from
+        the switch time on are the ones conditioned on the new prompt.
+        """
+        schedules = [schedule] * self.batch if isinstance(schedule, PromptSchedule) else list(schedule)
+        seconds = self.seconds_in if self.switch.mode == "chunk" else self.seconds_out
+        wanted = [s.at(seconds) for s in schedules]
+        if wanted != self.prompts:
+            self.set_prompt(wanted)
+
     # ---------------------------------------------------------------------------- streaming
 
     @torch.inference_mode()
@@ -411,3 +482,15 @@ class Session:
         frames = video.permute(0, 2, 1, 3, 4).float().cpu()  # [b, T, 3, H, W]
         tf = self.pipe.frames_per_latent
         return FrameChunk(frames[0] if self.batch == 1 else frames, chunk.index * tf, chunk.calls)
+
+
+class _Hooked:
+    """A velocity model that runs ``hook()`` before each call."""
+
+    def __init__(self, model, hook: Callable[[], None]):
+        self.model, self.hook = model, hook
+        self.config = getattr(model, "config", None)
+
+    def __call__(self, x: Tensor, sigma: Tensor, text: Any) -> Tensor:
+        self.hook()
+        return self.model(x, sigma, text)

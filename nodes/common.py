@@ -1,0 +1,171 @@
+"""What the stream nodes share: input declarations, partition checks, the per-call loop with
+progress, interrupt and live preview, and IMAGE conversion."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from streamdit_core import Partition
+from streamdit_core.pipeline import SWITCH_MODES, FrameChunk, Pipeline, PromptSchedule, PromptSwitch, Session
+
+from . import host
+from .routes import LiveSession
+
+CATEGORY = "StreamDiT"
+MODEL = "STREAMDIT_MODEL"
+PROMPTS = "STREAMDIT_PROMPTS"
+STREAM = "STREAMDIT_STREAM"
+FRAME_EVENT = "streamdit.frames"  # JSON: one emitted chunk's frames as JPEG, for the canvas player
+PREVIEW_JPEG_QUALITY = 85
+
+
+def partition_inputs() -> dict:
+    """K, N, c, s widgets; the defaults fit the embedded model's 8-frame buffer (B = K + N c)."""
+    return {
+        "reference_frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
+                             "K: clean frames kept at the output end of the buffer as context."}),
+        "chunks": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
+                   "N: chunks in the buffer, each at its own noise band. K + N x c must equal the "
+                   "model's buffer (8 latent frames for the embedded model)."}),
+        "chunk_frames": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip":
+                         "c: latent frames per chunk; c frames leave the buffer at a time."}),
+        "steps_per_chunk": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
+                            "s: model calls per chunk shift (total steps T = s x N)."}),
+    }
+
+
+def stream_inputs() -> dict:
+    """Seed, guidance and prompt-switch widgets."""
+    return {
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
+                 "Seeds all of the stream's noise: the same seed gives the same video."}),
+        "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.5, "tooltip":
+                     "Classifier-free guidance scale. 0 uses the model's recommended scale "
+                     "(5 for the embedded model); 1 turns guidance off (half the work per call)."}),
+        "switch_mode": (list(SWITCH_MODES), {"default": "immediate", "tooltip":
+                        "How a new prompt takes over: immediate (every buffered frame at once, as "
+                        "in the paper), blend (the text moves over 'blend_calls' model calls), "
+                        "chunk (only frames entering after the switch: a sharp cut)."}),
+        "blend_calls": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip":
+                        "Model calls a blended prompt switch takes (switch_mode = blend)."}),
+    }
+
+
+def make_partition(pipe: Pipeline, reference_frames: int, chunks: int, chunk_frames: int,
+                   steps_per_chunk: int) -> Partition:
+    """The partition, checked against the model's buffer, with a fix in the message."""
+    P = Partition(K=reference_frames, N=chunks, c=chunk_frames, s=steps_per_chunk)
+    B = pipe.model.config.buffer_frames
+    if P.B != B:
+        fits = [f"N={B // c}, c={c}" for c in range(1, B + 1) if B % c == 0]
+        raise ValueError(f"reference_frames + chunks x chunk_frames = {P.K} + {P.N} x {P.c} = {P.B} latent frames, "
+                         f"but this model's buffer holds {B}; with K=0 choose one of: {'; '.join(fits)}")
+    return P
+
+
+def make_switch(switch_mode: str, blend_calls: int) -> PromptSwitch:
+    return PromptSwitch(switch_mode, int(blend_calls))
+
+
+def guidance_scale(pipe: Pipeline, guidance: float) -> float:
+    return pipe.guidance if guidance == 0 else float(guidance)
+
+
+def to_image(frames: Tensor) -> Tensor:
+    """``[T, 3, H, W]`` -> ComfyUI IMAGE ``[T, H, W, 3]`` float32 on the CPU."""
+    return frames.permute(0, 2, 3, 1).float().cpu().contiguous()
+
+
+def from_image(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """ComfyUI IMAGE ``[T, H, W, 3]`` -> ``[T, 3, h, w]`` resized to ``size``."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[-1] != 3:
+        got = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be an IMAGE batch [frames, height, width, 3], got {got}")
+    frames = images.permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    if tuple(frames.shape[-2:]) != tuple(size):
+        frames = torch.nn.functional.interpolate(frames, size=size, mode="bilinear", antialias=True,
+                                                 align_corners=False)
+    return frames.clamp(0, 1)
+
+
+def _jpeg(frame: Tensor):
+    from PIL import Image
+
+    rgb = (frame.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # [H, W, 3]
+    return Image.fromarray(rgb)
+
+
+@dataclass
+class NodeRun:
+    """Progress, interrupt checks and live preview for one node execution.
+
+    ``before_call`` goes to :class:`Session` (called before every model call): it checks for an
+    interrupt and moves the progress bar. ``emitted`` sends each chunk's frames to the canvas.
+    """
+
+    node_id: str | None
+    total_frames: int
+    fps: int
+    kind: str = "sampler"
+    live: LiveSession | None = None
+    frames: int = 0
+    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.progress = host.Progress(self.total_frames, self.node_id)
+        self._preview = host.send_event  # captured once: a cheap no-op outside ComfyUI
+
+    def before_call(self) -> None:
+        host.check_interrupt()
+        self.calls += 1
+        self.progress.update(self.frames)
+
+    def emitted(self, frames: Tensor, calls: int, prompt: str) -> None:
+        """``frames [t, 3, H, W]`` left the stream."""
+        self.frames += frames.shape[0]
+        images = [_jpeg(f) for f in frames]
+        self.progress.update(self.frames, images[-1])
+        payload = []
+        for image in images:
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
+            payload.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+        self._preview(FRAME_EVENT, {
+            "node": self.node_id, "kind": self.kind, "session": self.live.id if self.live else None,
+            "fps": self.fps, "index": self.frames - frames.shape[0], "frames": payload,
+            "width": int(frames.shape[-1]), "height": int(frames.shape[-2]), "calls": calls, "prompt": prompt,
+        })
+
+
+def run_stream(session: Session, schedule: PromptSchedule, run: NodeRun, total: int,
+               opening: FrameChunk | None = None) -> Iterator[Tensor]:
+    """Yields ``[t, 3, H, W]`` frames until ``total`` frames came out (or a live stop).
+
+    ``schedule`` is in the stream's own time; a prompt posted to a live session replaces it from
+    then on.
+    """
+    made = 0
+    chunks = [] if opening is None else [opening]
+    while made < total:
+        if not chunks:
+            if run.live is not None:
+                posted = run.live.take_prompt()
+                if posted is not None:
+                    schedule = PromptSchedule.single(posted)
+                if run.live.stopping:
+                    return
+            session.follow(schedule)
+            chunk = session.step()
+            if chunk is None:
+                continue
+            chunks.append(chunk)
+        frames = chunks.pop().frames[: total - made]
+        made += frames.shape[0]
+        run.emitted(frames, session.calls, session.prompts[0])
+        yield frames

@@ -1,0 +1,180 @@
+"""The one module that touches ComfyUI: folders, device, interrupt, progress, the web server.
+
+Every function works outside ComfyUI too (tests, scripts): there is then no folder registry
+(the embedded model is still listed), the device is CUDA when present, interrupts come from
+:func:`interrupt`, progress goes nowhere, events are dropped and routes are not served.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+FOLDER = "streamdit"  # models/streamdit/
+MODEL_EXTENSIONS = {".safetensors"}
+
+
+def _comfy(module: str):
+    """A ComfyUI module, or None outside ComfyUI."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        return None
+
+
+# ------------------------------------------------------------------------------------- folders
+
+def register_model_folder() -> None:
+    """Adds ``models/streamdit/`` to ComfyUI's folder registry, keeping folders a user's
+    extra_model_paths.yaml already gave it."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is None:
+        return
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths, _ = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    paths = list(paths) + ([default] if default not in paths else [])
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, MODEL_EXTENSIONS)
+
+
+def model_files() -> list[str]:
+    """Checkpoints in ``models/streamdit/`` (relative names), empty outside ComfyUI."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is None:
+        return []
+    try:
+        return folder_paths.get_filename_list(FOLDER)
+    except KeyError:
+        return []
+
+
+def model_path(name: str) -> Path | None:
+    """The full path of a file listed by :func:`model_files`, or None."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is None:
+        return None
+    found = folder_paths.get_full_path(FOLDER, name)
+    return Path(found) if found else None
+
+
+_output_override: Path | None = None
+
+
+def set_output_directory(path: str | os.PathLike | None) -> None:
+    """Where recordings go outside ComfyUI (tests); None restores the default."""
+    global _output_override
+    _output_override = None if path is None else Path(path)
+
+
+def output_directory() -> Path:
+    """ComfyUI's output folder; outside it, a ``streamdit-output`` folder in the temp dir."""
+    if _output_override is not None:
+        return _output_override
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path(tempfile.gettempdir()) / "streamdit-output"
+
+
+# ------------------------------------------------------------------------------------- device
+
+def device() -> torch.device:
+    """The device ComfyUI computes on (its ``--cpu`` respected); CUDA when present outside it."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------------- interrupt
+
+class _StandaloneInterrupt(Exception):
+    """Raised outside ComfyUI after :func:`interrupt` (ComfyUI raises its own class)."""
+
+
+_interrupt_flag = threading.Event()
+
+
+def interrupt_exception() -> type[BaseException]:
+    """The exception class an interrupted loop raises: ComfyUI's InterruptProcessingException."""
+    mm = _comfy("comfy.model_management")
+    return mm.InterruptProcessingException if mm is not None else _StandaloneInterrupt
+
+
+def interrupt() -> None:
+    """Requests an interrupt, as ComfyUI's Cancel button does."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.interrupt_current_processing(True)
+    else:
+        _interrupt_flag.set()
+
+
+def check_interrupt() -> None:
+    """Raises :func:`interrupt_exception` when an interrupt was requested (and clears it)."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+    elif _interrupt_flag.is_set():
+        _interrupt_flag.clear()
+        raise _StandaloneInterrupt("processing interrupted")
+
+
+# ------------------------------------------------------------------------------------ progress
+
+class Progress:
+    """ComfyUI's progress bar on a node (a no-op outside ComfyUI)."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        utils = _comfy("comfy.utils")
+        self.total = max(1, int(total))
+        self._bar = utils.ProgressBar(self.total, node_id=node_id) if utils is not None else None
+
+    def update(self, value: int, preview: Any = None) -> None:
+        """Sets the bar to ``value``; ``preview`` is a PIL image shown on the node."""
+        if self._bar is not None:
+            self._bar.update_absolute(min(int(value), self.total), self.total,
+                                      None if preview is None else ("JPEG", preview, 512))
+
+
+# ------------------------------------------------------------------------------ server, events
+
+def _server():
+    server = _comfy("server")
+    return None if server is None else getattr(server.PromptServer, "instance", None)
+
+
+def send_event(event: str, data: dict) -> bool:
+    """Sends a JSON event to the browser that queued the running prompt (all when unknown).
+    Thread-safe. Returns False when there is no server."""
+    server = _server()
+    if server is None:
+        return False
+    server.send_sync(event, data, getattr(server, "client_id", None))
+    return True
+
+
+def add_routes(register: Callable[[Any, Any], None]) -> bool:
+    """Calls ``register(routes, web)`` with the server's aiohttp route table and ``aiohttp.web``;
+    False when there is no server (routes must be added while ComfyUI loads the pack)."""
+    server = _server()
+    if server is None:
+        return False
+    from aiohttp import web
+
+    register(server.routes, web)
+    return True
+
+
+def video_output(path: Path) -> Any:
+    """A VIDEO value for ComfyUI's video nodes (SaveVideo, GetVideoComponents) from a file;
+    the path itself outside ComfyUI."""
+    try:
+        from comfy_api.input_impl import VideoFromFile
+    except ImportError:
+        return str(path)
+    return VideoFromFile(str(path))

@@ -1,0 +1,96 @@
+"""The live node: streams until stopped or a time limit, takes prompts typed while it plays,
+and records the stream to a video file as it goes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from streamdit_core.pipeline import Pipeline, PromptSchedule
+from streamdit_core.video import open_writer
+
+from . import host
+from .common import (CATEGORY, MODEL, PROMPTS, NodeRun, guidance_scale, make_partition, make_switch,
+                     partition_inputs, run_stream, stream_inputs)
+from .routes import close_session, open_session
+
+LIVE_EVENT = "streamdit.live"  # JSON {node, session, state: "running" | "ended"}
+FORMATS = ("mp4", "webm", "gif")
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
+
+
+def recording_path(prefix: str, extension: str) -> tuple[Path, str, str]:
+    """A new file ``<output>/<prefix>_<NNNNN>.<ext>`` -> (path, subfolder, filename).
+
+    The prefix is letters, digits, ``_``, ``-`` and ``/`` between folder names, so the file stays
+    inside the output folder.
+    """
+    if not _PREFIX.match(prefix):
+        raise ValueError(f"filename_prefix {prefix!r}: use letters, digits, _ and -, with / between folders "
+                         "(e.g. 'streamdit/live')")
+    folder, _, name = prefix.rpartition("/")
+    directory = host.output_directory() / folder
+    directory.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for p in directory.glob(f"{name}_*.{extension}")
+             if (m := re.fullmatch(re.escape(name) + r"_(\d{5})\." + extension, p.name))]
+    filename = f"{name}_{max(taken, default=0) + 1:05d}.{extension}"
+    return directory / filename, folder, filename
+
+
+class StreamDiTLive:
+    """An endless stream that plays in the node; type a prompt and press Send while it runs."""
+
+    DESCRIPTION = ("Streams until you press Stop (or the time limit), playing in the node; type a new prompt and "
+                   "press Send to steer it live. What was streamed is recorded to a video file in the output folder.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("VIDEO", "STRING", "FLOAT")
+    RETURN_NAMES = ("video", "path", "fps")
+    OUTPUT_TOOLTIPS = ("The recording, for Save Video or Get Video Components.",
+                       "The recording's path on the server.", "The frame rate.")
+    OUTPUT_NODE = True
+    FUNCTION = "stream"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From StreamDiT Model Loader."}),
+                "prompts": (PROMPTS, {"tooltip": "The starting prompts (a schedule works too, until a prompt is "
+                                                 "sent from the node)."}),
+                "max_seconds": ("FLOAT", {"default": 60.0, "min": 1.0, "max": 3600.0, "step": 1.0, "tooltip":
+                                "Stop after this many seconds of video if Stop was not pressed."}),
+                **stream_inputs(),
+                **partition_inputs(),
+                "filename_prefix": ("STRING", {"default": "streamdit/live", "tooltip":
+                                    "Recording name inside the output folder; a number is appended."}),
+                "format": (list(FORMATS), {"default": "mp4", "tooltip": "Container of the recording."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def stream(self, model: Pipeline, prompts: PromptSchedule, max_seconds, seed, guidance, switch_mode,
+               blend_calls, reference_frames, chunks, chunk_frames, steps_per_chunk, filename_prefix, format,
+               unique_id=None):
+        partition = make_partition(model, reference_frames, chunks, chunk_frames, steps_per_chunk)
+        if format not in FORMATS:
+            raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+        path, subfolder, filename = recording_path(filename_prefix, format)
+        live = open_session(unique_id)
+        total = max(1, round(max_seconds * model.fps))
+        run = NodeRun(unique_id, total, model.fps, kind="live", live=live)
+        host.send_event(LIVE_EVENT, {"node": unique_id, "session": live.id, "state": "running"})
+        try:
+            with open_writer(path, model.fps) as writer:  # on any exit the file keeps what was streamed
+                session = model.session(prompts.at(0), partition, seed=seed,
+                                        guidance=guidance_scale(model, guidance),
+                                        switch=make_switch(switch_mode, blend_calls), before_call=run.before_call)
+                for frames in run_stream(session, prompts, run, total, session.start(True)):
+                    writer.write(frames)  # chunk by chunk: memory stays flat however long it runs
+        finally:  # stop, time limit, error or interrupt
+            close_session(live)
+            host.send_event(LIVE_EVENT, {"node": unique_id, "session": live.id, "state": "ended"})
+        if run.frames == 0:
+            raise RuntimeError("the live stream was stopped before its first frame; nothing was recorded")
+        saved = {"filename": filename, "subfolder": subfolder, "type": "output", "format": format}
+        return {"ui": {"images": [saved], "animated": (True,)},
+                "result": (host.video_output(path), str(path), float(model.fps))}

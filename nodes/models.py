@@ -1,0 +1,71 @@
+"""Loading a StreamDiT model and writing a prompt schedule."""
+
+from __future__ import annotations
+
+from streamdit_core.pipeline import DEFAULT_MODEL, Pipeline, PromptSchedule
+
+from . import host
+from .common import CATEGORY, MODEL, PROMPTS
+
+EMBEDDED = "embedded (built in)"
+
+
+class StreamDiTModelLoader:
+    """A StreamDiT checkpoint with its codec and text encoder, on ComfyUI's device."""
+
+    DESCRIPTION = "Loads a StreamDiT model: the built-in embedded model or a .safetensors file from models/streamdit/."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": ([EMBEDDED] + host.model_files(), {"default": EMBEDDED, "tooltip":
+                           "The built-in model (runs on a CPU), or a checkpoint in models/streamdit/. "
+                           "A checkpoint names its codec file, which must sit beside it."}),
+        }}
+
+    def load(self, model_name: str):
+        if model_name == EMBEDDED:
+            path = DEFAULT_MODEL
+        else:
+            path = host.model_path(model_name)
+            if path is None:
+                raise FileNotFoundError(f"{model_name!r} is not in models/streamdit/; put the .safetensors file "
+                                        "there (and its codec file beside it) and refresh the page")
+        return (Pipeline.load(path, device=host.device()),)
+
+
+class StreamDiTPromptSchedule:
+    """Prompts over video time, one per line: ``0s: a calm lake`` / ``4s: the lake at night``."""
+
+    DESCRIPTION = ("Prompts over video time, one per line as '<seconds>s: <prompt>' (the first at 0s). "
+                   "A single line without a time is one prompt for the whole video.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PROMPTS,)
+    RETURN_NAMES = ("prompts",)
+    FUNCTION = "parse"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "schedule": ("STRING", {"multiline": True,
+                                    "default": "0s: a red circle moving right on a black background",
+                                    "tooltip": "One prompt per line: '<seconds>s: <prompt>', times increasing "
+                                               "from 0s. Lines starting with # are ignored."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, schedule):
+        if schedule is None:  # linked from another node: checked when it runs
+            return True
+        try:
+            PromptSchedule.parse(schedule)
+        except ValueError as err:
+            return f"prompt schedule: {err}"
+        return True
+
+    def parse(self, schedule: str):
+        return (PromptSchedule.parse(schedule),)

@@ -1,0 +1,147 @@
+"""Live sessions: a running stream that takes new prompts and a stop request over HTTP.
+
+A live node opens a :class:`LiveSession` under a random id and tells the browser that id; the
+browser posts to ``/streamdit/live/{id}/prompt`` and ``/streamdit/live/{id}/stop``. The
+handlers here are plain functions of the request's parts returning a :class:`Reply`, so they
+are tested without a server; :func:`register_routes` wires them into ComfyUI's aiohttp app.
+
+Nothing from a request is used as a path: the session id only looks up this registry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+
+MAX_PROMPT_CHARS = 1000  # a prompt longer than this is refused (413)
+MAX_BODY_BYTES = 16 * 1024  # a request body longer than this is refused unread (413)
+_SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class LiveSession:
+    """What a running live node and the HTTP handlers share (guarded by a lock)."""
+
+    id: str
+    node_id: str | None = None
+    _pending: str | None = None
+    _stop: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def post_prompt(self, prompt: str) -> None:
+        with self._lock:
+            self._pending = prompt
+
+    def take_prompt(self) -> str | None:
+        """The newest prompt posted since the last call (earlier ones are superseded)."""
+        with self._lock:
+            prompt, self._pending = self._pending, None
+            return prompt
+
+    def request_stop(self) -> None:
+        with self._lock:
+            self._stop = True
+
+    @property
+    def stopping(self) -> bool:
+        with self._lock:
+            return self._stop
+
+
+_sessions: dict[str, LiveSession] = {}
+_registry_lock = threading.Lock()
+
+
+def open_session(node_id: str | None = None) -> LiveSession:
+    session = LiveSession(secrets.token_hex(16), node_id)
+    with _registry_lock:
+        _sessions[session.id] = session
+    return session
+
+
+def close_session(session: LiveSession) -> None:
+    with _registry_lock:
+        _sessions.pop(session.id, None)
+
+
+def find_session(session_id: str) -> LiveSession | None:
+    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+        return None
+    with _registry_lock:
+        return _sessions.get(session_id)
+
+
+# ------------------------------------------------------------------------------ HTTP handlers
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict
+
+
+def _error(status: int, message: str) -> Reply:
+    return Reply(status, {"error": message})
+
+
+def _json_object(body: bytes) -> dict | Reply:
+    if len(body) > MAX_BODY_BYTES:
+        return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body.decode("utf-8")) if body.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return _error(400, f"the body is not valid JSON: {err}")
+    if not isinstance(data, dict):
+        return _error(400, "the body must be a JSON object")
+    return data
+
+
+def handle_prompt(session_id: str, body: bytes) -> Reply:
+    """``POST /streamdit/live/{session}/prompt`` with ``{"prompt": "..."}``."""
+    session = find_session(session_id)
+    if session is None:
+        return _error(404, "no live stream with this id is running")
+    data = _json_object(body)
+    if isinstance(data, Reply):
+        return data
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str):
+        return _error(400, 'the body must be {"prompt": "<text>"} with a string prompt')
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return _error(413, f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    if not prompt.strip():
+        return _error(400, "the prompt is empty")
+    session.post_prompt(prompt.strip())
+    return Reply(200, {"ok": True, "prompt": prompt.strip()})
+
+
+def handle_stop(session_id: str, body: bytes) -> Reply:
+    """``POST /streamdit/live/{session}/stop`` (an empty body or ``{}``)."""
+    session = find_session(session_id)
+    if session is None:
+        return _error(404, "no live stream with this id is running")
+    data = _json_object(body)
+    if isinstance(data, Reply):
+        return data
+    session.request_stop()
+    return Reply(200, {"ok": True})
+
+
+def register_routes(routes, web) -> None:
+    """Adds the live routes to ComfyUI's route table (``routes``: aiohttp RouteTableDef)."""
+
+    def wrap(handler):
+        async def route(request):
+            if (request.content_length or 0) > MAX_BODY_BYTES:
+                reply = _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+            else:
+                body = await request.content.read(MAX_BODY_BYTES + 1)
+                reply = handler(request.match_info["session"], body)
+            return web.json_response(reply.body, status=reply.status)
+
+        return route
+
+    routes.post("/streamdit/live/{session}/prompt")(wrap(handle_prompt))
+    routes.post("/streamdit/live/{session}/stop")(wrap(handle_stop))

@@ -1,0 +1,51 @@
+"""Video-to-video: input frames noised into the moving buffer and streamed back out, 1:1."""
+
+from __future__ import annotations
+
+import torch
+
+from streamdit_core.pipeline import Pipeline, PromptSchedule
+
+from .common import (CATEGORY, MODEL, PROMPTS, NodeRun, from_image, guidance_scale, make_partition, make_switch,
+                     partition_inputs, run_stream, stream_inputs, to_image)
+
+
+class StreamDiTVideoToVideo:
+    """Restyles a clip through the stream: frame i out is frame i in, changed as the prompts say."""
+
+    DESCRIPTION = ("Video-to-video with the StreamDiT buffer: each input frame enters noised to 'strength' and "
+                   "leaves denoised under the prompts. Output frames match the input frames one to one.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("frames", "fps")
+    OUTPUT_TOOLTIPS = ("The changed frames, as many as the input and at its size.", "The model's frame rate.")
+    FUNCTION = "transform"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From StreamDiT Model Loader."}),
+                "images": ("IMAGE", {"tooltip": "The input clip; processed at the model's frame size and "
+                                                "resized back."}),
+                "prompts": (PROMPTS, {"tooltip": "What the clip should become; times are seconds of the clip "
+                                                 "at the model's frame rate."}),
+                "strength": ("FLOAT", {"default": 0.6, "min": 0.05, "max": 1.0, "step": 0.05, "tooltip":
+                             "How much of each frame is replaced: low keeps the input, 1 ignores it."}),
+                **stream_inputs(),
+                **partition_inputs(),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def transform(self, model: Pipeline, images, prompts: PromptSchedule, strength, seed, guidance, switch_mode,
+                  blend_calls, reference_frames, chunks, chunk_frames, steps_per_chunk, unique_id=None):
+        partition = make_partition(model, reference_frames, chunks, chunk_frames, steps_per_chunk)
+        run = NodeRun(unique_id, images.shape[0], model.fps)
+        session = model.session(prompts.at(0), partition, seed=seed, guidance=guidance_scale(model, guidance),
+                                switch=make_switch(switch_mode, blend_calls), before_call=run.before_call)
+        clip = from_image(images, session.frame_size)  # [T, 3, h, w]
+        opening = session.fill_video(clip, strength)
+        frames = torch.cat(list(run_stream(session, prompts, run, images.shape[0], opening)))  # [T, 3, h, w]
+        out = to_image(from_image(to_image(frames), tuple(images.shape[1:3])))  # back to the input size
+        return out, float(model.fps)

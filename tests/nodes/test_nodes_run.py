@@ -1,0 +1,173 @@
+"""The nodes run end to end on the embedded model through their FUNCTION (host fallbacks)."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from nodes import NODE_CLASS_MAPPINGS as NODES
+from nodes import host, routes
+from nodes.models import EMBEDDED
+from streamdit_core.metrics import detect
+from streamdit_core.pipeline import PromptSchedule
+from streamdit_core.video import read_video
+
+RED = "a red circle moving right on a black background"
+BLUE = "a blue circle moving right on a black background"
+STREAM = dict(seed=0, guidance=0.0, switch_mode="immediate", blend_calls=4, reference_frames=0, chunks=4,
+              chunk_frames=2, steps_per_chunk=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    (pipe,) = NODES["StreamDiTModelLoader"]().load(EMBEDDED)
+    return pipe
+
+
+def _colors(images):
+    return detect(images.permute(0, 3, 1, 2)).color
+
+
+def _schedule(text):
+    return NODES["StreamDiTPromptSchedule"]().parse(text)[0]
+
+
+def test_sampler_streams_comfyui_images(model):
+    frames, fps = NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=1.5, warm_start=True, **STREAM)
+    assert fps == 16.0 and frames.shape == (24, 64, 64, 3) and frames.dtype == torch.float32
+    assert 0 <= float(frames.min()) and float(frames.max()) <= 1
+    assert _colors(frames).count("red") >= 22
+
+
+def test_per_chunk_switch_in_the_sampler_changes_only_frames_after_it(model):
+    story = _schedule(f"0s: {RED}\n1s: {BLUE}")
+    frames, _ = NODES["StreamDiTSampler"]().sample(model, story, seconds=2.0, warm_start=True,
+                                                   **{**STREAM, "switch_mode": "chunk"})
+    assert _colors(frames) == ["red"] * 16 + ["blue"] * 16
+
+
+def test_chained_segments_equal_the_all_in_one_sampler(model):
+    prompts = _schedule(RED)
+    whole, _ = NODES["StreamDiTSampler"]().sample(model, prompts, seconds=2.0, warm_start=True, **STREAM)
+    (stream,) = NODES["StreamDiTBufferInit"]().start(model, prompts, width=0, height=0, warm_start=True, **STREAM)
+    denoise = NODES["StreamDiTChunkDenoise"]()
+    first, _, stream2 = denoise.denoise(stream, model, prompts, chunks=8)
+    again, _, _ = denoise.denoise(stream, model, prompts, chunks=8)  # the input stream is not consumed
+    second, _, _ = denoise.denoise(stream2, model, prompts, chunks=8)
+    assert torch.equal(first, again)
+    assert torch.equal(torch.cat([first, second]), whole)
+
+
+def test_partition_that_does_not_fit_the_model_is_explained(model):
+    with pytest.raises(ValueError, match=r"0 \+ 3 x 2 = 6 latent frames, but this model's buffer holds 8.*N=4, c=2"):
+        NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=1.0, warm_start=True,
+                                           **{**STREAM, "chunks": 3})
+
+
+def test_video_to_video_is_aligned_one_to_one_at_the_input_size(model):
+    clip, _ = NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=1.25, warm_start=True, **STREAM)
+    clip = torch.nn.functional.interpolate(clip.permute(0, 3, 1, 2), size=(96, 80)).permute(0, 2, 3, 1)
+    v2v = NODES["StreamDiTVideoToVideo"]()
+    out, fps = v2v.transform(model, clip, _schedule(BLUE), strength=0.7, **STREAM)
+    assert out.shape == clip.shape == (20, 96, 80, 3) and fps == 16.0
+    # Restyled: the frames that entered at the top of the buffer fully (the first buffer's worth
+    # entered lower, at their chunk's level, and keep more of the source).
+    assert _colors(out)[8:] == ["blue"] * 12
+    # Frame i out is frame i in: at a low strength every frame stays close to its own source
+    # frame, and further from its neighbours (the subject moves about 2 px a frame).
+    light, _ = v2v.transform(model, clip, _schedule(RED), strength=0.1, **STREAM)
+    own = (light - clip).abs().mean(dim=(1, 2, 3))  # [20]
+    next_ = (light[:-1] - clip[1:]).abs().mean(dim=(1, 2, 3))  # [19]
+    assert float(own.max()) < 0.03 and bool((own[:-1] < next_).all())
+
+
+class _InterruptAfter(torch.nn.Module):
+    """Wraps the model: asks the host to interrupt at a given call."""
+
+    def __init__(self, model, calls):
+        super().__init__()
+        self.inner, self.config, self.left = model, model.config, calls
+
+    def forward(self, *args):
+        self.left -= 1
+        if self.left == 0:
+            host.interrupt()
+        return self.inner(*args)
+
+
+def test_interrupting_the_sampler_raises_the_hosts_interruption(model, monkeypatch):
+    monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 30))
+    with pytest.raises(host.interrupt_exception()):
+        NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=4.0, warm_start=True, **STREAM)
+    host.check_interrupt()  # the request was consumed: nothing left pending
+
+
+def test_an_interrupted_live_stream_keeps_its_recording(model, monkeypatch, tmp_path):
+    host.set_output_directory(tmp_path)
+    monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 60))
+    try:
+        with pytest.raises(host.interrupt_exception()):
+            NODES["StreamDiTLive"]().stream(model, _schedule(RED), max_seconds=60.0, filename_prefix="streamdit/live",
+                                            format="mp4", unique_id="3", **STREAM)
+    finally:
+        host.set_output_directory(None)
+    (path,) = (tmp_path / "streamdit").glob("live_*.mp4")
+    frames = read_video(path)
+    assert 8 <= frames.shape[0] < 64  # what streamed before the interrupt, playable
+
+
+def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
+    host.set_output_directory(tmp_path)
+    result = {}
+
+    def run():
+        result["out"] = NODES["StreamDiTLive"]().stream(model, _schedule(RED), max_seconds=120.0,
+                                                        filename_prefix="streamdit/live", format="mp4",
+                                                        unique_id="9", **STREAM)
+
+    worker = threading.Thread(target=run)
+    try:
+        worker.start()
+        deadline = time.time() + 60
+        while not routes._sessions and time.time() < deadline:
+            time.sleep(0.05)
+        (session_id,) = list(routes._sessions)
+        time.sleep(1.0)
+        assert routes.handle_prompt(session_id, b'{"prompt": "' + BLUE.encode() + b'"}').status == 200
+        time.sleep(2.0)
+        assert routes.handle_stop(session_id, b"{}").status == 200
+        worker.join(60)
+    finally:
+        host.set_output_directory(None)
+    assert not worker.is_alive() and not routes._sessions
+    out = result["out"]
+    video, path, fps = out["result"]
+    saved = out["ui"]["images"][0]
+    assert saved["subfolder"] == "streamdit" and path.endswith(saved["filename"]) and fps == 16.0
+    colors = detect(read_video(path)).color
+    assert 16 < len(colors) < 120 * 16  # stopped long before the limit
+    assert colors[:8] == ["red"] * 8 and colors[-8:] == ["blue"] * 8  # the posted prompt took over
+
+
+def test_recording_names_stay_in_the_output_folder(tmp_path):
+    from nodes.live import recording_path
+
+    host.set_output_directory(tmp_path)
+    try:
+        path, sub, name = recording_path("clips/live", "webm")
+        assert path == tmp_path / "clips" / "live_00001.webm" and sub == "clips"
+        path.write_bytes(b"x")
+        assert recording_path("clips/live", "webm")[2] == "live_00002.webm"
+        for bad in ("../escape", "/abs", "a//b", "a/../b", ""):
+            with pytest.raises(ValueError, match="filename_prefix"):
+                recording_path(bad, "mp4")
+    finally:
+        host.set_output_directory(None)
+
+
+def test_prompt_schedule_node_parses_times():
+    sched = _schedule(f"0s: {RED}\n# a comment\n2.5s: {BLUE}")
+    assert sched == PromptSchedule(((0.0, RED), (2.5, BLUE)))
+    with pytest.raises(ValueError, match="line 1 .*first prompt must start at 0s"):
+        _schedule(f"1s: {RED}")

@@ -1,0 +1,104 @@
+"""Reading the example workflows (ComfyUI's UI format) as the frontend does: widget values by
+input order, links, and the API-format prompt the backend executes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+# The ComfyUI core nodes the workflows use, as /object_info describes them
+# (comfy_extras/nodes_video.py): enough to check values without ComfyUI installed.
+CORE_NODES = {
+    "CreateVideo": {
+        "input": {"required": {"images": ["IMAGE", {}], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0}]},
+                  "optional": {"audio": ["AUDIO", {}]}},
+        "input_order": {"required": ["images", "fps"], "optional": ["audio"]},
+        "output": ["VIDEO"],
+    },
+    "SaveVideo": {
+        "input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                               "format": [["auto", "mp4"], {}], "codec": [["auto", "h264"], {}]}},
+        "input_order": {"required": ["video", "filename_prefix", "format", "codec"]},
+        "output": [],
+    },
+}
+
+
+def object_info(mappings: dict) -> dict:
+    """``/object_info`` entries for node classes (as ComfyUI's server builds them), plus CORE_NODES."""
+    info = dict(CORE_NODES)
+    for name, cls in mappings.items():
+        spec = cls.INPUT_TYPES()
+        info[name] = {
+            "input": {k: {n: list(v) for n, v in spec.get(k, {}).items()} for k in ("required", "optional")},
+            "input_order": {k: list(spec.get(k, {})) for k in ("required", "optional")},
+            "output": list(cls.RETURN_TYPES),
+        }
+    return info
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _kind(spec: list) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def widget_values(node: dict, info: dict) -> dict:
+    """``{input name: value}`` from a UI node's ``widgets_values``, in the frontend's order: widget
+    inputs in input order; an INT named seed/noise_seed (or with control_after_generate) is
+    followed by its control value, which is skipped."""
+    values = list(node.get("widgets_values") or [])
+    out = {}
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            spec = info["input"][section][name]
+            if _kind(spec) not in WIDGET_TYPES:
+                continue
+            if not values:
+                raise ValueError(f"node {node['id']} ({node['type']}): no value for widget {name!r}")
+            out[name] = values.pop(0)
+            options = spec[1] if len(spec) > 1 else {}
+            if _kind(spec) == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
+                values.pop(0)
+    if values:
+        raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values left over: {values}")
+    return out
+
+
+def check_value(name: str, spec: list, value) -> str | None:
+    """Why ``value`` is invalid for the input ``spec``, or None."""
+    kind, options = _kind(spec), (spec[1] if len(spec) > 1 else {})
+    if kind == "COMBO":
+        return None if value in spec[0] else f"{name}={value!r} is not one of {spec[0]}"
+    if kind == "BOOLEAN":
+        return None if isinstance(value, bool) else f"{name}={value!r} is not a boolean"
+    if kind == "STRING":
+        return None if isinstance(value, str) else f"{name}={value!r} is not a string"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and not isinstance(value, int)):
+        return f"{name}={value!r} is not {kind}"
+    if value < options.get("min", -float("inf")) or value > options.get("max", float("inf")):
+        return f"{name}={value!r} is outside {options.get('min')}..{options.get('max')}"
+    return None
+
+
+def to_api(workflow: dict, info: dict) -> dict:
+    """The API-format prompt ``{id: {"class_type", "inputs"}}`` for a UI workflow's active nodes."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            continue
+        spec = info[node["type"]]
+        inputs = widget_values(node, spec)
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                _, src, src_slot, _, _, _ = links[slot["link"]]
+                inputs[slot["name"]] = [str(src), src_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
