@@ -119,7 +119,6 @@ class NodeRun:
 
     def __post_init__(self) -> None:
         self.progress = host.Progress(self.total_frames, self.node_id)
-        self._preview = host.send_event  # captured once: a cheap no-op outside ComfyUI
 
     def before_call(self) -> None:
         host.check_interrupt()
@@ -129,14 +128,15 @@ class NodeRun:
     def emitted(self, frames: Tensor, calls: int, prompt: str) -> None:
         """``frames [t, 3, H, W]`` left the stream."""
         self.frames += frames.shape[0]
-        images = [_jpeg(f) for f in frames]
-        self.progress.update(self.frames, images[-1])
+        self.progress.update(self.frames)
+        if not host.has_server():
+            return
         payload = []
-        for image in images:
+        for image in (_jpeg(f) for f in frames):
             buf = io.BytesIO()
             image.save(buf, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
             payload.append(base64.b64encode(buf.getvalue()).decode("ascii"))
-        self._preview(FRAME_EVENT, {
+        host.send_event(FRAME_EVENT, {
             "node": self.node_id, "kind": self.kind, "session": self.live.id if self.live else None,
             "fps": self.fps, "index": self.frames - frames.shape[0], "frames": payload,
             "width": int(frames.shape[-1]), "height": int(frames.shape[-2]), "calls": calls, "prompt": prompt,

@@ -134,11 +134,10 @@ class Progress:
         self.total = max(1, int(total))
         self._bar = utils.ProgressBar(self.total, node_id=node_id) if utils is not None else None
 
-    def update(self, value: int, preview: Any = None) -> None:
-        """Sets the bar to ``value``; ``preview`` is a PIL image shown on the node."""
+    def update(self, value: int) -> None:
+        """Sets the bar to ``value`` (inside ComfyUI also an interrupt check point)."""
         if self._bar is not None:
-            self._bar.update_absolute(min(int(value), self.total), self.total,
-                                      None if preview is None else ("JPEG", preview, 512))
+            self._bar.update_absolute(min(int(value), self.total), self.total)
 
 
 # ------------------------------------------------------------------------------ server, events
@@ -146,6 +145,11 @@ class Progress:
 def _server():
     server = _comfy("server")
     return None if server is None else getattr(server.PromptServer, "instance", None)
+
+
+def has_server() -> bool:
+    """Whether ComfyUI's web server runs (events then reach the browser)."""
+    return _server() is not None
 
 
 def send_event(event: str, data: dict) -> bool:

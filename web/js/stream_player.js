@@ -13,16 +13,21 @@ class StreamPlayer {
   constructor() {
     this.element = document.createElement("div");
     this.element.className = "streamdit-player";
-    Object.assign(this.element.style, { display: "flex", flexDirection: "column", gap: "4px", width: "100%" });
+    Object.assign(this.element.style, {
+      display: "flex", flexDirection: "column", gap: "4px", width: "100%", height: "100%", boxSizing: "border-box",
+    });
     this.canvas = document.createElement("canvas");
     this.canvas.width = 256;
     this.canvas.height = 256;
     Object.assign(this.canvas.style, {
-      width: "100%", aspectRatio: "1 / 1", objectFit: "contain", imageRendering: "pixelated",
+      flex: "1 1 auto", minHeight: "0", width: "100%", objectFit: "contain", imageRendering: "pixelated",
       background: "#111", borderRadius: "4px",
     });
     this.status = document.createElement("div");
-    Object.assign(this.status.style, { font: "11px monospace", color: "#ccc", whiteSpace: "nowrap", overflow: "hidden" });
+    Object.assign(this.status.style, {
+      flex: "0 0 auto", font: "11px monospace", color: "#ccc", whiteSpace: "nowrap", overflow: "hidden",
+      textOverflow: "ellipsis",
+    });
     this.status.textContent = "waiting for frames";
     this.element.append(this.canvas, this.status);
     this.reset();
@@ -70,7 +75,6 @@ class StreamPlayer {
       if (this.canvas.width !== image.naturalWidth * 4) {
         this.canvas.width = image.naturalWidth * 4;
         this.canvas.height = image.naturalHeight * 4;
-        this.canvas.style.aspectRatio = `${image.naturalWidth} / ${image.naturalHeight}`;
       }
       ctx.imageSmoothingEnabled = false;
       ctx.drawImage(image, 0, 0, this.canvas.width, this.canvas.height);
@@ -94,7 +98,7 @@ function playerOf(node) {
   if (!node.streamditPlayer) {
     const player = new StreamPlayer();
     const widget = node.addDOMWidget("streamdit_player", "streamdit_player", player.element, {
-      serialize: false, hideOnZoom: false, getMinHeight: () => 220,
+      serialize: false, hideOnZoom: false, getMinHeight: () => 260,
     });
     widget.serialize = false; // display only: never in widgets_values or the prompt
     node.streamditPlayer = player;
