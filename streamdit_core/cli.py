@@ -135,6 +135,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", required=True, help='e.g. "a red circle moving left on a black background"')
     p.add_argument("--switch", nargs=2, action="append", default=[], metavar=("SECONDS", "PROMPT"),
                    help="switch to PROMPT at SECONDS of video (repeatable)")
+    p.add_argument("--switch-mode", choices=("immediate", "blend", "chunk"), default="immediate",
+                   help="immediate: every buffered frame sees the new prompt at once (the paper); blend: over "
+                        "--blend-calls model calls; chunk: only frames from SECONDS on (a sharp cut)")
+    p.add_argument("--blend-calls", type=_positive(int), default=4, help="model calls a blended switch takes")
     p.add_argument("--seconds", type=_positive(float), default=10.0, help="video length (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
@@ -151,7 +155,7 @@ def _add_generate(sub) -> None:
 def _run_generate(args) -> int:
     from tqdm.auto import tqdm
 
-    from .pipeline import Pipeline, PromptSchedule
+    from .pipeline import Pipeline, PromptSchedule, PromptSwitch
     from .video import open_writer
 
     entries = [(0.0, args.prompt)]
@@ -186,7 +190,7 @@ def _run_generate(args) -> int:
     written = 0
     with writer, tqdm(total=total, desc="generating", unit="frame") as bar:
         for chunk in pipe.frames(schedule, partition, seed=args.seed, warm_start=not args.cold_start,
-                                 guidance=guidance):
+                                 guidance=guidance, switch=PromptSwitch(args.switch_mode, args.blend_calls)):
             frames = chunk.frames[: total - written]
             writer.write(frames)
             written += frames.shape[0]

@@ -12,12 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_pack_root_is_a_comfyui_entry_point():
-    spec = importlib.util.spec_from_file_location("streamdit_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    # As ComfyUI loads a custom node folder: a package under its folder name, put in sys.modules
+    # before it runs (so its relative imports resolve).
+    spec = importlib.util.spec_from_file_location("ComfyUI-StreamDiT", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
     pack = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pack)
-    assert isinstance(pack.NODE_CLASS_MAPPINGS, dict)
-    assert isinstance(pack.NODE_DISPLAY_NAME_MAPPINGS, dict)
-    assert (ROOT / pack.WEB_DIRECTORY).is_dir()
+    sys.modules[spec.name] = pack
+    try:
+        spec.loader.exec_module(pack)
+    finally:
+        del sys.modules[spec.name]
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    assert {"StreamDiTSampler", "StreamDiTLive", "StreamDiTVideoToVideo"} <= set(pack.NODE_CLASS_MAPPINGS)
+    assert (ROOT / pack.WEB_DIRECTORY).is_dir() and list((ROOT / pack.WEB_DIRECTORY).rglob("*.js"))
 
 
 def test_pyproject_has_the_registry_section():

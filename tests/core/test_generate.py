@@ -40,3 +40,14 @@ def test_generate_rejects_bad_input_with_a_clear_message(tmp_path):
     assert run.returncode != 0 and "inside the video" in run.stderr
     run = _generate("--prompt", "x", "--chunk", "3", "--out", str(tmp_path / "a.mp4"))
     assert run.returncode != 0 and "bad partition" in run.stderr
+
+
+def test_generate_switches_per_chunk_on_request(tmp_path):
+    from streamdit_core.metrics import detect
+
+    out = tmp_path / "cut.gif"
+    run = _generate("--prompt", "a red circle moving right on a black background", "--seconds", "2",
+                    "--switch", "1", "a blue circle moving right on a black background", "--switch-mode", "chunk",
+                    "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert detect(read_video(out)).color == ["red"] * 16 + ["blue"] * 16

@@ -223,3 +223,15 @@ def test_embedded_model_per_chunk_switch_changes_only_frames_entering_after_it()
         colors[mode] = detect(torch.cat(frames)[:24]).color
     assert colors["chunk"] == ["red"] * 16 + ["blue"] * 8
     assert colors["immediate"][16:] == ["blue"] * 8 and colors["immediate"][8:16].count("blue") >= 4
+
+
+def test_schedules_for_segments_and_frame_sizes():
+    from streamdit_core.pipeline import PromptSchedule
+
+    story = PromptSchedule(((0.0, "a"), (2.0, "b")))
+    later = story.starting_at(3.0)  # a segment starting at 3 s of stream time
+    assert [later.at(t) for t in (0.0, 4.9, 5.0)] == ["a", "a", "b"]
+    pipe = _pipe()  # pixel codec, patch 2: sizes in steps of 2
+    assert pipe.session("x", Partition(K=0, N=2, c=2, s=1), size=(6, 10)).frame_size == (6, 10)
+    with pytest.raises(ValueError, match=r"frame size 7x10 must be positive multiples of 2 .*own size is 8x8"):
+        pipe.session("x", Partition(K=0, N=2, c=2, s=1), size=(7, 10))
