@@ -115,14 +115,12 @@ class NodeRun:
     kind: str = "sampler"
     live: LiveSession | None = None
     frames: int = 0
-    calls: int = 0
 
     def __post_init__(self) -> None:
         self.progress = host.Progress(self.total_frames, self.node_id)
 
     def before_call(self) -> None:
         host.check_interrupt()
-        self.calls += 1
         self.progress.update(self.frames)
 
     def emitted(self, frames: Tensor, calls: int, prompt: str) -> None:

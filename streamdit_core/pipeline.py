@@ -4,9 +4,12 @@ A StreamDiT checkpoint names its codec (``codec`` metadata: a file beside it) an
 encoder (``text_encoder``); :meth:`Pipeline.load` resolves both, so ``Pipeline.load()`` gives
 the embedded default model, offline, on the best available device.
 
-:meth:`Pipeline.frames` is the streaming loop ``generate`` and ``evaluate`` share: it starts a
-:class:`~streamdit_core.stream.Streamer`, applies prompt switches at their video times, decodes
-each emitted chunk seam-free and yields frames ``[T, 3, H, W]`` as they are produced.
+:class:`Session` is one running stream: a :class:`~streamdit_core.stream.Streamer` plus
+seam-free chunk decoding, prompts that change while it runs (:class:`PromptSwitch`: immediate,
+blended, or per chunk), video-to-video fill, and snapshots another session continues exactly.
+:meth:`Pipeline.frames` is the loop ``generate`` and ``evaluate`` share: a session that follows a
+:class:`PromptSchedule` and yields frames ``[T, 3, H, W]`` as they are produced. The ComfyUI
+nodes drive sessions directly.
 """
 
 from __future__ import annotations
