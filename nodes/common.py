@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from streamdit_core import Partition
 from streamdit_core.pipeline import SWITCH_MODES, FrameChunk, Pipeline, PromptSchedule, PromptSwitch, Session
+from streamdit_core.runtime import Runtime
 
 from . import host
 from .routes import LiveSession
@@ -143,27 +145,22 @@ class NodeRun:
 
 def run_stream(session: Session, schedule: PromptSchedule, run: NodeRun, total: int,
                opening: FrameChunk | None = None) -> Iterator[Tensor]:
-    """Yields ``[t, 3, H, W]`` frames until ``total`` frames came out (or a live stop).
+    """Yields ``[t, 3, H, W]`` frames until ``total`` frames came out (or a live stop), through
+    the real-time :class:`~streamdit_core.runtime.Runtime`.
 
     ``schedule`` is in the stream's own time; a prompt posted to a live session replaces it from
     then on.
     """
+    live = run.live
+    runtime = Runtime(session, schedule, prompt_source=None if live is None else live.take_prompt)
+    head = [] if opening is None else [opening]
+    rest = runtime.run(frames=total - sum(c.frames.shape[0] for c in head),
+                       should_stop=None if live is None else (lambda: live.stopping))
     made = 0
-    chunks = [] if opening is None else [opening]
-    while made < total:
-        if not chunks:
-            if run.live is not None:
-                posted = run.live.take_prompt()
-                if posted is not None:
-                    schedule = PromptSchedule.single(posted)
-                if run.live.stopping:
-                    return
-            session.follow(schedule)
-            chunk = session.step()
-            if chunk is None:
-                continue
-            chunks.append(chunk)
-        frames = chunks.pop().frames[: total - made]
+    for chunk in itertools.chain(head, rest):
+        frames = chunk.frames[: total - made]
         made += frames.shape[0]
         run.emitted(frames, session.calls, session.prompts[0])
         yield frames
+        if made >= total:
+            return

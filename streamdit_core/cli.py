@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from fractions import Fraction
 import sys
 import time
@@ -156,6 +157,7 @@ def _run_generate(args) -> int:
     from tqdm.auto import tqdm
 
     from .pipeline import Pipeline, PromptSchedule, PromptSwitch
+    from .runtime import Runtime
     from .video import open_writer
 
     entries = [(0.0, args.prompt)]
@@ -188,9 +190,13 @@ def _run_generate(args) -> int:
     t0 = time.perf_counter()
     first = None
     written = 0
+    session = pipe.session(schedule.at(0), partition, seed=args.seed, guidance=guidance,
+                           switch=PromptSwitch(args.switch_mode, args.blend_calls))
+    runtime = Runtime(session, schedule)  # denoising and decoding on their own threads
     with writer, tqdm(total=total, desc="generating", unit="frame") as bar:
-        for chunk in pipe.frames(schedule, partition, seed=args.seed, warm_start=not args.cold_start,
-                                 guidance=guidance, switch=PromptSwitch(args.switch_mode, args.blend_calls)):
+        opening = session.start(not args.cold_start)
+        head = [] if opening is None else [opening]
+        for chunk in itertools.chain(head, runtime.run(frames=total - sum(c.frames.shape[0] for c in head))):
             frames = chunk.frames[: total - written]
             writer.write(frames)
             written += frames.shape[0]
@@ -201,9 +207,12 @@ def _run_generate(args) -> int:
                 break
     wall = time.perf_counter() - t0
     path = writer.close()
+    stats = runtime.stats
     print(f"wrote {written} frames ({written / pipe.fps:.2f} s at {pipe.fps} fps) to {path}")
     print(f"{written / wall:.1f} frames/s ({wall:.2f} s wall, device {pipe.device}), "
-          f"time to first frame {first:.3f} s, {chunk.calls} model calls")
+          f"time to first frame {first:.3f} s, {session.calls} model calls")
+    print(f"median {stats.median_call_ms:.1f} ms per model call, {stats.median_decode_ms:.1f} ms per chunk decode; "
+          f"stalls: denoise {stats.denoise_stalls}, decode {stats.decode_stalls}, waiting for frames {stats.consumer_waits}")
     return 0
 
 # --------------------------------------------------------------------------------------------

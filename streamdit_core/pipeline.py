@@ -28,7 +28,7 @@ from .codec import ChunkDecoder, PixelCodec
 from .guidance import Guided
 from .model import StreamDiT, TextEmbedding
 from .schedule import Partition
-from .stream import StreamState, Streamer
+from .stream import EmittedChunk, StreamState, Streamer
 from .text import TextEncoder
 
 __all__ = ["DEFAULT_MODEL", "FrameChunk", "Pipeline", "PromptSchedule", "PromptSwitch", "Session",
@@ -460,12 +460,22 @@ class Session:
 
     # ---------------------------------------------------------------------------- streaming
 
-    @torch.inference_mode()
     def step(self) -> FrameChunk | None:
         """One model call; the decoded frames that left the buffer, if any."""
+        chunk = self.step_latents()
+        return None if chunk is None else self.decode(chunk)
+
+    @torch.inference_mode()
+    def step_latents(self) -> EmittedChunk | None:
+        """One model call; the latents that left the buffer, if any (decode them in order with
+        :meth:`decode`, possibly on another thread: see :mod:`streamdit_core.runtime`)."""
         self._advance_blend()
-        chunk = self.stream.step()
-        return None if chunk is None else self._decoded(chunk)
+        return self.stream.step()
+
+    @torch.inference_mode()
+    def decode(self, chunk: EmittedChunk) -> FrameChunk:
+        """Decodes emitted latents seam-free (chunks must come in the order they left)."""
+        return self._decoded(chunk)
 
     def next_chunk(self) -> FrameChunk:
         """Model calls until frames leave (``s`` calls, fewer mid-cycle)."""

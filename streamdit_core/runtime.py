@@ -1,0 +1,221 @@
+"""The real-time pipeline: denoising and decoding on their own threads, bounded queues between.
+
+A :class:`Runtime` runs a :class:`~streamdit_core.pipeline.Session` the way a live stream needs:
+
+    denoise thread: prompt callback -> schedule -> model call -> latents out ─┐ queue (bounded)
+    decode thread:  latents -> seam-free decode -> frames ────────────────────┘─> queue -> caller
+
+so decoding a chunk overlaps the model calls for the next one, and a slow consumer (a file
+writer, a websocket) holds the denoiser back by at most the queue sizes instead of letting
+memory grow. The frames are bit-identical to stepping the session on one thread: the same
+calls run in the same order; only the waiting moves.
+
+:class:`RuntimeStats` reports per-call latency, decode time per chunk, video frames per second,
+time to first frame and queue stalls (a put that found its queue full, a get that found it empty).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from .pipeline import FrameChunk, PromptSchedule, Session
+
+__all__ = ["Runtime", "RuntimeStats"]
+
+_END = object()
+
+
+@dataclass
+class RuntimeStats:
+    """What a run measured (times in seconds unless the name says ms)."""
+
+    calls: int = 0
+    frames: int = 0
+    wall: float = 0.0
+    first_frame: float | None = None  # from the start of :meth:`Runtime.run` to the first frame out
+    call_ms: list[float] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+    denoise_stalls: int = 0  # latents ready but the decode queue full (decoding is the bottleneck)
+    decode_stalls: int = 0  # frames ready but the output queue full (the consumer is the bottleneck)
+    consumer_waits: int = 0  # the consumer found no frames ready (generation is the bottleneck)
+
+    @property
+    def fps(self) -> float:
+        """Video frames out per second of wall time."""
+        return self.frames / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def median_call_ms(self) -> float:
+        return statistics.median(self.call_ms) if self.call_ms else 0.0
+
+    @property
+    def median_decode_ms(self) -> float:
+        return statistics.median(self.decode_ms) if self.decode_ms else 0.0
+
+
+class Runtime:
+    """Runs a session on a denoise thread and a decode thread.
+
+    Args:
+        session: a started session (warm-started or filled; its opening frames, if any, are the
+            caller's to output first).
+        schedule: prompts over stream time, followed by the denoiser (None: keep the prompt).
+        prompt_source: polled before every model call; a string it returns becomes the prompt
+            from then on (a live prompt box), replacing the schedule.
+        queue_chunks: chunks each queue holds before its producer waits.
+        threaded: run the two threads (True), or call and decode in turn on the caller's thread
+            (False; same frames, same stats). Default: threaded on CUDA, where decoding on the
+            CPU side overlaps the GPU's model calls; inline on a CPU, where both threads would
+            compete for the same cores (2-core CPU, embedded model: 18.4 frames/s threaded
+            against 28.9 inline, BENCHMARKS.md).
+    """
+
+    def __init__(self, session: Session, schedule: PromptSchedule | None = None,
+                 prompt_source: Callable[[], str | None] | None = None, queue_chunks: int = 4,
+                 threaded: bool | None = None):
+        if queue_chunks < 1:
+            raise ValueError(f"queue_chunks must be at least 1, got {queue_chunks}")
+        self.threaded = session.pipe.device.type == "cuda" if threaded is None else bool(threaded)
+        self.session = session
+        self.schedule = schedule
+        self.prompt_source = prompt_source
+        self.queue_chunks = queue_chunks
+        self.stats = RuntimeStats()
+
+    def run(self, frames: int | None = None, should_stop: Callable[[], bool] | None = None) -> Iterator[FrameChunk]:
+        """Yields decoded chunks in order until ``frames`` video frames came out (endless when
+        None), ``should_stop()`` is true, or the caller stops iterating.
+
+        An exception on either thread (a model error, a host interrupt) is raised here, in the
+        caller's thread; the threads are stopped and joined however the run ends.
+        """
+        if not self.threaded:
+            yield from self._inline(frames, should_stop)
+            return
+        stop = threading.Event()
+        latents: queue.Queue = queue.Queue(self.queue_chunks)
+        decoded: queue.Queue = queue.Queue(self.queue_chunks)
+        stats = self.stats
+        start = time.perf_counter()
+        tf = self.session.pipe.frames_per_latent
+
+        def put(q: queue.Queue, item, stall: str) -> bool:
+            if q.full():
+                setattr(stats, stall, getattr(stats, stall) + 1)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def denoise() -> None:
+            made = 0
+            try:
+                with torch.inference_mode():
+                    while not stop.is_set() and (frames is None or made < frames):
+                        if should_stop is not None and should_stop():
+                            break
+                        chunk = self._call()
+                        if chunk is not None:
+                            made += chunk.frames * tf
+                            if not put(latents, chunk, "denoise_stalls"):
+                                return
+                put(latents, _END, "denoise_stalls")
+            except BaseException as error:  # handed to the caller's thread
+                put(latents, error, "denoise_stalls")
+
+        def decode() -> None:
+            try:
+                with torch.inference_mode():
+                    while not stop.is_set():
+                        try:
+                            item = latents.get(timeout=0.05)
+                        except queue.Empty:
+                            continue
+                        if item is _END or isinstance(item, BaseException):
+                            put(decoded, item, "decode_stalls")
+                            return
+                        if not put(decoded, self._decode(item), "decode_stalls"):
+                            return
+            except BaseException as error:
+                put(decoded, error, "decode_stalls")
+
+        # Threads run in a copy of the caller's context, so a host's per-execution context
+        # (ComfyUI's executing node, for progress) is seen from the denoise thread too.
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(fn,), daemon=True,
+                                    name=f"streamdit-{fn.__name__}") for fn in (denoise, decode)]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                if decoded.empty():
+                    stats.consumer_waits += 1
+                item = decoded.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self._out(item, start)
+                yield item
+        finally:
+            stop.set()  # both threads see it within one queue timeout or one model call
+            for t in threads:
+                t.join()
+            stats.wall = time.perf_counter() - start
+
+    # -- the steps both modes share ----------------------------------------------------------
+
+    def _call(self):
+        """Prompt callback, schedule, one model call; the latents that left, if any."""
+        if self.prompt_source is not None:
+            posted = self.prompt_source()
+            if posted is not None:
+                self.schedule = PromptSchedule.single(posted)
+        if self.schedule is not None:
+            self.session.follow(self.schedule)
+        t0 = time.perf_counter()
+        chunk = self.session.step_latents()
+        self.stats.call_ms.append(1000 * (time.perf_counter() - t0))
+        self.stats.calls += 1
+        return chunk
+
+    def _decode(self, chunk) -> FrameChunk:
+        t0 = time.perf_counter()
+        out = self.session.decode(chunk)
+        self.stats.decode_ms.append(1000 * (time.perf_counter() - t0))
+        return out
+
+    def _out(self, item: FrameChunk, start: float) -> None:
+        stats = self.stats
+        if stats.first_frame is None:
+            stats.first_frame = time.perf_counter() - start
+        stats.frames += item.frames.shape[-4]
+        stats.wall = time.perf_counter() - start
+
+    def _inline(self, frames: int | None, should_stop: Callable[[], bool] | None) -> Iterator[FrameChunk]:
+        start = time.perf_counter()
+        tf = self.session.pipe.frames_per_latent
+        made = 0
+        try:
+            while frames is None or made < frames:
+                if should_stop is not None and should_stop():
+                    return
+                chunk = self._call()
+                if chunk is None:
+                    continue
+                made += chunk.frames * tf
+                item = self._decode(chunk)
+                self._out(item, start)
+                yield item
+        finally:
+            self.stats.wall = time.perf_counter() - start

@@ -1,0 +1,101 @@
+"""The threaded runtime: the same frames as one thread, errors surfaced, stats consistent."""
+
+import time
+
+import pytest
+import torch
+
+from helpers import randomized
+from streamdit_core import Partition, StreamDiTConfig, TextEmbedding
+from streamdit_core.codec import PixelCodec
+from streamdit_core.pipeline import Pipeline, PromptSchedule, PromptSwitch
+from streamdit_core.runtime import Runtime
+
+CONFIG = StreamDiTConfig(in_channels=3, hidden_size=32, depth=2, num_heads=2, text_dim=4, window=(2, 4, 4),
+                         buffer_frames=4, latent_size=(8, 8))
+P = Partition(K=1, N=3, c=1, s=2)
+STORY = PromptSchedule(((0.0, "ab"), (1.0, "abcdef"), (2.5, "abc")))
+
+
+class Words:
+    def encode(self, prompts):
+        return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
+
+
+def _pipe():
+    return Pipeline(randomized(CONFIG), PixelCodec(), Words(), fps=4)
+
+
+def _single_thread(pipe, frames, mode):
+    session = pipe.session("ab", P, seed=3, guidance=2.0, switch=PromptSwitch(mode))
+    out = [session.start().frames]
+    made = out[0].shape[0]
+    while made < frames:
+        session.follow(STORY)
+        chunk = session.step()
+        if chunk is not None:
+            out.append(chunk.frames)
+            made += chunk.frames.shape[0]
+    return torch.cat(out), session.calls
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "inline"])
+@pytest.mark.parametrize("mode", ["immediate", "chunk", "blend"])
+def test_runtime_frames_are_bit_identical_to_stepping_the_session(mode, threaded):
+    pipe = _pipe()
+    expected, calls = _single_thread(pipe, 17, mode)
+    session = pipe.session("ab", P, seed=3, guidance=2.0, switch=PromptSwitch(mode))
+    opening = session.start().frames
+    warm_calls = session.calls
+    runtime = Runtime(session, STORY, queue_chunks=1, threaded=threaded)
+    got = [opening]
+    for chunk in runtime.run(frames=17 - opening.shape[0]):
+        got.append(chunk.frames)
+        time.sleep(0.01)  # a slow consumer: the queues fill and the threads wait
+    assert torch.equal(torch.cat(got), expected)
+    stats = runtime.stats
+    assert session.calls == calls and stats.calls == calls - warm_calls
+    assert stats.frames == 16 and len(stats.decode_ms) == 16 and len(stats.call_ms) == stats.calls
+    assert stats.fps == pytest.approx(stats.frames / stats.wall) and 0 < stats.first_frame <= stats.wall
+    if threaded:
+        assert stats.decode_stalls + stats.denoise_stalls > 0
+    assert Runtime(session).threaded is False  # the CPU default
+
+
+def test_prompts_posted_while_running_take_over():
+    pipe = _pipe()
+    posted = ["abcdefgh"]
+    session = pipe.session("ab", P, seed=0)
+    session.start()
+    runtime = Runtime(session, STORY, prompt_source=lambda: posted.pop() if posted else None, threaded=True)
+    list(runtime.run(frames=8))
+    assert session.prompts == ["abcdefgh"]  # the schedule no longer applies
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_an_error_on_the_denoise_thread_reaches_the_caller():
+    pipe = _pipe()
+    session = pipe.session("ab", P, seed=0, before_call=lambda: (_ for _ in ()).throw(Boom("interrupted"))
+                           if session.calls >= 9 else None)
+    session.start(warm=False)
+    runtime = Runtime(session, threaded=True)
+    got = []
+    with pytest.raises(Boom, match="interrupted"):
+        for chunk in runtime.run():
+            got.append(chunk)
+    assert len(got) == 4 and session.calls == 9  # everything made before the error came out
+
+
+def test_stopping_early_joins_the_threads():
+    pipe = _pipe()
+    session = pipe.session("ab", P, seed=0)
+    session.start(warm=False)
+    run = Runtime(session, queue_chunks=1, threaded=True).run()
+    next(run)
+    run.close()
+    calls = session.calls
+    time.sleep(0.2)
+    assert session.calls == calls  # nothing runs after the caller stopped
