@@ -23,6 +23,7 @@ CATEGORY = "StreamDiT"
 MODEL = "STREAMDIT_MODEL"
 PROMPTS = "STREAMDIT_PROMPTS"
 STREAM = "STREAMDIT_STREAM"
+MODEL_INPUT = (MODEL, {"tooltip": "From StreamDiT Model Loader."})
 FRAME_EVENT = "streamdit.frames"  # JSON: one emitted chunk's frames as JPEG, for the canvas player
 PREVIEW_JPEG_QUALITY = 85
 
@@ -71,12 +72,13 @@ def make_partition(pipe: Pipeline, reference_frames: int, chunks: int, chunk_fra
     return P
 
 
-def make_switch(switch_mode: str, blend_calls: int) -> PromptSwitch:
-    return PromptSwitch(switch_mode, int(blend_calls))
-
-
-def guidance_scale(pipe: Pipeline, guidance: float) -> float:
-    return pipe.guidance if guidance == 0 else float(guidance)
+def new_session(model: Pipeline, prompts: PromptSchedule, partition: Partition, run: "NodeRun", seed: int,
+                guidance: float, switch_mode: str, blend_calls: int, **kwargs) -> Session:
+    """A session from the stream widgets (guidance 0 = the model's recommended scale), reporting
+    every model call to ``run``."""
+    return model.session(prompts.at(0), partition, seed=seed,
+                         guidance=model.guidance if guidance == 0 else float(guidance),
+                         switch=PromptSwitch(switch_mode, int(blend_calls)), before_call=run.before_call, **kwargs)
 
 
 def to_image(frames: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ Every function works outside ComfyUI too (tests, scripts): there is then no fold
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -20,11 +21,12 @@ MODEL_EXTENSIONS = {".safetensors"}
 
 
 def _comfy(module: str):
-    """A ComfyUI module, or None outside ComfyUI."""
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError:
-        return None
+    """A ComfyUI module, or None outside ComfyUI.
+
+    ComfyUI imports all of these before it loads custom nodes, so a lookup is enough; it costs
+    nothing in the per-call loop, where a failed import would search the path every time.
+    """
+    return sys.modules.get(module)
 
 
 # ------------------------------------------------------------------------------------- folders

@@ -10,8 +10,8 @@ from streamdit_core.pipeline import Pipeline, PromptSchedule
 from streamdit_core.video import open_writer
 
 from . import host
-from .common import (CATEGORY, MODEL, PROMPTS, NodeRun, guidance_scale, make_partition, make_switch,
-                     partition_inputs, run_stream, stream_inputs)
+from .common import (CATEGORY, MODEL_INPUT, PROMPTS, NodeRun, make_partition, new_session, partition_inputs,
+                     run_stream, stream_inputs)
 from .routes import close_session, open_session
 
 LIVE_EVENT = "streamdit.live"  # JSON {node, session, state: "running" | "ended"}
@@ -54,7 +54,7 @@ class StreamDiTLive:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From StreamDiT Model Loader."}),
+                "model": MODEL_INPUT,
                 "prompts": (PROMPTS, {"tooltip": "The starting prompts (a schedule works too, until a prompt is "
                                                  "sent from the node)."}),
                 "max_seconds": ("FLOAT", {"default": 60.0, "min": 1.0, "max": 3600.0, "step": 1.0, "tooltip":
@@ -81,9 +81,7 @@ class StreamDiTLive:
         host.send_event(LIVE_EVENT, {"node": unique_id, "session": live.id, "state": "running"})
         try:
             with open_writer(path, model.fps) as writer:  # on any exit the file keeps what was streamed
-                session = model.session(prompts.at(0), partition, seed=seed,
-                                        guidance=guidance_scale(model, guidance),
-                                        switch=make_switch(switch_mode, blend_calls), before_call=run.before_call)
+                session = new_session(model, prompts, partition, run, seed, guidance, switch_mode, blend_calls)
                 for frames in run_stream(session, prompts, run, total, session.start(True)):
                     writer.write(frames)  # chunk by chunk: memory stays flat however long it runs
         finally:  # stop, time limit, error or interrupt

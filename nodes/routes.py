@@ -98,14 +98,21 @@ def _json_object(body: bytes) -> dict | Reply:
     return data
 
 
-def handle_prompt(session_id: str, body: bytes) -> Reply:
-    """``POST /streamdit/live/{session}/prompt`` with ``{"prompt": "..."}``."""
+def _request(session_id: str, body: bytes) -> tuple[LiveSession, dict] | Reply:
+    """The running session and the JSON object a request names, or the error reply."""
     session = find_session(session_id)
     if session is None:
         return _error(404, "no live stream with this id is running")
     data = _json_object(body)
-    if isinstance(data, Reply):
-        return data
+    return data if isinstance(data, Reply) else (session, data)
+
+
+def handle_prompt(session_id: str, body: bytes) -> Reply:
+    """``POST /streamdit/live/{session}/prompt`` with ``{"prompt": "..."}``."""
+    request = _request(session_id, body)
+    if isinstance(request, Reply):
+        return request
+    session, data = request
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         return _error(400, 'the body must be {"prompt": "<text>"} with a string prompt')
@@ -119,13 +126,10 @@ def handle_prompt(session_id: str, body: bytes) -> Reply:
 
 def handle_stop(session_id: str, body: bytes) -> Reply:
     """``POST /streamdit/live/{session}/stop`` (an empty body or ``{}``)."""
-    session = find_session(session_id)
-    if session is None:
-        return _error(404, "no live stream with this id is running")
-    data = _json_object(body)
-    if isinstance(data, Reply):
-        return data
-    session.request_stop()
+    request = _request(session_id, body)
+    if isinstance(request, Reply):
+        return request
+    request[0].request_stop()
     return Reply(200, {"ok": True})
 
 

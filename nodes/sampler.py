@@ -10,8 +10,8 @@ from torch import Tensor
 
 from streamdit_core.pipeline import FrameChunk, Pipeline, PromptSchedule, Session, StreamSnapshot
 
-from .common import (CATEGORY, MODEL, PROMPTS, STREAM, NodeRun, from_image, guidance_scale, make_partition,
-                     make_switch, partition_inputs, run_stream, stream_inputs, to_image)
+from .common import (CATEGORY, MODEL, MODEL_INPUT, PROMPTS, STREAM, NodeRun, from_image, make_partition,
+                     new_session, partition_inputs, run_stream, stream_inputs, to_image)
 
 FRAMES_OUT = ("IMAGE", "FLOAT")
 FRAMES_TIPS = ("The video frames [frames, height, width, 3] in 0..1 (feed Create Video).",
@@ -56,7 +56,7 @@ class StreamDiTSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From StreamDiT Model Loader."}),
+                "model": MODEL_INPUT,
                 "prompts": (PROMPTS, {"tooltip": "From StreamDiT Prompt Schedule; times are video seconds."}),
                 "seconds": ("FLOAT", {"default": 4.0, "min": 0.1, "max": 3600.0, "step": 0.5,
                                       "tooltip": "Length of the video to make, in seconds."}),
@@ -74,8 +74,7 @@ class StreamDiTSampler:
         partition = make_partition(model, reference_frames, chunks, chunk_frames, steps_per_chunk)
         total = _frames(seconds, model.fps)
         run = NodeRun(unique_id, total, model.fps)
-        session = model.session(prompts.at(0), partition, seed=seed, guidance=guidance_scale(model, guidance),
-                                switch=make_switch(switch_mode, blend_calls), before_call=run.before_call)
+        session = new_session(model, prompts, partition, run, seed, guidance, switch_mode, blend_calls)
         opening = session.start(warm_start)
         return to_image(_collect(session, prompts, run, total, opening)), float(model.fps)
 
@@ -94,7 +93,7 @@ class StreamDiTBufferInit:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From StreamDiT Model Loader."}),
+                "model": MODEL_INPUT,
                 "prompts": (PROMPTS, {"tooltip": "The first prompt starts the stream (later lines are ignored here)."}),
                 **stream_inputs(),
                 **partition_inputs(),
@@ -119,9 +118,7 @@ class StreamDiTBufferInit:
         partition = make_partition(model, reference_frames, chunks, chunk_frames, steps_per_chunk)
         size = None if width == 0 and height == 0 else (height, width)
         run = NodeRun(None, 1, model.fps)
-        session = model.session(prompts.at(0), partition, seed=seed, guidance=guidance_scale(model, guidance),
-                                switch=make_switch(switch_mode, blend_calls), size=size,
-                                before_call=run.before_call)
+        session = new_session(model, prompts, partition, run, seed, guidance, switch_mode, blend_calls, size=size)
         if images is not None:
             opening = session.fill_video(from_image(images, session.frame_size), strength)
         else:

@@ -6,7 +6,7 @@ import torch
 
 from streamdit_core.pipeline import Pipeline, PromptSchedule
 
-from .common import (CATEGORY, MODEL, PROMPTS, NodeRun, from_image, guidance_scale, make_partition, make_switch,
+from .common import (CATEGORY, MODEL_INPUT, PROMPTS, NodeRun, from_image, make_partition, new_session,
                      partition_inputs, run_stream, stream_inputs, to_image)
 
 
@@ -25,7 +25,7 @@ class StreamDiTVideoToVideo:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From StreamDiT Model Loader."}),
+                "model": MODEL_INPUT,
                 "images": ("IMAGE", {"tooltip": "The input clip; processed at the model's frame size and "
                                                 "resized back."}),
                 "prompts": (PROMPTS, {"tooltip": "What the clip should become; times are seconds of the clip "
@@ -42,8 +42,7 @@ class StreamDiTVideoToVideo:
                   blend_calls, reference_frames, chunks, chunk_frames, steps_per_chunk, unique_id=None):
         partition = make_partition(model, reference_frames, chunks, chunk_frames, steps_per_chunk)
         run = NodeRun(unique_id, images.shape[0], model.fps)
-        session = model.session(prompts.at(0), partition, seed=seed, guidance=guidance_scale(model, guidance),
-                                switch=make_switch(switch_mode, blend_calls), before_call=run.before_call)
+        session = new_session(model, prompts, partition, run, seed, guidance, switch_mode, blend_calls)
         clip = from_image(images, session.frame_size)  # [T, 3, h, w]
         opening = session.fill_video(clip, strength)
         frames = torch.cat(list(run_stream(session, prompts, run, images.shape[0], opening)))  # [T, 3, h, w]

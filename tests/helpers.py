@@ -21,6 +21,23 @@ def randomized(config: StreamDiTConfig | None = None, seed: int = 0, scale: floa
     return model.eval()
 
 
+# A pixel-space model small enough for pipeline tests: 3 channels, a 4-frame 8x8 buffer.
+PIXEL_CONFIG = StreamDiTConfig(in_channels=3, hidden_size=32, depth=2, num_heads=2, text_dim=4, window=(2, 4, 4),
+                               buffer_frames=4, latent_size=(8, 8))
+
+
+class Words:
+    """A stand-in text encoder: one token per prompt, its value the prompt's length; it keeps
+    every batch of prompts it was asked for in ``seen``."""
+
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, prompts):
+        self.seen.append(list(prompts))
+        return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
+
+
 def random_text(batch: int = 1, length: int = 6, dim: int = 32, seed: int = 0, real: int | None = None) -> TextEmbedding:
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randn(batch, length, dim, generator=gen)

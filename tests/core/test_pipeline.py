@@ -3,24 +3,9 @@
 import pytest
 import torch
 
-from helpers import randomized
-from streamdit_core import StreamDiTConfig, TextEmbedding
+from helpers import PIXEL_CONFIG, Words, randomized
 from streamdit_core.codec import PixelCodec
 from streamdit_core.pipeline import Pipeline, PromptSchedule
-
-CONFIG = StreamDiTConfig(in_channels=3, hidden_size=32, depth=2, num_heads=2, text_dim=4, window=(2, 4, 4),
-                         buffer_frames=4, latent_size=(8, 8))
-
-
-class Words:
-    """A stand-in text encoder: one token per prompt, its value the prompt's length."""
-
-    def __init__(self):
-        self.seen = []
-
-    def encode(self, prompts):
-        self.seen.append(list(prompts))
-        return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
 
 
 class Recorder(torch.nn.Module):
@@ -34,7 +19,7 @@ class Recorder(torch.nn.Module):
 
 
 def _pipe(fps=4):
-    return Pipeline(Recorder(randomized(CONFIG)), PixelCodec(), Words(), fps)
+    return Pipeline(Recorder(randomized(PIXEL_CONFIG)), PixelCodec(), Words(), fps)
 
 
 def test_frames_come_in_order_decoded_and_in_range():

@@ -5,25 +5,18 @@ import time
 import pytest
 import torch
 
-from helpers import randomized
-from streamdit_core import Partition, StreamDiTConfig, TextEmbedding
+from helpers import PIXEL_CONFIG, Words, randomized
+from streamdit_core import Partition
 from streamdit_core.codec import PixelCodec
 from streamdit_core.pipeline import Pipeline, PromptSchedule, PromptSwitch
 from streamdit_core.runtime import Runtime
 
-CONFIG = StreamDiTConfig(in_channels=3, hidden_size=32, depth=2, num_heads=2, text_dim=4, window=(2, 4, 4),
-                         buffer_frames=4, latent_size=(8, 8))
 P = Partition(K=1, N=3, c=1, s=2)
 STORY = PromptSchedule(((0.0, "ab"), (1.0, "abcdef"), (2.5, "abc")))
 
 
-class Words:
-    def encode(self, prompts):
-        return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
-
-
 def _pipe():
-    return Pipeline(randomized(CONFIG), PixelCodec(), Words(), fps=4)
+    return Pipeline(randomized(PIXEL_CONFIG), PixelCodec(), Words(), fps=4)
 
 
 def _single_thread(pipe, frames, mode):

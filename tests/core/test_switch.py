@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from helpers import random_text, randomized
-from streamdit_core import FrameText, Partition, StreamDiTConfig, StreamError, Streamer, TextEmbedding
+from helpers import PIXEL_CONFIG, Words, random_text, randomized
+from streamdit_core import FrameText, Partition, StreamDiTConfig, StreamError, Streamer
 from streamdit_core.codec import PixelCodec
 from streamdit_core.guidance import Guided
 from streamdit_core.pipeline import Pipeline, PromptSwitch
@@ -121,16 +121,6 @@ def test_immediate_switch_drops_a_pending_per_chunk_switch(tiny_model):
 # ---------------------------------------------------------------------------------------------
 # Sessions on a pipeline
 
-CONFIG = StreamDiTConfig(in_channels=3, hidden_size=32, depth=2, num_heads=2, text_dim=4, window=(2, 4, 4),
-                         buffer_frames=4, latent_size=(8, 8))
-
-
-class Words:
-    """A stand-in text encoder: one token per prompt, its value the prompt's length."""
-
-    def encode(self, prompts):
-        return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
-
 
 class TextLog(torch.nn.Module):
     def __init__(self, model):
@@ -143,7 +133,7 @@ class TextLog(torch.nn.Module):
 
 
 def _pipe():
-    return Pipeline(TextLog(randomized(CONFIG)), PixelCodec(), Words(), fps=4)
+    return Pipeline(TextLog(randomized(PIXEL_CONFIG)), PixelCodec(), Words(), fps=4)
 
 
 def test_blend_reaches_the_new_prompt_after_the_chosen_calls():
