@@ -33,15 +33,21 @@ class Guided(nn.Module):
         self.config = getattr(model, "config", None)
         self.calls = 0
         self.branches = 0
+        self._both: tuple = (None, 0, None)  # (text, b, doubled text): a prompt is doubled once
+
 
     def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | FrameText) -> Tensor:
         """x ``[b, C, F, H, W]``, sigma ``[b, F]``, text with tokens ``[b or 1, L, D]`` (or a
         :class:`FrameText` of such prompts) -> v like x."""
         b = x.shape[0]
-        if isinstance(text, FrameText):
-            both = FrameText(tuple(_with_unconditional(t, b) for t in text.texts), text.index)
+        if self._both[0] is text and self._both[1] == b:
+            both = self._both[2]
         else:
-            both = _with_unconditional(text, b)
+            if isinstance(text, FrameText):
+                both = FrameText(tuple(_with_unconditional(t, b) for t in text.texts), text.index)
+            else:
+                both = _with_unconditional(text, b)
+            self._both = (text, b, both)  # holds ``text``, so its identity stays valid
         v = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), both)  # [2b, C, F, H, W]
         self.calls += 1
         self.branches += 2

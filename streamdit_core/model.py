@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from .schedule import SigmaWarp
 
-__all__ = ["StreamDiT", "StreamDiTConfig", "TextEmbedding", "FrameText", "PRESETS"]
+__all__ = ["StreamDiT", "StreamDiTConfig", "TextEmbedding", "FrameText", "Conditioning", "PRESETS",
+           "ATTENTION_BACKENDS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +260,27 @@ class FrameText:
         return torch.stack([t.tokens for t in padded], dim=1), torch.stack([t.mask for t in padded], dim=1)
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning prepared for the blocks by :meth:`StreamDiT.condition`.
+
+    Attributes:
+        context: text tokens in model width ``[B, Lt, D]`` (``[B, F, Lt, D]`` per frame), or None.
+        mask: bool, like context without D: the tokens each query attends to; None for all.
+        keep: ``[B]`` (``[B, F]``): 1, or 0 for a sample (frame) with no text, whose
+            cross-attention update is dropped; None when every sample has text.
+        pooled: ``[B, D]`` (``[B, F, D]``) added to the sigma embedding, or None.
+    """
+
+    context: Tensor | None
+    mask: Tensor | None
+    keep: Tensor | None
+    pooled: Tensor | None
+
+    def tensors(self) -> tuple[Tensor | None, ...]:
+        return self.context, self.mask, self.keep, self.pooled
+
+
 # --------------------------------------------------------------------------------------------
 # Embedders
 # --------------------------------------------------------------------------------------------
@@ -347,15 +369,23 @@ class WindowLayout:
         shift = tuple(wi // 2 if shifted and wi < g else 0 for wi, g in zip(win, grid))
         return cls(grid, win, padded, shift)
 
-    def mask(self, device) -> Tensor | None:
-        """Which keys each query may see, in rolled window order: bool ``[nW, Wt, Wt]``, or None.
+    @property
+    def needs_mask(self) -> bool:
+        """Whether some token may not see every token of its window (shifted or padded)."""
+        return any(self.shift) or self.padded != self.grid
+
+    @property
+    def tokens_per_window(self) -> int:
+        return self.window[0] * self.window[1] * self.window[2]
+
+    def regions(self, device) -> tuple[Tensor, Tensor]:
+        """Per token, in rolled window order: its side of every wrap (int64 ``[nW, Wt]``) and
+        whether it is a real token rather than padding (bool ``[nW, Wt]``).
 
         After the cyclic roll, the last window along a shifted axis holds tokens from both ends
         of the grid; a token attends only to tokens from its own side of that wrap (Swin's mask),
-        and never to padding. Every token may see itself, so no row is empty.
+        and never to padding.
         """
-        if not any(self.shift) and self.padded == self.grid:
-            return None
         region = torch.zeros(self.padded, dtype=torch.int64, device=device)  # [F', h', w']
         valid = torch.ones(self.padded, dtype=torch.bool, device=device)  # [F', h', w']
         for axis, (g, gp, sh) in enumerate(zip(self.grid, self.padded, self.shift)):
@@ -368,16 +398,60 @@ class WindowLayout:
             rearrange(t, "(nf fw) (nh hw) (nw ww) -> (nf nh nw) (fw hw ww)", fw=fw, hw=hw, ww=ww)  # [nW, Wt]
             for t in (region, valid)
         )
+        return region, valid
+
+    def mask(self, device) -> Tensor | None:
+        """Which keys each query may see, in rolled window order: bool ``[nW, Wt, Wt]``, or None
+        when every token sees its whole window. Every token may see itself, so no row is empty."""
+        if not self.needs_mask:
+            return None
+        region, valid = self.regions(device)  # [nW, Wt]
         eye = torch.eye(region.shape[1], dtype=torch.bool, device=device)  # [Wt, Wt]
         return (region[:, :, None] == region[:, None, :]) & valid[:, None, :] | eye  # [nW, Wt, Wt]
+
+    def block_mask(self, device):
+        """The same rule as :meth:`mask` as a flex_attention ``BlockMask`` over the windows laid
+        end to end (``nW * Wt`` tokens): only blocks inside a window are ever computed, and no
+        dense mask is built."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        region, valid = (t.flatten() for t in self.regions(device))  # [nW*Wt]
+        wt = self.tokens_per_window
+
+        def mask_mod(b, h, q, kv):
+            same = (q // wt == kv // wt) & (region[q] == region[kv]) & valid[kv]
+            return same | (q == kv)
+
+        return create_block_mask(mask_mod, None, None, region.numel(), region.numel(), device=device)
+
+
+ATTENTION_BACKENDS = ("sdpa", "flex")
+_compiled_flex = None
+
+
+def _flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
+    """flex_attention, compiled once per process when called eagerly (its eager form is a slow
+    reference implementation); inside a compiled model the compiler fuses it in place."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling():
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
 
 
 class WindowSelfAttention(nn.Module):
     """Multi-head self-attention inside 3D windows, optionally shifted by half a window.
 
-    Windows are folded into the head axis, so one ``scaled_dot_product_attention`` call covers
-    them all; a grid that is not a whole number of windows is padded, and padding is masked.
-    Unshifted, unpadded layouts need no mask (the fast kernels apply).
+    Two kernels compute the same attention (``backend``):
+
+    - ``sdpa`` (default): windows are folded into the head axis, so one
+      ``scaled_dot_product_attention`` call covers them all; unshifted, unpadded layouts need no
+      mask (the fast kernels apply), shifted or padded ones a dense ``[nW, Wt, Wt]`` mask.
+    - ``flex``: layouts that need a mask run flex_attention with a block mask instead (no dense
+      mask; GPU kernels skip the masked blocks). Unmasked layouts still take sdpa.
     """
 
     def __init__(self, dim: int, num_heads: int, window: tuple[int, int, int] | None, shifted: bool, qk_norm: bool):
@@ -385,22 +459,26 @@ class WindowSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.window = window
         self.shifted = shifted
+        self.backend = "sdpa"
         head = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.q_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
-        self._masks: dict[tuple, Tensor | None] = {}
+        self._masks: dict[tuple, Any] = {}
 
     def layout(self, grid: tuple[int, int, int]) -> WindowLayout:
         return WindowLayout.build(grid, self.window, self.shifted)
 
-    def _mask(self, layout: WindowLayout, device) -> Tensor | None:
-        key = (layout, str(device))
+    def _mask(self, layout: WindowLayout, device, flex: bool):
+        key = (layout.grid, str(device), flex)
         if key not in self._masks:
-            mask = layout.mask(device)  # [nW, Wt, Wt]
-            if mask is not None:  # [1, nW * n, Wt, Wt] to match windows folded into heads
-                mask = mask[:, None].expand(-1, self.num_heads, -1, -1).reshape(1, -1, *mask.shape[1:])
+            if flex:
+                mask = layout.block_mask(device)
+            else:
+                mask = layout.mask(device)  # [nW, Wt, Wt]
+                if mask is not None:  # [1, nW * n, Wt, Wt] to match windows folded into heads
+                    mask = mask[:, None].expand(-1, self.num_heads, -1, -1).reshape(1, -1, *mask.shape[1:])
             self._masks[key] = mask
         return self._masks[key]
 
@@ -415,11 +493,17 @@ class WindowSelfAttention(nn.Module):
         if any(lay.shift):
             x = torch.roll(x, shifts=tuple(-s for s in lay.shift), dims=(1, 2, 3))
         x = rearrange(x, "b (nf fw) (nh hw) (nw ww) d -> b (nf nh nw) (fw hw ww) d", fw=fw, hw=hw, ww=ww)  # [B, nW, Wt, D]
-        q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b w n t d", k=3, n=self.num_heads)  # 3 x [B, nW, n, Wt, d]
-        q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (rearrange(t, "b w n t d -> b (w n) t d") for t in (q, k, v))  # [B, nW*n, Wt, d]
-        o = F_.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(lay, x.device))  # [B, nW*n, Wt, d]
-        o = rearrange(o, "b (w n) t d -> b w t (n d)", n=self.num_heads)  # [B, nW, Wt, D]
+        if self.backend == "flex" and lay.needs_mask:
+            q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b n (w t) d", k=3, n=self.num_heads)  # 3 x [B, n, nW*Wt, d]
+            q, k, v = self.q_norm(q), self.k_norm(k), v.contiguous()  # whole 4D tensors, as the compiled kernel needs
+            o = _flex_attention(q, k, v, self._mask(lay, x.device, flex=True))  # [B, n, nW*Wt, d]
+            o = rearrange(o, "b n (w t) d -> b w t (n d)", t=fw * hw * ww)  # [B, nW, Wt, D]
+        else:
+            q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b w n t d", k=3, n=self.num_heads)  # 3 x [B, nW, n, Wt, d]
+            q, k = self.q_norm(q), self.k_norm(k)
+            q, k, v = (rearrange(t, "b w n t d -> b (w n) t d") for t in (q, k, v))  # [B, nW*n, Wt, d]
+            o = F_.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(lay, x.device, flex=False))  # [B, nW*n, Wt, d]
+            o = rearrange(o, "b (w n) t d -> b w t (n d)", n=self.num_heads)  # [B, nW, Wt, D]
         o = self.proj(o)
         o = rearrange(o, "b (nf nh nw) (fw hw ww) d -> b (nf fw) (nh hw) (nw ww) d",
                       nf=Fp // fw, nh=hp // hw, fw=fw, hw=hw, ww=ww)  # [B, F', h', w', D]
@@ -441,32 +525,31 @@ class CrossAttention(nn.Module):
         self.k_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        """x ``[B, L, D]``, context ``[B, Lt, D]``, mask bool ``[B, Lt]`` -> ``[B, L, D]``.
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, keep: Tensor | None) -> Tensor:
+        """x ``[B, L, D]``, context ``[B, Lt, D]``, mask bool ``[B, Lt]`` (None: attend to every
+        token), keep ``[B]`` (None: all 1) -> ``[B, L, D]``.
 
-        With per-frame text, context is ``[B, F, Lt, D]`` and mask ``[B, F, Lt]``: the tokens of
-        frame f attend only to frame f's prompt. A sample (or frame) with no real text token
-        gets a zero update (the unconditional branch).
+        With per-frame text, context is ``[B, F, Lt, D]``, mask ``[B, F, Lt]`` and keep ``[B, F]``:
+        the tokens of frame f attend only to frame f's prompt. ``keep`` is 0 for a sample (or
+        frame) with no real text token, whose update is then zero (the unconditional branch);
+        see :meth:`StreamDiT.condition`, which prepares all three.
         """
         if context.dim() == 4:
             B, L, D = x.shape
             frames = context.shape[1]
             o = self.forward(x.reshape(B * frames, L // frames, D),  # [B*F, S, D]
                              context.flatten(0, 1),  # [B*F, Lt, D]
-                             None if mask is None else mask.flatten(0, 1))  # [B*F, Lt]
+                             None if mask is None else mask.flatten(0, 1),  # [B*F, Lt]
+                             None if keep is None else keep.flatten(0, 1))  # [B*F]
             return o.reshape(B, L, D)  # [B, L, D]
         q = rearrange(self.q(x), "b l (n d) -> b n l d", n=self.num_heads)  # [B, n, L, d]
         k, v = rearrange(self.kv(context), "b t (k n d) -> k b n t d", k=2, n=self.num_heads)  # 2 x [B, n, Lt, d]
         q, k = self.q_norm(q), self.k_norm(k)
-        keep = None
-        attn_mask = None
-        if mask is not None:
-            keep = mask.any(dim=1)  # [B]
-            attn_mask = (mask | ~keep[:, None])[:, None, None, :]  # [B, 1, 1, Lt]
+        attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, Lt]
         o = F_.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, n, L, d]
         o = self.proj(rearrange(o, "b n l d -> b l (n d)"))  # [B, L, D]
-        if keep is not None and not bool(keep.all()):
-            o = o * keep[:, None, None].to(o.dtype)
+        if keep is not None:
+            o = o * keep[:, None, None]  # [B, L, D]
         return o
 
 
@@ -490,7 +573,7 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor, frames: int) -> Tensor:
     """Per-frame adaLN: x ``[B, L, D]``, shift and scale ``[B, F, D]`` -> ``[B, L, D]``."""
     B, L, D = x.shape
     x = x.view(B, frames, L // frames, D)  # [B, F, S, D]
-    return (x * (1 + scale[:, :, None]) + shift[:, :, None]).view(B, L, D)
+    return torch.addcmul(shift[:, :, None], x, 1 + scale[:, :, None]).view(B, L, D)  # one fused kernel
 
 
 def gate(x: Tensor, g: Tensor, frames: int) -> Tensor:
@@ -513,14 +596,13 @@ class StreamDiTBlock(nn.Module):
         self.mlp = Mlp(D, int(D * cfg.mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
-    def forward(self, x: Tensor, t: Tensor, grid: tuple[int, int, int],
-                context: Tensor | None, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, grid: tuple[int, int, int], cond: "Conditioning") -> Tensor:
         """x ``[B, L, D]``, t ``[B, F, D]`` (per-frame sigma embedding) -> ``[B, L, D]``."""
         F = grid[0]
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(t).chunk(6, dim=-1)  # 6 x [B, F, D]
         x = x + gate(self.attn(modulate(self.norm1(x), shift_a, scale_a, F), grid), gate_a, F)
-        if context is not None:
-            x = x + self.cross_attn(self.norm2(x), context, mask)
+        if cond.context is not None:
+            x = x + self.cross_attn(self.norm2(x), cond.context, cond.mask, cond.keep)
         x = x + gate(self.mlp(modulate(self.norm3(x), shift_m, scale_m, F)), gate_m, F)
         return x
 
@@ -617,12 +699,15 @@ class StreamDiT(nn.Module):
         if tuple(sigma.shape) != (x.shape[0], x.shape[2]):
             raise ValueError(f"sigma must be [B, F] = {[x.shape[0], x.shape[2]]}, got {list(sigma.shape)}")
 
-    def _text(self, text, batch: int, frames: int, device, dtype
-              ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """-> cross-attention context ``[B, Lt, D]`` (``[B, F, Lt, D]`` for per-frame text), its
-        mask ``[B, Lt]`` / ``[B, F, Lt]`` (None: all real), pooled text ``[B, D]`` / ``[B, F, D]``."""
+    def condition(self, text, batch: int, frames: int, device, dtype) -> Conditioning:
+        """Text conditioning in the form the blocks use (see :class:`Conditioning`).
+
+        Every decision that depends on the text's values (is any token padding, has a sample
+        no text at all) is made here, so :meth:`denoise` runs the same kernels on every call:
+        it can be compiled or captured in a CUDA graph, with this run once per prompt.
+        """
         if text is None:
-            return None, None, None
+            return Conditioning(None, None, None, None)
         if isinstance(text, Tensor):
             text = TextEmbedding(text)
         if isinstance(text, FrameText):
@@ -642,13 +727,20 @@ class StreamDiT(nn.Module):
                 f"text must be a TextEmbedding, a FrameText, a [B, Lt, Dt] tensor or None, got {type(text).__name__}"
             )
         context = self.y_embedder(tokens)  # [B, (F,) Lt, D]
+        has_text = mask.any(-1)  # [B, (F,)]
         pooled = None
         if self.pool_embedder is not None:
             weight = mask.to(dtype)[..., None]  # [B, (F,) Lt, 1]
             mean = (tokens * weight).sum(-2) / weight.sum(-2).clamp_min(1)  # [B, (F,) Dt]
             # A prompt with no real token (the unconditional branch) adds nothing.
-            pooled = self.pool_embedder(mean) * mask.any(-1, keepdim=True).to(dtype)  # [B, (F,) D]
-        return context, (None if bool(mask.all()) else mask), pooled
+            pooled = self.pool_embedder(mean) * has_text[..., None].to(dtype)  # [B, (F,) D]
+        if bool(mask.all()):
+            return Conditioning(context, None, None, pooled)
+        # A prompt with no real token attends to all (zero-weight) tokens, so no softmax row is
+        # empty, and its update is multiplied by keep = 0.
+        attend = mask | ~has_text[..., None]  # [B, (F,) Lt]
+        keep = None if bool(has_text.all()) else has_text.to(dtype)  # [B, (F,)]
+        return Conditioning(context, attend, keep, pooled)
 
     def _check_text(self, text: TextEmbedding, batch: int) -> None:
         if text.tokens.shape[-1] != self.config.text_dim:
@@ -656,8 +748,23 @@ class StreamDiT(nn.Module):
         if text.tokens.shape[0] not in (1, batch):
             raise ValueError(f"text batch {text.tokens.shape[0]} does not match latent batch {batch} (or 1)")
 
+    def set_attention(self, backend: str) -> "StreamDiT":
+        """Chooses the window attention kernel of every block (see :class:`WindowSelfAttention`)."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+        for block in self.blocks:
+            block.attn.backend = backend
+        return self
+
     def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | Tensor | None = None) -> Tensor:
         self._check(x, sigma)
+        B, C, F, H, W = x.shape
+        cond = self.condition(text, B, F, x.device, self.x_embedder.weight.dtype)
+        return self.denoise(x, sigma, cond)
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        """The network itself: latents ``[B, C, F, H, W]``, sigma ``[B, F]`` and prepared text
+        -> velocity like x. Its kernels depend only on shapes, never on values."""
         cfg = self.config
         p = cfg.patch_size
         dtype = self.x_embedder.weight.dtype
@@ -666,11 +773,11 @@ class StreamDiT(nn.Module):
         tokens = rearrange(x.to(dtype), "b c f (h p) (w q) -> b (f h w) (c p q)", p=p, q=p)  # [B, L, C*p*p]
         h = self.x_embedder(tokens) + self._positions(grid, x.device, dtype)  # [B, L, D]
         t = self.t_embedder(sigma.to(x.device))  # [B, F, D]
-        context, mask, pooled = self._text(text, B, F, x.device, dtype)  # [B, (F,) Lt, D], [B, (F,) Lt], [B, (F,) D]
-        if pooled is not None:
+        if cond.pooled is not None:
+            pooled = cond.pooled
             t = t + (pooled if pooled.dim() == 3 else pooled[:, None, :])  # [B, F, D]
         for block in self.blocks:
-            h = block(h, t, grid, context, mask)  # [B, L, D]
+            h = block(h, t, grid, cond)  # [B, L, D]
         out = self.final_layer(h, t, F)  # [B, L, p*p*C]
         v = rearrange(out, "b (f h w) (c p q) -> b c f (h p) (w q)", f=F, h=grid[1], w=grid[2], p=p, q=p)  # [B, C, F, H, W]
         return v.to(x.dtype)

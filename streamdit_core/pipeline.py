@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .accel import FastPath, accelerate
 from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metadata
 from .codec import ChunkDecoder, PixelCodec
 from .guidance import Guided
@@ -134,11 +135,21 @@ class Pipeline:
     fps: int
     path: Path | None = None
     guidance: float = 1.0  # the checkpoint's recommended classifier-free guidance scale
+    velocity: Any = None  # what streams call: the model, or the model on a fast path (accelerate)
+
+    def __post_init__(self) -> None:
+        if self.velocity is None:
+            self.velocity = self.model
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None) -> "Pipeline":
-        """Loads a StreamDiT checkpoint with its codec and text encoder (default: the embedded model)."""
+             dtype: torch.dtype | None = None, fast: FastPath | str | None = "auto") -> "Pipeline":
+        """Loads a StreamDiT checkpoint with its codec and text encoder (default: the embedded model).
+
+        ``fast``: the :class:`~streamdit_core.accel.FastPath` streams run the model on;
+        ``"auto"`` is :meth:`FastPath.auto` on CUDA (bf16 and CUDA graphs) and the plain model
+        on a CPU; None is always the plain model.
+        """
         path = Path(path) if path is not None else DEFAULT_MODEL
         if not path.exists():
             hint = (" (the embedded model ships with the package; reinstall it)" if path == DEFAULT_MODEL
@@ -154,7 +165,16 @@ class Pipeline:
             codec_path = Path(codec_name) if Path(codec_name).is_absolute() else path.parent / codec_name
             codec = load_codec(codec_path, device=dev)
         text = TextEncoder()  # the only encoder shipped; other folders can be passed to TextEncoder
-        return cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")))
+        pipe = cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")))
+        if fast == "auto":
+            fast = FastPath.auto(dev) if dev.type == "cuda" else None
+        return pipe.accelerate(fast) if fast is not None else pipe
+
+    def accelerate(self, path: FastPath | None = None) -> "Pipeline":
+        """Streams from now on run the model on ``path`` (default: the best for its device);
+        the model is converted in place (dtype, fp8 layers). Returns self."""
+        self.velocity = accelerate(self.model, path)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -312,7 +332,7 @@ class Session:
             raise ValueError(f"guidance must be at least 0, got {guidance}")
         self.guidance = guidance
         self.overlap = True if overlap is None else overlap
-        self.model = pipe.model if guidance == 1.0 else Guided(pipe.model, guidance)
+        self.model = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
         if before_call is not None:
             self.model = _Hooked(self.model, before_call)
         self.prompts = prompts
@@ -335,7 +355,7 @@ class Session:
             cfg = pipe.model.config
             self.stream = Streamer(self.model, partition, (cfg.in_channels, *self._latent_size(size)), text=text,
                                    batch=batch, seed=seed, device=pipe.device,
-                                   dtype=next(pipe.model.parameters()).dtype)
+                                   dtype=_buffer_dtype(pipe.model))
             self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap)
 
     # ------------------------------------------------------------------------------- clocks
@@ -492,9 +512,27 @@ class Session:
 
     def _decoded(self, chunk) -> FrameChunk:
         video = self.decoder.decode(chunk.latents)  # [b, 3, T, H, W]
-        frames = video.permute(0, 2, 1, 3, 4).float().cpu()  # [b, T, 3, H, W]
+        frames = to_host(video.permute(0, 2, 1, 3, 4))  # [b, T, 3, H, W]
         tf = self.pipe.frames_per_latent
         return FrameChunk(frames[0] if self.batch == 1 else frames, chunk.index * tf, chunk.calls)
+
+
+def to_host(t: Tensor) -> Tensor:
+    """``t`` as float32 on the CPU. From a GPU it goes through pinned (page-locked) memory in one
+    asynchronous copy, and only the current stream is waited for, not the whole device."""
+    if t.device.type != "cuda":
+        return t.float().cpu()
+    src = t.float().contiguous()
+    host = torch.empty(src.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(src, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host
+
+
+def _buffer_dtype(model: StreamDiT) -> torch.dtype:
+    """The stream buffer's dtype: the model's, but never below float32 (Euler steps accumulate)."""
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class _Hooked:

@@ -16,13 +16,14 @@ time to first frame and queue stalls (a put that found its queue full, a get tha
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import queue
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -31,6 +32,31 @@ from .pipeline import FrameChunk, PromptSchedule, Session
 __all__ = ["Runtime", "RuntimeStats"]
 
 _END = object()
+_DECODE_STREAMS: dict[str, Any] = {}
+
+
+def _ready_event(chunk):
+    """On CUDA, an event marking when the chunk's latents are computed (None elsewhere)."""
+    latents = chunk.latents
+    if latents.device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(latents.device))
+    return event
+
+
+def _decode_context(ready, chunk):
+    """The context to decode ``chunk`` in: on CUDA, a stream of its own that waits for
+    ``ready``, so decoding overlaps the next model calls on the GPU too; elsewhere, nothing."""
+    if ready is None:
+        return contextlib.nullcontext()
+    device = chunk.latents.device
+    stream = _DECODE_STREAMS.get(str(device))
+    if stream is None:
+        stream = _DECODE_STREAMS[str(device)] = torch.cuda.Stream(device)
+    stream.wait_event(ready)
+    chunk.latents.record_stream(stream)  # the allocator must not reuse it before the decode ran
+    return torch.cuda.stream(stream)
 
 
 @dataclass
@@ -75,7 +101,8 @@ class Runtime:
             (False; same frames, same stats). Default: threaded on CUDA, where decoding on the
             CPU side overlaps the GPU's model calls; inline on a CPU, where both threads would
             compete for the same cores (2-core CPU, embedded model: 18.4 frames/s threaded
-            against 28.9 inline, BENCHMARKS.md).
+            against 28.9 inline, BENCHMARKS.md). On CUDA the decoder runs on a CUDA stream of
+            its own and frames reach the CPU through pinned memory.
     """
 
     def __init__(self, session: Session, schedule: PromptSchedule | None = None,
@@ -128,7 +155,7 @@ class Runtime:
                         chunk = self._call()
                         if chunk is not None:
                             made += chunk.frames * tf
-                            if not put(latents, chunk, "denoise_stalls"):
+                            if not put(latents, (chunk, _ready_event(chunk)), "denoise_stalls"):
                                 return
                 put(latents, _END, "denoise_stalls")
             except BaseException as error:  # handed to the caller's thread
@@ -145,7 +172,10 @@ class Runtime:
                         if item is _END or isinstance(item, BaseException):
                             put(decoded, item, "decode_stalls")
                             return
-                        if not put(decoded, self._decode(item), "decode_stalls"):
+                        chunk, ready = item
+                        with _decode_context(ready, chunk):
+                            out = self._decode(chunk)
+                        if not put(decoded, out, "decode_stalls"):
                             return
             except BaseException as error:
                 put(decoded, error, "decode_stalls")

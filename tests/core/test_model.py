@@ -9,7 +9,9 @@ from torch import nn
 
 from helpers import random_text, randomized
 from streamdit_core import PRESETS, StreamDiT, StreamDiTConfig, TextEmbedding
-from streamdit_core.model import WindowSelfAttention
+from streamdit_core.model import Conditioning, WindowSelfAttention
+
+NO_TEXT = Conditioning(None, None, None, None)
 
 
 def attention_pair(window, shifted, dim=16, heads=2, seed=0):
@@ -97,10 +99,10 @@ def test_sigma_of_one_frame_modulates_only_that_frames_tokens():
     x = torch.randn(2, F * S, D)
     sigma = torch.rand(2, F)
     with torch.no_grad():
-        out = block(x, model.t_embedder(sigma), (F, 3, 3), None, None).view(2, F, S, D)
+        out = block(x, model.t_embedder(sigma), (F, 3, 3), NO_TEXT).view(2, F, S, D)
         changed = sigma.clone()
         changed[1, 4] = 0.9 if sigma[1, 4] < 0.5 else 0.1
-        again = block(x, model.t_embedder(changed), (F, 3, 3), None, None).view(2, F, S, D)
+        again = block(x, model.t_embedder(changed), (F, 3, 3), NO_TEXT).view(2, F, S, D)
     diff = (out - again).abs().amax(dim=(2, 3))  # [B, F]
     assert diff[1, 4] > 1e-3
     diff[1, 4] = 0
@@ -114,7 +116,7 @@ def test_a_fresh_block_is_the_identity_and_a_fresh_model_predicts_zero():
     context = model.y_embedder(torch.randn(2, 5, 32))
     with torch.no_grad():
         for block in model.blocks:
-            assert torch.equal(block(x, t, (16, 4, 4), context, None), x)
+            assert torch.equal(block(x, t, (16, 4, 4), Conditioning(context, None, None, None)), x)
         v = model(torch.randn(2, 4, 16, 8, 8), torch.rand(2, 16), random_text(2))
     assert torch.equal(v, torch.zeros_like(v))
 
