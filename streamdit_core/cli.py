@@ -1,4 +1,4 @@
-"""``python -m streamdit_core generate|train|evaluate ...``: each subcommand has ``--help``."""
+"""``python -m streamdit_core generate|train|evaluate|bench ...``: each subcommand has ``--help``."""
 
 from __future__ import annotations
 
@@ -301,14 +301,62 @@ def _run_evaluate(args) -> int:
     return 0
 
 # --------------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------------
+
+def _partition(text: str) -> tuple[int, int, int, int]:
+    try:
+        K, N, c, s = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a partition is K,N,c,s (four integers, e.g. 0,8,2,1), got {text!r}") from None
+    return K, N, c, s
+
+
+def _add_bench(sub) -> None:
+    from .bench import BENCH_PRESETS
+
+    p = sub.add_parser("bench", help="measure model calls, FLOPs, variants, decoding and streaming FPS",
+                       description="Time a StreamDiT's model calls on this device for each fast-path variant "
+                                   "(window/full attention, eager/compile, CUDA graphs, fp32/bf16/fp8), count "
+                                   "FLOPs against the measured matmul peak, time the codec per chunk, then "
+                                   "stream through the runtime with the fastest variant (FPS with decoding, "
+                                   "time to first frame, peak memory).")
+    p.add_argument("--preset", default="paper-mini", choices=sorted(BENCH_PRESETS),
+                   help="a shape with random weights (default paper-mini; paper-4b is the paper's 512x512 model)")
+    p.add_argument("--model", default=None,
+                   help="a StreamDiT checkpoint (or 'embedded') to bench instead of a preset, with its own codec and text encoder")
+    p.add_argument("--partition", type=_partition, default=None, metavar="K,N,c,s",
+                   help="buffer partition (default: the preset's, or c=2 T=16 for a checkpoint)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated ATTENTION/RUN/PRECISION rows, e.g. window/eager/fp32,window/compile/fp32 "
+                        "(default: the full table for the device)")
+    p.add_argument("--calls", type=_positive(int), default=20, help="timed calls per variant (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default 3)")
+    p.add_argument("--stream-frames", type=int, default=64, help="video frames to stream end to end (0 skips; default 64)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: none for presets, the checkpoint's otherwise)")
+    p.add_argument("--threaded", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the stream's decoder on its own thread (default: on CUDA only)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from .bench import main as bench
+
+    return bench(args)
+
+# --------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streamdit_core",
                                      description="StreamDiT: streaming text-to-video with a moving-buffer DiT.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,evaluate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,evaluate,bench}")
     _add_generate(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -718,8 +718,10 @@ class StreamDiT(nn.Module):
             tokens, mask = text.stacked(batch)  # [B, P, Lt, Dt], [B, P, Lt]
             index = text.index.to(device)
             tokens, mask = tokens.to(device=device, dtype=dtype)[:, index], mask.to(device)[:, index]  # [B, F, Lt, Dt], [B, F, Lt]
+            all_real = None
         elif isinstance(text, TextEmbedding):
             self._check_text(text, batch)
+            all_real = True if text.mask is None else None  # None: look at the mask
             text = text.to(device=device, dtype=dtype)
             tokens, mask = text.tokens.expand(batch, -1, -1), text.real().expand(batch, -1)  # [B, Lt, Dt], [B, Lt]
         else:
@@ -734,7 +736,7 @@ class StreamDiT(nn.Module):
             mean = (tokens * weight).sum(-2) / weight.sum(-2).clamp_min(1)  # [B, (F,) Dt]
             # A prompt with no real token (the unconditional branch) adds nothing.
             pooled = self.pool_embedder(mean) * has_text[..., None].to(dtype)  # [B, (F,) D]
-        if bool(mask.all()):
+        if all_real or bool(mask.all()):
             return Conditioning(context, None, None, pooled)
         # A prompt with no real token attends to all (zero-weight) tokens, so no softmax row is
         # empty, and its update is multiplied by keep = 0.
