@@ -13,8 +13,9 @@ which streams, trains nothing and is called exactly like the model. What it chan
 
 Text conditioning is prepared outside the compiled or captured part, once per prompt
 (:meth:`StreamDiT.condition`), padded to a fixed token count so a new prompt reuses the graph.
-Every option is chosen at run time: :meth:`FastPath.auto` picks bf16, compile and CUDA graphs on
-CUDA and plain fp32 eager on a CPU, where the same code stays correct and tested.
+Every option is chosen at run time: :meth:`FastPath.auto` picks bf16 and CUDA graphs on CUDA and
+plain fp32 eager on a CPU, where the same code stays correct and tested. A failed compile or
+graph capture warns and falls back to eager, so a machine without Triton still streams.
 """
 
 from __future__ import annotations
@@ -81,10 +82,12 @@ class FastPath:
 
     @classmethod
     def auto(cls, device: torch.device | str) -> "FastPath":
-        """The fastest tested setting for ``device``: bf16 + compile + CUDA graphs on CUDA,
-        fp32 eager on a CPU (compiling costs tens of seconds there and gains little for short runs)."""
+        """The default for ``device``: bf16 with CUDA graphs on CUDA (one launch per call, no
+        compiler needed); fp32 eager on a CPU. Compiling is opt-in (``compile=True``): it costs
+        tens of seconds before the first frame, and needs Triton on a GPU (see BENCHMARKS.md
+        for what it gains)."""
         if torch.device(device).type == "cuda":
-            return cls(dtype="bf16", compile=True, cuda_graphs=True)
+            return cls(dtype="bf16", cuda_graphs=True)
         return cls()
 
     @property
@@ -185,7 +188,8 @@ class _Graph:
                 fn(*self.static)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # thread_local: a decode thread may use the GPU while a new prompt shape is captured
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.out = fn(*self.static)
 
     def __call__(self, tensors: tuple[Tensor | None, ...]) -> Tensor:
@@ -272,8 +276,23 @@ class Accelerated(nn.Module):
             def call(x, sigma, context, mask, keep, pooled):
                 return run(x, sigma, Conditioning(context, mask, keep, pooled))
 
-            graph = self._graphs[key] = _Graph(call, tensors, self._pool)
+            try:
+                graph = self._graphs[key] = _Graph(call, tensors, self._pool)
+            except Exception as error:  # capture refused (a sync or an allocation the graph cannot hold)
+                if not self._graphs_failed(error):
+                    raise
+                return self._run(x, sigma, cond)
         return graph(tensors)
+
+    def _graphs_failed(self, error: Exception) -> bool:
+        """After a failed capture: warn once and run without graphs, unless the model itself is wrong."""
+        if isinstance(error, (ValueError, TypeError)):
+            return False
+        log.warning("CUDA graph capture failed (%s: %s); running without graphs", type(error).__name__, str(error)[:300])
+        self.path = dataclasses.replace(self.path, cuda_graphs=False)
+        self._graphs.clear()
+        torch.cuda.synchronize()
+        return True
 
 
 def _is_compile_error(error: Exception) -> bool:

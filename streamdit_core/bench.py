@@ -421,7 +421,7 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     from .runtime import Runtime
 
     result = StreamResult(label)
-    pipe = Pipeline(velocity.model, subject.codec, subject.text, subject.fps, velocity=velocity)
+    pipe = Pipeline(velocity.model, subject.codec, subject.text, subject.fps, accelerated=velocity)
     tf = pipe.frames_per_latent
     result.frames_per_chunk = subject.partition.c * tf
     # The decoder-cost line: one chunk decoded on its own, after a warm-up.

@@ -150,7 +150,22 @@ def _add_generate(sub) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--fast", choices=("auto", "compile", "off"), default="auto",
+                   help="auto: bf16 with CUDA graphs on a GPU, the plain model on a CPU; compile: auto plus "
+                        "torch.compile (slower start, see BENCHMARKS.md); off: the plain fp32 model")
     p.set_defaults(run=_run_generate)
+
+
+def _fast_path(choice: str, device: str):
+    """``--fast`` -> the ``fast`` argument of :meth:`Pipeline.load`."""
+    if choice != "compile":
+        return None if choice == "off" else "auto"
+    import dataclasses
+
+    from .accel import FastPath
+    from .pipeline import resolve_device
+
+    return dataclasses.replace(FastPath.auto(resolve_device(device)), compile=True)
 
 
 def _run_generate(args) -> int:
@@ -177,7 +192,7 @@ def _run_generate(args) -> int:
         writer = open_writer(args.out, 16)  # checks the path before any work; fps is set below
     except ValueError as err:
         raise SystemExit(f"--out: {err}") from None
-    pipe = Pipeline.load(args.model, device=args.device)
+    pipe = Pipeline.load(args.model, device=args.device, fast=_fast_path(args.fast, args.device))
     guidance = pipe.guidance if args.guidance is None else args.guidance
     if guidance < 0:
         raise SystemExit(f"--guidance must be at least 0, got {guidance}")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .accel import FastPath, accelerate
+from .accel import Accelerated, FastPath, accelerate
 from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metadata
 from .codec import ChunkDecoder, PixelCodec
 from .guidance import Guided
@@ -135,11 +135,12 @@ class Pipeline:
     fps: int
     path: Path | None = None
     guidance: float = 1.0  # the checkpoint's recommended classifier-free guidance scale
-    velocity: Any = None  # what streams call: the model, or the model on a fast path (accelerate)
+    accelerated: Accelerated | None = None  # the model on a fast path (see accelerate), or None
 
-    def __post_init__(self) -> None:
-        if self.velocity is None:
-            self.velocity = self.model
+    @property
+    def velocity(self):
+        """What streams call: the model on its fast path, or the model itself."""
+        return self.model if self.accelerated is None else self.accelerated
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -147,7 +148,7 @@ class Pipeline:
         """Loads a StreamDiT checkpoint with its codec and text encoder (default: the embedded model).
 
         ``fast``: the :class:`~streamdit_core.accel.FastPath` streams run the model on;
-        ``"auto"`` is :meth:`FastPath.auto` on CUDA (bf16 and CUDA graphs) and the plain model
+        ``"auto"`` is :meth:`FastPath.auto` on CUDA (bf16 with CUDA graphs) and the plain model
         on a CPU; None is always the plain model.
         """
         path = Path(path) if path is not None else DEFAULT_MODEL
@@ -173,7 +174,7 @@ class Pipeline:
     def accelerate(self, path: FastPath | None = None) -> "Pipeline":
         """Streams from now on run the model on ``path`` (default: the best for its device);
         the model is converted in place (dtype, fp8 layers). Returns self."""
-        self.velocity = accelerate(self.model, path)
+        self.accelerated = accelerate(self.model, path)
         return self
 
     @property

@@ -113,7 +113,7 @@ def test_cuda_graphs_need_cuda_and_the_error_says_so():
 
 def test_auto_is_the_plain_model_on_a_cpu():
     assert FastPath.auto("cpu") == FastPath()
-    assert FastPath.auto("cuda") == FastPath(dtype="bf16", compile=True, cuda_graphs=True)
+    assert FastPath.auto("cuda") == FastPath(dtype="bf16", cuda_graphs=True)
 
 
 def test_a_failed_compile_falls_back_to_eager_with_a_warning(caplog):
@@ -153,3 +153,11 @@ def test_an_accelerated_pipeline_streams_what_the_plain_one_does():
     a = [plain.session("a red circle", guidance=3.0).next_chunk().frames for _ in range(1)]
     b = [fast.session("a red circle", guidance=3.0).next_chunk().frames for _ in range(1)]
     assert torch.allclose(a[0], b[0], atol=1e-5)
+
+
+def test_generate_fast_choices_map_to_fast_paths():
+    from streamdit_core.cli import _fast_path
+
+    assert _fast_path("auto", "cpu") == "auto"
+    assert _fast_path("off", "cpu") is None
+    assert _fast_path("compile", "cpu") == FastPath(compile=True)
