@@ -44,8 +44,8 @@ from .guidance import Guided
 from .model import PRESETS, StreamDiT, StreamDiTConfig, TextEmbedding
 from .schedule import Partition, frame_sigma_table
 
-__all__ = ["BENCH_PRESETS", "BenchPreset", "BenchReport", "Variant", "VariantResult", "StreamResult",
-           "parse_variant", "default_variants", "run_bench", "format_report"]
+__all__ = ["BENCH_PRESETS", "BenchPreset", "BenchReport", "DecoderResult", "Variant", "VariantResult",
+           "StreamResult", "parse_variant", "default_variants", "measure_decoder", "run_bench", "format_report"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,6 +458,42 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     return result
 
 
+@dataclass
+class DecoderResult:
+    """The codec alone: seam-free decoding of one chunk after another."""
+
+    frame_size: tuple[int, int]
+    frames_per_chunk: int
+    decode_ms: list[float]
+    flops: float  # per chunk, counted
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.decode_ms)
+
+    @property
+    def fps(self) -> float:
+        """Video frames per second the decoder alone can deliver."""
+        return self.frames_per_chunk / (self.median_ms / 1000)
+
+
+def measure_decoder(subject: Subject, device: torch.device, chunks: int = 10) -> DecoderResult:
+    """Times the subject's codec decoding ``chunks`` chunks in a row (after one untimed chunk),
+    with the left context carried over as a stream does; FLOPs of one chunk counted."""
+    cfg, P = subject.config, subject.partition
+    decoder = ChunkDecoder(subject.codec)
+    gen = torch.Generator().manual_seed(0)
+    latents = [torch.randn(1, cfg.in_channels, P.c, *cfg.latent_size, generator=gen).to(device) for _ in range(chunks + 1)]
+    with torch.inference_mode():
+        decoder.decode(latents[0])
+        counter = FlopCounterMode(display=False)
+        with counter:
+            ChunkDecoder(subject.codec, tail=decoder.tail).decode(latents[1])
+        times = [_timed(lambda z=z: decoder.decode(z), device) for z in latents[1:]]
+    tf = getattr(subject.codec, "time_factor", 1)
+    return DecoderResult(_frame_size(subject), P.c * tf, times, float(counter.get_total_flops()))
+
+
 def run_bench(subject: Subject, device: torch.device, variants: Sequence[Variant], calls: int = 20,
               warmup: int = 3, stream_frames: int = 64, threaded: bool | None = None,
               log: Callable[[str], None] = lambda line: None) -> BenchReport:
@@ -549,6 +585,14 @@ def main(args) -> int:
             subject = preset_subject(args.preset, device, partition)
             if args.guidance is not None:
                 subject.guidance = args.guidance
+        if args.decoder_only:
+            d = measure_decoder(subject, device, args.calls)
+            H, W = d.frame_size
+            q = statistics.quantiles(d.decode_ms, n=10) if len(d.decode_ms) > 1 else [d.median_ms] * 9
+            print(f"decoder of {subject.name} on {device}: {H}x{W}, {d.frames_per_chunk} frames per chunk, "
+                  f"median {d.median_ms:.1f} ms per chunk (p10-p90 {q[0]:.1f}-{q[-1]:.1f}, {len(d.decode_ms)} chunks), "
+                  f"{d.flops / 1e9:.1f} GFLOP per chunk, {d.fps:.1f} video frames/s for the decoder alone")
+            return 0
         report = run_bench(subject, device, variants, calls=args.calls, warmup=args.warmup,
                            stream_frames=args.stream_frames, threaded=args.threaded,
                            log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -353,6 +353,8 @@ def _add_bench(sub) -> None:
                    help="run the stream's decoder on its own thread (default: on CUDA only)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="time only the codec, --calls chunks in a row (the decoder-cost line; no model is built)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(run=_run_bench)
 

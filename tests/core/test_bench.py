@@ -97,3 +97,14 @@ def test_the_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert row["fps"] == pytest.approx(data["frames_per_call"] * 1000 / row["median_ms"])
     assert data["stream"]["frames"] == 8
     assert set(BENCH_PRESETS) >= {"paper-4b", "paper-mini", "tiny"}
+
+
+def test_the_decoder_line_times_chunks_in_a_row(capsys):
+    from streamdit_core.bench import measure_decoder
+
+    d = measure_decoder(preset_subject("tiny", CPU), CPU, chunks=4)
+    assert len(d.decode_ms) == 4 and d.flops > 0
+    assert d.frames_per_chunk == 2 and d.frame_size == (64, 64)
+    assert d.fps == pytest.approx(2 / (d.median_ms / 1000))
+    assert main(["bench", "--preset", "tiny", "--decoder-only", "--calls", "3"]) == 0
+    assert "64x64, 2 frames per chunk" in capsys.readouterr().out
