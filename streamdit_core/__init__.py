@@ -10,7 +10,8 @@ Pure torch; imports nothing from ComfyUI. The public surface:
 Around them, imported on demand: ``text`` (TextEncoder), ``codec`` (latent codecs, seam-free
 chunk decoding), ``data`` (the synthetic world), ``train``, ``metrics``, ``evaluate``,
 ``pipeline`` (model + codec + text encoder: ``Pipeline.load()`` is the embedded model),
-``video`` (streaming file writers) and the CLI ``python -m streamdit_core generate|train|evaluate``.
+``runtime`` (denoise and decode threads), ``accel`` (the GPU fast path), ``bench``, ``video``
+(streaming file writers) and the CLI ``python -m streamdit_core generate|train|evaluate|bench``.
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
