@@ -1,4 +1,4 @@
-"""``python -m streamdit_core generate|train|evaluate|bench ...``: each subcommand has ``--help``."""
+"""``python -m streamdit_core generate|train|distill|evaluate|bench ...``: each subcommand has ``--help``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,74 @@ def _run_train(args) -> int:
         print(f"codec: decoder refined for {args.decoder_steps} steps, reconstruction MSE {mse:.5f} -> {codec_file}")
     return 0
 
+
+# --------------------------------------------------------------------------------------------
+# distill
+# --------------------------------------------------------------------------------------------
+
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="distil a guided multi-step teacher into a one-step-per-chunk student",
+                       description="Per-segment step and guidance distillation: the student (a copy of the "
+                                   "teacher) learns to cover each chunk's noise band in one unguided call what the "
+                                   "teacher covers in T/N guided micro steps, on the teacher's world.")
+    p.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: the embedded model)")
+    p.add_argument("--out", type=Path, default=Path("runs/student"), help="output folder (default runs/student)")
+    p.add_argument("--steps", type=_positive(int), default=None, help="distillation steps")
+    p.add_argument("--batch-size", type=_positive(int), default=None, help="samples per step and process")
+    p.add_argument("--lr", type=_positive(float), default=None)
+    p.add_argument("--teacher-steps", type=_positive(int), default=None, help="the teacher's T (default 16)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="the teacher's guidance scale (default: the teacher checkpoint's recommendation)")
+    p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partitions to distil, e.g. 2 or 1,2,4")
+    p.add_argument("--clips", type=_positive(int), default=4096, help="training clips rendered and encoded up front")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    p.set_defaults(run=_run_distill)
+
+
+def _run_distill(args) -> int:
+    import shutil
+
+    import torch
+
+    from .checkpoint import read_metadata
+    from .data import World
+    from .data.pool import LatentPool
+    from .distill import DistillConfig, distill
+    from .pipeline import Pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    teacher = Pipeline.load(args.teacher, device="cpu", fast=None)
+    guidance = teacher.guidance if args.guidance is None else args.guidance
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                                   "teacher_steps": args.teacher_steps, "chunk_sizes": args.chunk_sizes}.items()
+                 if v is not None}
+    try:
+        config = DistillConfig(guidance=guidance, seed=args.seed, **overrides)
+    except ValueError as err:
+        raise SystemExit(f"bad distillation settings: {err}") from None
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    meta = read_metadata(teacher.path)
+    codec_file = teacher.path.parent / meta["codec"] if "codec" in meta else None
+    if codec_file is not None and not (out / codec_file.name).exists():
+        shutil.copyfile(codec_file, out / codec_file.name)  # the student's folder stands alone
+    B = teacher.model.config.buffer_frames
+    pool = LatentPool(World(), teacher.codec, clips=args.clips, frames=B, clip_frames=B + 4, seed=args.seed + 1)
+    keep = {k: meta[k] for k in ("text_encoder", "fps", "world") if k in meta}
+    if codec_file is not None:
+        keep["codec"] = codec_file.name
+    t0 = time.perf_counter()
+    try:
+        _, result = distill(teacher.model, pool, teacher.text.encode, config, out=out, resume=args.resume,
+                            metadata={**keep, "teacher": str(teacher.path.name)})
+    except ValueError as err:
+        raise SystemExit(f"bad distillation settings: {err}") from None
+    print(f"student: {result.step} steps in {time.perf_counter() - t0:.0f} s, loss {result.loss:.5f} -> {result.checkpoint}")
+    return 0
 
 # --------------------------------------------------------------------------------------------
 # generate
@@ -369,9 +437,10 @@ def _run_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streamdit_core",
                                      description="StreamDiT: streaming text-to-video with a moving-buffer DiT.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,evaluate,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,distill,evaluate,bench}")
     _add_generate(sub)
     _add_train(sub)
+    _add_distill(sub)
     _add_evaluate(sub)
     _add_bench(sub)
     return parser

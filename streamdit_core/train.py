@@ -35,7 +35,8 @@ from .checkpoint import save_checkpoint
 from .model import StreamDiT, TextEmbedding
 from .schedule import MixedPartitions, add_noise, velocity_target
 
-__all__ = ["TrainConfig", "CodecTrainConfig", "flow_matching_loss", "train", "train_codec", "TrainResult"]
+__all__ = ["TrainConfig", "CodecTrainConfig", "FlowMatching", "Objective", "flow_matching_loss", "train",
+           "train_codec", "TrainResult"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,35 @@ class TrainConfig:
 
 class BatchSource(Protocol):
     def sample(self, batch: int, gen: torch.Generator): ...  # -> .latents [b, C, F, h, w], .prompts
+
+
+class Objective(Protocol):
+    """One step's loss: ``objective(net, x0, text, batch, gen) -> scalar``; draws its randomness
+    (noise levels, noise) from ``gen`` so a resumed run continues the same sequence."""
+
+    def __call__(self, net: nn.Module, x0: Tensor, text, batch, gen: torch.Generator) -> Tensor: ...
+
+
+@dataclass
+class FlowMatching:
+    """The training objective: per-frame noise from mixed partitions, the velocity regressed
+    (:func:`flow_matching_loss`), optionally weighted towards the subject's latent pixels."""
+
+    mix: MixedPartitions
+    warp: object
+    subject_weight: float = 0.0
+
+    def __call__(self, net: nn.Module, x0: Tensor, text, batch, gen: torch.Generator) -> Tensor:
+        noise = self.mix.sample(x0.shape[0], gen, self.warp)
+        eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+        weight = None
+        if self.subject_weight > 0:
+            cover = getattr(batch, "subject", None)
+            if cover is None:
+                raise ValueError("subject_weight needs batches that carry subject cover (a LatentPool); "
+                                 "set subject_weight=0 for other data")
+            weight = 1 + self.subject_weight * cover.to(x0.device)
+        return flow_matching_loss(net, x0, noise.sigma.to(x0.device), eps, text, weight)
 
 
 def flow_matching_loss(model: nn.Module, x0: Tensor, sigma: Tensor, eps: Tensor, text,
@@ -135,7 +165,8 @@ class TrainResult:
 
 def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]], TextEmbedding],
           config: TrainConfig, out: str | os.PathLike | None = None, resume: bool = False,
-          metadata: dict[str, str] | None = None, progress: bool = True) -> TrainResult:
+          metadata: dict[str, str] | None = None, progress: bool = True, objective: Objective | None = None,
+          desc: str = "training") -> TrainResult:
     """Trains ``model`` in place on ``data``; returns when ``config.steps`` steps are done.
 
     Args:
@@ -145,13 +176,17 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         out: folder for checkpoints (None: keep nothing on disk).
         resume: continue from ``out/train_state.pt`` if it exists.
         metadata: extra string entries for the shipped checkpoint (codec file, text encoder...).
+        objective: the loss (default :class:`FlowMatching` over the config's mixed partitions;
+            :mod:`streamdit_core.distill` passes its teacher-matching loss).
+        desc: the progress bar's label.
     """
     rank, world = _distributed()
     device = _device()
     cfg = config
     B = model.config.buffer_frames
-    mix = MixedPartitions(B=B, chunk_sizes=cfg.chunk_sizes, uniform_ratio=cfg.uniform_ratio, K=cfg.reference_frames)
-    warp = model.config.warp
+    if objective is None:
+        mix = MixedPartitions(B=B, chunk_sizes=cfg.chunk_sizes, uniform_ratio=cfg.uniform_ratio, K=cfg.reference_frames)
+        objective = FlowMatching(mix, model.config.warp, cfg.subject_weight)
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -170,7 +205,7 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     start = time.perf_counter()
     seconds_before = float(state["seconds"]) if resume and state_file is not None and state_file.exists() else 0.0
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress or rank != 0, dynamic_ncols=True)
     smooth = losses[-1] if losses else None
     checkpoint = None
 
@@ -200,19 +235,10 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         drop = torch.rand(len(prompts), generator=gen) < cfg.text_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         text = encode_text(prompts).to(device)
-        noise = mix.sample(x0.shape[0], gen, warp)
-        eps = torch.randn(x0.shape, generator=gen).to(device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        weight = None
-        if cfg.subject_weight > 0:
-            cover = getattr(batch, "subject", None)
-            if cover is None:
-                raise ValueError("subject_weight needs batches that carry subject cover (a LatentPool); "
-                                 "set subject_weight=0 for other data")
-            weight = 1 + cfg.subject_weight * cover.to(device)
         with autocast:
-            loss = flow_matching_loss(net, x0, noise.sigma.to(device), eps, text, weight)
+            loss = objective(net, x0, text, batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -1,0 +1,153 @@
+"""Per-segment multistep distillation: a guided teacher with ``s`` micro steps per chunk becomes a
+student with one unguided step per chunk.
+
+A stream with partition ``(K, N, c, s)`` moves every chunk down its own noise band in ``s`` micro
+steps per cycle; the band of chunk ``j`` is one *segment*. The student is trained so that its one
+call at the start of a cycle lands every chunk where the teacher's ``s`` guided micro steps land
+it (step distillation per segment and guidance distillation at once): with buffer frame sigmas
+``sigma_0`` at the cycle's start and ``sigma_s`` at its end,
+
+    x      = (1 - sigma_0) x0 + sigma_0 eps                   (a buffer at the cycle's start)
+    y      = teacher's s Euler steps from x, guided            (no gradient)
+    target = (x - y) / (sigma_0 - sigma_s)                     (the one-step velocity that reaches y)
+    loss   = | student(x, sigma_0, text) - target |^2          (frames that move; references carry none)
+
+so the student streams the same partition with ``s = 1``: ``N`` calls over a frame's whole life
+and one call per emitted chunk, against ``2 s`` branch evaluations per chunk for the teacher. The
+student starts from the teacher's weights and trains with the trainer's loop (AdamW, EMA,
+checkpoints, resume, progress, DDP): :func:`streamdit_core.train.train` with this objective.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .guidance import Guided
+from .model import StreamDiT, TextEmbedding
+from .schedule import Partition, SigmaWarp, add_noise, frame_sigma_table
+from .train import TrainConfig, TrainResult, _device, train
+
+__all__ = ["DistillConfig", "SegmentDistillation", "distill", "teacher_target"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation settings; each default says why."""
+
+    steps: int = 2000  # the student starts at the teacher, so it needs far fewer steps than training
+    batch_size: int = 16  # per process; each sample also costs the teacher's s guided calls
+    lr: float = 1e-4  # small steps away from the teacher's weights
+    warmup: int = 50
+    ema_decay: float = 0.995  # about 200 steps of memory: the run is short
+    teacher_steps: int = 16  # T of the teacher: s = T / N micro steps per chunk
+    guidance: float = 5.0  # the teacher's classifier-free guidance scale (1: none)
+    chunk_sizes: tuple[int, ...] = (2,)  # partitions the student learns (c = 2 is the shipped default)
+    reference_frames: int = 0  # K
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.teacher_steps < 1 or self.guidance < 0 or not self.chunk_sizes:
+            raise ValueError(f"teacher_steps must be >= 1, guidance >= 0 and chunk_sizes non-empty, got {self}")
+
+    def train_config(self) -> TrainConfig:
+        """The trainer settings: no text dropout (the student is always conditioned)."""
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
+                           grad_clip=self.grad_clip, ema_decay=self.ema_decay, chunk_sizes=self.chunk_sizes,
+                           uniform_ratio=0.0, reference_frames=self.reference_frames, text_dropout=0.0,
+                           checkpoint_every=self.checkpoint_every, seed=self.seed)
+
+
+def teacher_target(teacher: Callable, x: Tensor, table: Tensor, text) -> Tensor:
+    """The teacher's micro steps over one cycle.
+
+    Args:
+        teacher: a velocity model (guided or not).
+        x: the buffer at the cycle's start ``[b, C, B, H, W]``.
+        table: frame sigmas before each micro step ``[s + 1, B]`` (:func:`frame_sigma_table`).
+    Returns:
+        the buffer after ``s`` Euler steps ``[b, C, B, H, W]``.
+    """
+    b = x.shape[0]
+    y = x
+    with torch.no_grad():
+        for m in range(table.shape[0] - 1):
+            v = teacher(y, table[m].expand(b, -1), text)
+            y = y - (table[m] - table[m + 1]).view(1, 1, -1, 1, 1).to(y) * v.to(y)
+    return y
+
+
+class SegmentDistillation(nn.Module):
+    """The distillation objective for :func:`streamdit_core.train.train` (see the module docstring).
+
+    Args:
+        teacher: the teacher StreamDiT (frozen here).
+        guidance: the teacher's guidance scale.
+        buffer_frames: B.
+        chunk_sizes: one partition per chunk size, drawn uniformly per step.
+        teacher_steps: the teacher's T; ``T / N`` micro steps per chunk.
+        warp: the sigma warp both models stream with.
+        reference_frames: K.
+    """
+
+    def __init__(self, teacher: StreamDiT, guidance: float, buffer_frames: int, chunk_sizes: Sequence[int],
+                 teacher_steps: int, warp: SigmaWarp, reference_frames: int = 0):
+        super().__init__()
+        teacher.eval().requires_grad_(False)
+        self.teacher = teacher if guidance == 1 else Guided(teacher, guidance)
+        self.partitions = [Partition.streamdit(buffer_frames, c, T=teacher_steps, K=reference_frames)
+                           for c in chunk_sizes]
+        self.tables = [frame_sigma_table(P, warp).float() for P in self.partitions]  # [s+1, B] each
+
+    def forward(self, net: nn.Module, x0: Tensor, text, batch, gen: torch.Generator) -> Tensor:
+        i = int(torch.randint(len(self.partitions), (1,), generator=gen))
+        table = self.tables[i].to(x0.device)  # [s+1, B]
+        b = x0.shape[0]
+        eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x = add_noise(x0, eps, table[0].expand(b, -1))  # [b, C, B, H, W]
+        y = teacher_target(self.teacher, x, table, text)
+        drop = table[0] - table[-1]  # [B]: how far each frame moves in the cycle
+        moves = drop > 0
+        target = (x - y) / torch.where(moves, drop, torch.ones_like(drop)).view(1, 1, -1, 1, 1)
+        pred = net(x, table[0].expand(b, -1), text)
+        err = (pred.float() - target.float()).square().mean(dim=(1, 3, 4))  # [b, B]
+        weight = moves.float()  # reference frames do not move: no loss
+        return (err * weight).sum() / (weight.sum() * b).clamp_min(1)
+
+
+def distill(teacher: StreamDiT, data, encode_text: Callable[[list[str]], TextEmbedding], config: DistillConfig,
+            out: str | os.PathLike | None = None, resume: bool = False, metadata: dict[str, str] | None = None,
+            progress: bool = True) -> tuple[StreamDiT, TrainResult]:
+    """Distils ``teacher`` into a one-step-per-chunk student (a copy of it, trained in place).
+
+    Args:
+        data, encode_text: as for :func:`streamdit_core.train.train` (the teacher's world).
+        out: folder for the student's checkpoints (``model.safetensors`` ships the EMA weights;
+            ``resume`` continues from ``train_state.pt``).
+    Returns:
+        the student (raw weights) and the run's :class:`TrainResult`.
+    """
+    device = _device()
+    teacher = teacher.to(device)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    objective = SegmentDistillation(teacher, config.guidance, teacher.config.buffer_frames, config.chunk_sizes,
+                                    config.teacher_steps, teacher.config.warp, config.reference_frames)
+    P = objective.partitions[0]
+    record = {
+        "distilled": json.dumps(asdict(config)),
+        "guidance": "1",  # the student is never guided: guidance is distilled into it
+        "steps_per_chunk": "1",
+        "recommended_partition": json.dumps({"K": P.K, "N": P.N, "c": P.c, "s": 1}),
+        **(metadata or {}),
+    }
+    result = train(student, data, encode_text, config.train_config(), out, resume, record, progress,
+                   objective=objective, desc="distilling")
+    return student, result

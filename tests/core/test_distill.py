@@ -1,0 +1,96 @@
+"""Per-segment distillation: a few steps bring the one-step student towards the teacher's multi-step
+result on noise it never trained on; the student streams with one call per chunk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import randomized
+from streamdit_core import Partition, StreamDiTConfig, Streamer, TextEmbedding, load_checkpoint
+from streamdit_core.checkpoint import read_metadata
+from streamdit_core.distill import DistillConfig, SegmentDistillation, distill, teacher_target
+from streamdit_core.guidance import Guided
+from streamdit_core.schedule import add_noise, frame_sigma_table
+
+MICRO = StreamDiTConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2, text_dim=8, window=(2, 4, 4),
+                        buffer_frames=4, latent_size=(4, 4))
+
+
+class Clips:
+    """Two prompts, each a fixed clip plus a little noise."""
+
+    def __init__(self):
+        self.clips = torch.randn(2, 4, 4, 4, 4, generator=torch.Generator().manual_seed(0)).sign() * 0.8
+
+    def sample(self, batch, gen):
+        which = torch.randint(2, (batch,), generator=gen)
+        x = self.clips[which] + 0.05 * torch.randn(batch, 4, 4, 4, 4, generator=gen)
+        return type("Batch", (), {"latents": x, "prompts": ["one" if w == 0 else "two" for w in which.tolist()]})
+
+
+def encode(prompts):
+    table = {"one": torch.ones(1, 8), "two": -torch.ones(1, 8)}
+    tokens = torch.stack([table.get(p, torch.zeros(1, 8)) for p in prompts])  # [b, 1, 8]
+    return TextEmbedding(tokens, torch.tensor([[p in table] for p in prompts]))
+
+
+def gap_to_teacher(student, teacher, guidance: float, P: Partition, seed: int = 99) -> float:
+    """Mean squared distance between the student's one step and the teacher's s guided steps
+    over a cycle, on held-out clips and noise."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = Clips().sample(32, gen)
+    table = frame_sigma_table(P, student.config.warp).float()  # [s+1, B]
+    x = add_noise(batch.latents, torch.randn(batch.latents.shape, generator=gen), table[0].expand(32, -1))
+    text = encode(batch.prompts)
+    with torch.no_grad():
+        y = teacher_target(Guided(teacher, guidance), x, table, text)
+        one = x - (table[0] - table[-1]).view(1, 1, -1, 1, 1) * student(x, table[0].expand(32, -1), text)
+    return float((one - y).square().mean())
+
+
+def test_a_few_steps_bring_the_student_closer_to_the_teachers_multistep_result(tmp_path):
+    teacher = randomized(MICRO, scale=0.3)
+    config = DistillConfig(steps=40, batch_size=16, lr=2e-3, warmup=5, ema_decay=0.9, teacher_steps=8,
+                           guidance=3.0, chunk_sizes=(1,), checkpoint_every=20)
+    P = Partition.streamdit(4, 1, T=8)  # N = 4 chunks, s = 2 teacher micro steps each
+    before = gap_to_teacher(teacher, teacher, 3.0, P)  # the student starts as the teacher
+    student, result = distill(teacher, Clips(), encode, config, out=tmp_path, progress=False)
+    shipped = load_checkpoint(result.checkpoint)
+    after = gap_to_teacher(shipped, teacher, 3.0, P)
+    assert after < 0.5 * before, (before, after)
+    meta = read_metadata(result.checkpoint)
+    assert meta["guidance"] == "1" and meta["steps_per_chunk"] == "1" and meta["step"] == "40"
+    assert '"N": 4' in meta["recommended_partition"] and '"s": 1' in meta["recommended_partition"]
+
+
+def test_calls_per_emitted_chunk_are_counted_one_for_the_student_2s_for_the_guided_teacher():
+    teacher = randomized(MICRO, scale=0.3)
+    text = encode(["one"])
+    guided = Guided(teacher, 3.0)
+    slow = Streamer(guided, Partition.streamdit(4, 1, T=8), (4, 4, 4), text=text)
+    fast = Streamer(teacher, Partition.streamdit(4, 1, s=1), (4, 4, 4), text=text)
+    for stream in (slow, fast):
+        stream.next_chunk()  # finish the first cycle
+    calls0, branches0 = slow.state.calls, guided.branches
+    fast0 = fast.state.calls
+    for _ in range(5):
+        slow.next_chunk()
+        fast.next_chunk()
+    assert (slow.state.calls - calls0) / 5 == 2  # s = 2 calls per chunk
+    assert (guided.branches - branches0) / 5 == 4  # each a batched call of two branches
+    assert (fast.state.calls - fast0) / 5 == 1
+
+
+def test_the_objective_draws_one_of_its_partitions_and_ignores_reference_frames():
+    teacher = randomized(MICRO, scale=0.3)
+    objective = SegmentDistillation(teacher, 2.0, 4, (1, 2), teacher_steps=4, warp=teacher.config.warp,
+                                    reference_frames=0)
+    assert [(P.N, P.c, P.s) for P in objective.partitions] == [(4, 1, 1), (2, 2, 2)]
+    refs = SegmentDistillation(teacher, 1.0, 4, (1,), teacher_steps=3, warp=teacher.config.warp, reference_frames=1)
+    gen = torch.Generator().manual_seed(0)
+    batch = Clips().sample(4, gen)
+    loss = refs(teacher, batch.latents, encode(batch.prompts), batch, gen)
+    assert torch.isfinite(loss) and loss >= 0
+    with pytest.raises(ValueError, match="T=5 total steps"):
+        SegmentDistillation(teacher, 2.0, 4, (2,), teacher_steps=5, warp=teacher.config.warp)
