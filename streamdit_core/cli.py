@@ -213,7 +213,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
     p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint (default: the embedded model)")
     p.add_argument("--chunk", type=_positive(int), default=2, help="latent frames per chunk c (default 2)")
-    p.add_argument("--steps", type=_positive(int), default=16, help="denoising steps per frame T = s*N (default 16)")
+    p.add_argument("--steps", type=_positive(int), default=None,
+                   help="denoising steps per frame T = s*N (default 16; N, one per chunk, for a distilled student)")
     p.add_argument("--cold-start", action="store_true", help="start from a noise buffer instead of a warm start")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")

@@ -136,6 +136,7 @@ class Pipeline:
     path: Path | None = None
     guidance: float = 1.0  # the checkpoint's recommended classifier-free guidance scale
     accelerated: Accelerated | None = None  # the model on a fast path (see accelerate), or None
+    steps_per_chunk: int | None = None  # a distilled student's micro steps per chunk (None: not distilled)
 
     @property
     def velocity(self):
@@ -166,7 +167,8 @@ class Pipeline:
             codec_path = Path(codec_name) if Path(codec_name).is_absolute() else path.parent / codec_name
             codec = load_codec(codec_path, device=dev)
         text = TextEncoder()  # the only encoder shipped; other folders can be passed to TextEncoder
-        pipe = cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")))
+        pipe = cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
+                   steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None)
         if fast == "auto":
             fast = FastPath.auto(dev) if dev.type == "cuda" else None
         return pipe.accelerate(fast) if fast is not None else pipe
@@ -185,9 +187,16 @@ class Pipeline:
     def frames_per_latent(self) -> int:
         return self.codec.time_factor
 
-    def default_partition(self, chunk: int = 2, steps: int = 16) -> Partition:
-        """StreamDiT partition of this model's buffer: ``c = chunk``, ``T = steps`` (K = 0)."""
-        return Partition.streamdit(self.model.config.buffer_frames, chunk, T=steps)
+    def default_partition(self, chunk: int = 2, steps: int | None = None) -> Partition:
+        """StreamDiT partition of this model's buffer: ``c = chunk``, ``T = steps`` (K = 0).
+
+        Default steps: one per chunk (``T = N``) for a distilled student, whose checkpoint says
+        ``steps_per_chunk``; 16 otherwise.
+        """
+        B = self.model.config.buffer_frames
+        if steps is None:
+            steps = (B // chunk) * self.steps_per_chunk if self.steps_per_chunk else 16
+        return Partition.streamdit(B, chunk, T=steps)
 
     def encode(self, prompts: str | Sequence[str]):
         return self.text.encode(prompts).to(self.device)

@@ -94,3 +94,20 @@ def test_the_objective_draws_one_of_its_partitions_and_ignores_reference_frames(
     assert torch.isfinite(loss) and loss >= 0
     with pytest.raises(ValueError, match="T=5 total steps"):
         SegmentDistillation(teacher, 2.0, 4, (2,), teacher_steps=5, warp=teacher.config.warp)
+
+
+def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default(tmp_path):
+    from streamdit_core.cli import main
+    from streamdit_core.pipeline import Pipeline
+
+    out = tmp_path / "student"
+    assert main(["distill", "--out", str(out), "--steps", "2", "--batch-size", "2", "--clips", "8"]) == 0
+    assert (out / "model.safetensors").exists() and (out / "codec.safetensors").exists()
+    pipe = Pipeline.load(out / "model.safetensors", device="cpu")
+    assert pipe.guidance == 1.0 and pipe.steps_per_chunk == 1
+    assert pipe.default_partition() == Partition(K=0, N=4, c=2, s=1)
+    assert Pipeline.load(device="cpu").default_partition() == Partition(K=0, N=4, c=2, s=4)  # the teacher
+    video = tmp_path / "v"
+    assert main(["generate", "--model", str(out / "model.safetensors"), "--prompt", "a red circle moving left on a "
+                 "black background", "--seconds", "0.5", "--out", f"{video}/"]) == 0
+    assert len(list(video.glob("*.png"))) == 8
