@@ -45,7 +45,8 @@ from .model import PRESETS, StreamDiT, StreamDiTConfig, TextEmbedding
 from .schedule import Partition, frame_sigma_table
 
 __all__ = ["BENCH_PRESETS", "BenchPreset", "BenchReport", "DecoderResult", "Variant", "VariantResult",
-           "StreamResult", "parse_variant", "default_variants", "measure_decoder", "run_bench", "format_report"]
+           "StreamResult", "parse_variant", "default_variants", "measure_decoder", "run_bench", "format_report",
+           "format_comparison"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +184,8 @@ class StreamResult:
     wall_s: float = 0.0
     first_frame_s: float = 0.0  # from a fresh buffer: warm start, first chunk, its decode
     warm_start_s: float = 0.0
-    calls: int = 0
+    calls: int = 0  # model calls after the warm start, counted by the runtime
+    branches: int = 0  # network evaluations in those calls (two per call under guidance)
     call_ms: float = 0.0  # median in the stream
     decode_ms: float = 0.0  # median per chunk in the stream
     decode_alone_ms: float = 0.0  # median per chunk decoded on its own (the decoder-cost line)
@@ -196,6 +198,11 @@ class StreamResult:
     def fps(self) -> float:
         """Video frames out per second of wall time (decoding included)."""
         return self.frames / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def calls_per_chunk(self) -> float:
+        """Model calls per emitted chunk, as counted."""
+        return self.calls * self.frames_per_chunk / self.frames if self.frames else 0.0
 
 
 @dataclass
@@ -439,6 +446,8 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     session.start(warm=True)
     _sync(device)
     result.warm_start_s = time.perf_counter() - t0
+    branches = getattr(session.model, "branches", None)  # a guided stream counts both branches
+    branches_before = branches if branches is None else session.model.branches
     runtime = Runtime(session, threaded=threaded)
     result.threaded = runtime.threaded
     made = 0
@@ -449,6 +458,7 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     result.wall_s = runtime.stats.wall
     result.frames = runtime.stats.frames
     result.calls = runtime.stats.calls
+    result.branches = result.calls if branches_before is None else session.model.branches - branches_before
     result.call_ms = runtime.stats.median_call_ms
     result.decode_ms = runtime.stats.median_decode_ms
     if device.type == "cuda":
@@ -561,11 +571,25 @@ def format_report(report: BenchReport) -> str:
             "",
             f"stream with {s.variant} ({'threaded' if s.threaded else 'inline'} runtime): {s.frames} frames in "
             f"{s.wall_s:.2f} s = {s.fps:.1f} video FPS with decoding; time to first frame {s.first_frame_s:.3f} s "
-            f"(warm start {s.warm_start_s:.3f} s); {s.calls} calls, median {s.call_ms:.2f} ms per call",
+            f"(warm start {s.warm_start_s:.3f} s); {s.calls} calls ({s.calls_per_chunk:g} per chunk, "
+            f"{s.branches} network evaluations), median {s.call_ms:.2f} ms per call",
             f"decoder: {s.decode_alone_ms:.2f} ms per chunk of {s.frames_per_chunk} frames alone, {s.decode_ms:.2f} ms "
             f"in the stream; calls then decode one after the other would give {serial:.1f} FPS",
             f"peak memory ({s.memory_kind}): {s.peak_memory / 2**20:.0f} MiB",
         ]
+    return "\n".join(lines)
+
+
+def format_comparison(reports: Sequence[BenchReport]) -> str:
+    """One line per subject: counted calls per chunk, model-only and end-to-end FPS, first frame."""
+    lines = ["| subject | partition | calls per chunk (branches) | model-only video FPS | stream FPS with decoding "
+             "| time to first frame s |", "|---|---|---|---|---|---|"]
+    for r in reports:
+        best = min((v for v in r.variants if not v.skipped), key=lambda v: v.median_ms, default=None)
+        s, P = r.stream, r.partition
+        chunk = f"{s.calls_per_chunk:g} ({s.branches * s.frames_per_chunk / s.frames:g})" if s and s.frames else ""
+        lines.append(f"| {r.subject} | K={P.K} N={P.N} c={P.c} s={P.s} | {chunk} | {best.fps if best else 0:.1f} "
+                     f"| {s.fps if s else 0:.1f} | {s.first_frame_s if s else 0:.3f} |")
     return "\n".join(lines)
 
 
@@ -579,27 +603,36 @@ def main(args) -> int:
     try:
         variants = [parse_variant(v) for v in args.variants.split(",")] if args.variants else default_variants(device)
         partition = Partition(*args.partition) if args.partition else None
-        if args.model is not None:
-            subject = checkpoint_subject(args.model, device, partition, args.guidance)
+        if args.model:
+            subjects = [checkpoint_subject(m, device, partition, args.guidance) for m in args.model]
         else:
-            subject = preset_subject(args.preset, device, partition)
+            subjects = [preset_subject(args.preset, device, partition)]
             if args.guidance is not None:
-                subject.guidance = args.guidance
-        if args.decoder_only:
-            d = measure_decoder(subject, device, args.calls)
-            H, W = d.frame_size
-            q = statistics.quantiles(d.decode_ms, n=10) if len(d.decode_ms) > 1 else [d.median_ms] * 9
-            print(f"decoder of {subject.name} on {device}: {H}x{W}, {d.frames_per_chunk} frames per chunk, "
-                  f"median {d.median_ms:.1f} ms per chunk (p10-p90 {q[0]:.1f}-{q[-1]:.1f}, {len(d.decode_ms)} chunks), "
-                  f"{d.flops / 1e9:.1f} GFLOP per chunk, {d.fps:.1f} video frames/s for the decoder alone")
-            return 0
-        report = run_bench(subject, device, variants, calls=args.calls, warmup=args.warmup,
-                           stream_frames=args.stream_frames, threaded=args.threaded,
-                           log=lambda line: print(line, file=sys.stderr, flush=True))
+                subjects[0].guidance = args.guidance
+        reports = []
+        for subject in subjects:
+            if args.decoder_only:
+                _print_decoder(subject, device, args.calls)
+                continue
+            reports.append(run_bench(subject, device, variants, calls=args.calls, warmup=args.warmup,
+                                     stream_frames=args.stream_frames, threaded=args.threaded,
+                                     log=lambda line: print(line, file=sys.stderr, flush=True)))
     except ValueError as err:
         raise SystemExit(f"bench: {err}") from None
-    print(format_report(report))
-    if args.json:
+    print("\n\n".join(format_report(r) for r in reports))
+    if len(reports) > 1:
+        print("\n" + format_comparison(reports))
+    if args.json and reports:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(report.to_json())
+        args.json.write_text(reports[0].to_json() if len(reports) == 1 else
+                             "[" + ",\n".join(r.to_json() for r in reports) + "]")
     return 0
+
+
+def _print_decoder(subject: Subject, device: torch.device, chunks: int) -> None:
+    d = measure_decoder(subject, device, chunks)
+    H, W = d.frame_size
+    q = statistics.quantiles(d.decode_ms, n=10) if len(d.decode_ms) > 1 else [d.median_ms] * 9
+    print(f"decoder of {subject.name} on {device}: {H}x{W}, {d.frames_per_chunk} frames per chunk, "
+          f"median {d.median_ms:.1f} ms per chunk (p10-p90 {q[0]:.1f}-{q[-1]:.1f}, {len(d.decode_ms)} chunks), "
+          f"{d.flops / 1e9:.1f} GFLOP per chunk, {d.fps:.1f} video frames/s for the decoder alone")

@@ -407,8 +407,9 @@ def _add_bench(sub) -> None:
                                    "time to first frame, peak memory).")
     p.add_argument("--preset", default="paper-mini", choices=sorted(BENCH_PRESETS),
                    help="a shape with random weights (default paper-mini; paper-4b is the paper's 512x512 model)")
-    p.add_argument("--model", default=None,
-                   help="a StreamDiT checkpoint (or 'embedded') to bench instead of a preset, with its own codec and text encoder")
+    p.add_argument("--model", action="append", default=None,
+                   help="a StreamDiT checkpoint (or 'embedded') to bench instead of a preset, with its own codec and "
+                        "text encoder; repeat it to compare models in one run (e.g. a teacher and its student)")
     p.add_argument("--partition", type=_partition, default=None, metavar="K,N,c,s",
                    help="buffer partition (default: the preset's, or c=2 T=16 for a checkpoint)")
     p.add_argument("--variants", default=None,

@@ -96,7 +96,7 @@ def test_the_objective_draws_one_of_its_partitions_and_ignores_reference_frames(
         SegmentDistillation(teacher, 2.0, 4, (2,), teacher_steps=5, warp=teacher.config.warp)
 
 
-def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default(tmp_path):
+def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default(tmp_path, capsys):
     from streamdit_core.cli import main
     from streamdit_core.pipeline import Pipeline
 
@@ -111,3 +111,9 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
     assert main(["generate", "--model", str(out / "model.safetensors"), "--prompt", "a red circle moving left on a "
                  "black background", "--seconds", "0.5", "--out", f"{video}/"]) == 0
     assert len(list(video.glob("*.png"))) == 8
+    # bench compares the two in one run, with calls per emitted chunk counted by the stream
+    assert main(["bench", "--model", "embedded", "--model", str(out / "model.safetensors"), "--variants",
+                 "window/eager/fp32", "--calls", "2", "--stream-frames", "8", "--json", str(tmp_path / "b.json")]) == 0
+    table = capsys.readouterr().out.split("| subject |")[-1]
+    assert "| embedded | K=0 N=4 c=2 s=4 | 4 (8) |" in table  # s guided calls, two branches each
+    assert "model.safetensors | K=0 N=4 c=2 s=1 | 1 (1) |" in table
