@@ -28,6 +28,19 @@ def _chunk_sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"chunk sizes are comma-separated integers like 1,2,4,8, got {text!r}") from None
 
 
+def _add_run_options(p) -> None:
+    """The options every training run on the synthetic world takes (train, distill)."""
+    p.add_argument("--clips", type=_positive(int), default=4096, help="training clips rendered and encoded up front")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+
+
+def _given(**values) -> dict:
+    """The options the user gave (not None), as config overrides."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 # --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
@@ -52,10 +65,7 @@ def _add_train(sub) -> None:
     p.add_argument("--codec-steps", type=_positive(int), default=None, help="codec training steps")
     p.add_argument("--decoder-steps", type=int, default=3000,
                    help="decoder refinement steps after the StreamDiT is trained (encoder frozen); 0 skips")
-    p.add_argument("--clips", type=_positive(int), default=4096, help="training clips rendered and encoded up front")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    _add_run_options(p)
     p.set_defaults(run=_run_train)
 
 
@@ -95,10 +105,8 @@ def _run_train(args) -> int:
         print(f"codec: reconstruction MSE {mse:.5f} on fresh clips -> {codec_file}")
     model = StreamDiT.from_preset(args.preset)
     B = model.config.buffer_frames
-    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                   "chunk_sizes": args.chunk_sizes, "uniform_ratio": args.uniform_ratio,
-                                   "subject_weight": args.subject_weight}.items()
-                 if v is not None}
+    overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk_sizes=args.chunk_sizes,
+                       uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight)
     config = TrainConfig(seed=args.seed, **overrides)
     shipped = out / "model.safetensors"
     if args.resume and shipped.exists() and read_metadata(shipped).get("step") == str(config.steps):
@@ -142,10 +150,7 @@ def _add_distill(sub) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="the teacher's guidance scale (default: the teacher checkpoint's recommendation)")
     p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partitions to distil, e.g. 2 or 1,2,4")
-    p.add_argument("--clips", type=_positive(int), default=4096, help="training clips rendered and encoded up front")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    _add_run_options(p)
     p.set_defaults(run=_run_distill)
 
 
@@ -165,9 +170,8 @@ def _run_distill(args) -> int:
     torch.manual_seed(args.seed)
     teacher = Pipeline.load(args.teacher, device="cpu", fast=None)
     guidance = teacher.guidance if args.guidance is None else args.guidance
-    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                   "teacher_steps": args.teacher_steps, "chunk_sizes": args.chunk_sizes}.items()
-                 if v is not None}
+    overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=args.teacher_steps,
+                       chunk_sizes=args.chunk_sizes)
     try:
         config = DistillConfig(guidance=guidance, seed=args.seed, **overrides)
     except ValueError as err:

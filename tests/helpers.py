@@ -38,6 +38,28 @@ class Words:
         return TextEmbedding(torch.tensor([[[float(len(p))] * 4] for p in prompts]))
 
 
+class Patterns:
+    """Two prompts, each with its own fixed clip plus a little noise: a learnable toy world of
+    ``[4, 4, 4, 4]`` latents (C, F, h, w) for trainer and distillation tests."""
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(0)
+        self.clips = torch.randn(2, 4, 4, 4, 4, generator=gen).sign() * 0.8  # [2, C, F, h, w]
+
+    def sample(self, batch, gen):
+        which = torch.randint(2, (batch,), generator=gen)
+        x = self.clips[which] + 0.05 * torch.randn(batch, 4, 4, 4, 4, generator=gen)
+        return type("Batch", (), {"latents": x, "prompts": ["one" if w == 0 else "two" for w in which.tolist()]})
+
+
+def encode_patterns(prompts):
+    """The text of :class:`Patterns`: one 8-wide token per known prompt, no text otherwise."""
+    table = {"one": torch.ones(1, 8), "two": -torch.ones(1, 8)}
+    tokens = torch.stack([table.get(p, torch.zeros(1, 8)) for p in prompts])  # [b, 1, 8]
+    mask = torch.tensor([[p in table] for p in prompts])
+    return TextEmbedding(tokens, mask)
+
+
 def random_text(batch: int = 1, length: int = 6, dim: int = 32, seed: int = 0, real: int | None = None) -> TextEmbedding:
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randn(batch, length, dim, generator=gen)

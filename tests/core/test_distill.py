@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import randomized
-from streamdit_core import Partition, StreamDiTConfig, Streamer, TextEmbedding, load_checkpoint
+from helpers import Patterns, encode_patterns, randomized
+from streamdit_core import Partition, StreamDiTConfig, Streamer, load_checkpoint
 from streamdit_core.checkpoint import read_metadata
 from streamdit_core.distill import DistillConfig, SegmentDistillation, distill, teacher_target
 from streamdit_core.guidance import Guided
@@ -17,32 +17,14 @@ MICRO = StreamDiTConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2, tex
                         buffer_frames=4, latent_size=(4, 4))
 
 
-class Clips:
-    """Two prompts, each a fixed clip plus a little noise."""
-
-    def __init__(self):
-        self.clips = torch.randn(2, 4, 4, 4, 4, generator=torch.Generator().manual_seed(0)).sign() * 0.8
-
-    def sample(self, batch, gen):
-        which = torch.randint(2, (batch,), generator=gen)
-        x = self.clips[which] + 0.05 * torch.randn(batch, 4, 4, 4, 4, generator=gen)
-        return type("Batch", (), {"latents": x, "prompts": ["one" if w == 0 else "two" for w in which.tolist()]})
-
-
-def encode(prompts):
-    table = {"one": torch.ones(1, 8), "two": -torch.ones(1, 8)}
-    tokens = torch.stack([table.get(p, torch.zeros(1, 8)) for p in prompts])  # [b, 1, 8]
-    return TextEmbedding(tokens, torch.tensor([[p in table] for p in prompts]))
-
-
 def gap_to_teacher(student, teacher, guidance: float, P: Partition, seed: int = 99) -> float:
     """Mean squared distance between the student's one step and the teacher's s guided steps
     over a cycle, on held-out clips and noise."""
     gen = torch.Generator().manual_seed(seed)
-    batch = Clips().sample(32, gen)
+    batch = Patterns().sample(32, gen)
     table = frame_sigma_table(P, student.config.warp).float()  # [s+1, B]
     x = add_noise(batch.latents, torch.randn(batch.latents.shape, generator=gen), table[0].expand(32, -1))
-    text = encode(batch.prompts)
+    text = encode_patterns(batch.prompts)
     with torch.no_grad():
         y = teacher_target(Guided(teacher, guidance), x, table, text)
         one = x - (table[0] - table[-1]).view(1, 1, -1, 1, 1) * student(x, table[0].expand(32, -1), text)
@@ -55,7 +37,7 @@ def test_a_few_steps_bring_the_student_closer_to_the_teachers_multistep_result(t
                            guidance=3.0, chunk_sizes=(1,), checkpoint_every=20)
     P = Partition.streamdit(4, 1, T=8)  # N = 4 chunks, s = 2 teacher micro steps each
     before = gap_to_teacher(teacher, teacher, 3.0, P)  # the student starts as the teacher
-    student, result = distill(teacher, Clips(), encode, config, out=tmp_path, progress=False)
+    student, result = distill(teacher, Patterns(), encode_patterns, config, out=tmp_path, progress=False)
     shipped = load_checkpoint(result.checkpoint)
     after = gap_to_teacher(shipped, teacher, 3.0, P)
     assert after < 0.5 * before, (before, after)
@@ -66,7 +48,7 @@ def test_a_few_steps_bring_the_student_closer_to_the_teachers_multistep_result(t
 
 def test_calls_per_emitted_chunk_are_counted_one_for_the_student_2s_for_the_guided_teacher():
     teacher = randomized(MICRO, scale=0.3)
-    text = encode(["one"])
+    text = encode_patterns(["one"])
     guided = Guided(teacher, 3.0)
     slow = Streamer(guided, Partition.streamdit(4, 1, T=8), (4, 4, 4), text=text)
     fast = Streamer(teacher, Partition.streamdit(4, 1, s=1), (4, 4, 4), text=text)
@@ -89,8 +71,8 @@ def test_the_objective_draws_one_of_its_partitions_and_ignores_reference_frames(
     assert [(P.N, P.c, P.s) for P in objective.partitions] == [(4, 1, 1), (2, 2, 2)]
     refs = SegmentDistillation(teacher, 1.0, 4, (1,), teacher_steps=3, warp=teacher.config.warp, reference_frames=1)
     gen = torch.Generator().manual_seed(0)
-    batch = Clips().sample(4, gen)
-    loss = refs(teacher, batch.latents, encode(batch.prompts), batch, gen)
+    batch = Patterns().sample(4, gen)
+    loss = refs(teacher, batch.latents, encode_patterns(batch.prompts), batch, gen)
     assert torch.isfinite(loss) and loss >= 0
     with pytest.raises(ValueError, match="T=5 total steps"):
         SegmentDistillation(teacher, 2.0, 4, (2,), teacher_steps=5, warp=teacher.config.warp)

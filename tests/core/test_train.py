@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers import ddp_gradient_worker
+from helpers import Patterns, ddp_gradient_worker, encode_patterns
 from streamdit_core import StreamDiT, StreamDiTConfig, TextEmbedding, load_checkpoint
 from streamdit_core.checkpoint import read_metadata
 from streamdit_core.train import TrainConfig, flow_matching_loss, train
@@ -15,33 +15,13 @@ MICRO = StreamDiTConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2, tex
                         buffer_frames=4, latent_size=(4, 4))
 
 
-class Patterns:
-    """Two prompts, each with its own fixed clip plus a little noise: a learnable toy world."""
-
-    def __init__(self):
-        gen = torch.Generator().manual_seed(0)
-        self.clips = torch.randn(2, 4, 4, 4, 4, generator=gen).sign() * 0.8  # [2, C, F, h, w]
-
-    def sample(self, batch, gen):
-        which = torch.randint(2, (batch,), generator=gen)
-        x = self.clips[which] + 0.05 * torch.randn(batch, 4, 4, 4, 4, generator=gen)
-        return type("Batch", (), {"latents": x, "prompts": ["one" if w == 0 else "two" for w in which.tolist()]})
-
-
-def encode(prompts):
-    table = {"one": torch.ones(1, 8), "two": -torch.ones(1, 8)}
-    tokens = torch.stack([table.get(p, torch.zeros(1, 8)) for p in prompts])  # [b, 1, 8]
-    mask = torch.tensor([[p in table] for p in prompts])
-    return TextEmbedding(tokens, mask)
-
-
 def _held_out_loss(model, data, seed=123):
     gen = torch.Generator().manual_seed(seed)
     batch = data.sample(64, gen)
     sigma = torch.rand(64, 4, generator=gen)
     eps = torch.randn(batch.latents.shape, generator=gen)
     with torch.no_grad():
-        return float(flow_matching_loss(model, batch.latents, sigma, eps, encode(batch.prompts)))
+        return float(flow_matching_loss(model, batch.latents, sigma, eps, encode_patterns(batch.prompts)))
 
 
 def test_a_micro_model_lowers_its_loss_in_a_few_dozen_steps(tmp_path):
@@ -49,7 +29,7 @@ def test_a_micro_model_lowers_its_loss_in_a_few_dozen_steps(tmp_path):
     model = StreamDiT(MICRO)
     data = Patterns()
     before = _held_out_loss(model, data)
-    result = train(model, data, encode, TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup=5, ema_decay=0.9,
+    result = train(model, data, encode_patterns, TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup=5, ema_decay=0.9,
                                                     checkpoint_every=30), out=tmp_path, progress=False)
     after = _held_out_loss(load_checkpoint(result.checkpoint), data)  # the shipped (EMA) weights
     assert after < 0.8 * before, (before, after)
@@ -75,14 +55,14 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     cfg = TrainConfig(steps=12, batch_size=4, warmup=2, checkpoint_every=6)
     torch.manual_seed(0)
     straight = StreamDiT(MICRO)
-    train(straight, Patterns(), encode, cfg, out=tmp_path / "a", progress=False)
+    train(straight, Patterns(), encode_patterns, cfg, out=tmp_path / "a", progress=False)
     torch.manual_seed(0)
     first = StreamDiT(MICRO)
     with pytest.raises(KeyboardInterrupt):  # stopped during step 9, after the step-6 checkpoint
-        train(first, Interrupted(stop=9), encode, cfg, out=tmp_path / "b", progress=False)
+        train(first, Interrupted(stop=9), encode_patterns, cfg, out=tmp_path / "b", progress=False)
     torch.manual_seed(99)  # a different init: resume must replace it
     resumed = StreamDiT(MICRO)
-    result = train(resumed, Patterns(), encode, cfg, out=tmp_path / "b", resume=True, progress=False)
+    result = train(resumed, Patterns(), encode_patterns, cfg, out=tmp_path / "b", resume=True, progress=False)
     assert result.step == 12
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
@@ -95,7 +75,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
     data.clips[0, 0, 0, 0, 0] = float("nan")
     data.clips[1, 0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="lower --lr or check the data"):
-        train(model, data, encode, TrainConfig(steps=3, batch_size=2, warmup=1), progress=False)
+        train(model, data, encode_patterns, TrainConfig(steps=3, batch_size=2, warmup=1), progress=False)
 
 
 def _free_port():
@@ -151,7 +131,7 @@ def test_pixel_weight_moves_the_loss_towards_the_weighted_pixels():
 
 def test_subject_weight_needs_batches_with_subject_cover():
     with pytest.raises(ValueError, match="subject_weight"):
-        train(StreamDiT(MICRO), Patterns(), encode, TrainConfig(steps=1, batch_size=2, subject_weight=4.0),
+        train(StreamDiT(MICRO), Patterns(), encode_patterns, TrainConfig(steps=1, batch_size=2, subject_weight=4.0),
               progress=False)
     with pytest.raises(ValueError, match="subject_weight must be at least 0"):
         TrainConfig(subject_weight=-1.0)
