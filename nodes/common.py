@@ -38,8 +38,9 @@ def partition_inputs() -> dict:
                    "model's buffer (8 latent frames for the embedded model)."}),
         "chunk_frames": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip":
                          "c: latent frames per chunk; c frames leave the buffer at a time."}),
-        "steps_per_chunk": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
-                            "s: model calls per chunk shift (total steps T = s x N)."}),
+        "steps_per_chunk": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
+                            "s: model calls per chunk shift (total steps T = s x N). 0 uses the model's own: "
+                            "1 for a distilled model (the embedded default), 16 / N otherwise."}),
     }
 
 
@@ -62,7 +63,10 @@ def stream_inputs() -> dict:
 
 def make_partition(pipe: Pipeline, reference_frames: int, chunks: int, chunk_frames: int,
                    steps_per_chunk: int) -> Partition:
-    """The partition, checked against the model's buffer, with a fix in the message."""
+    """The partition, checked against the model's buffer, with a fix in the message
+    (``steps_per_chunk`` 0: the model's default for ``chunks``)."""
+    if steps_per_chunk == 0:
+        steps_per_chunk = pipe.default_steps_per_chunk(chunks)
     P = Partition(K=reference_frames, N=chunks, c=chunk_frames, s=steps_per_chunk)
     B = pipe.model.config.buffer_frames
     if P.B != B:

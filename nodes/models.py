@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from streamdit_core.pipeline import DEFAULT_MODEL, Pipeline, PromptSchedule
+from streamdit_core.pipeline import DEFAULT_MODEL, EMBEDDED_MODELS, Pipeline, PromptSchedule
 
 from . import host
 from .common import CATEGORY, MODEL, PROMPTS
 
-EMBEDDED = "embedded (built in)"
+EMBEDDED = "embedded (built in)"  # the distilled student: one unguided model call per chunk
+EMBEDDED_TEACHER = "embedded teacher (built in)"  # the guided multi-step model it was distilled from
+BUILT_IN = {EMBEDDED: DEFAULT_MODEL, EMBEDDED_TEACHER: EMBEDDED_MODELS["embedded-teacher"]}
 
 
 class StreamDiTModelLoader:
     """A StreamDiT checkpoint with its codec and text encoder, on ComfyUI's device."""
 
-    DESCRIPTION = "Loads a StreamDiT model: the built-in embedded model or a .safetensors file from models/streamdit/."
+    DESCRIPTION = ("Loads a StreamDiT model: a built-in embedded model (the distilled default, or its teacher) "
+                   "or a .safetensors file from models/streamdit/.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
@@ -22,14 +25,16 @@ class StreamDiTModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": ([EMBEDDED] + host.model_files(), {"default": EMBEDDED, "tooltip":
-                           "The built-in model (runs on a CPU), or a checkpoint in models/streamdit/. "
-                           "A checkpoint names its codec file, which must sit beside it."}),
+            "model_name": (list(BUILT_IN) + host.model_files(), {"default": EMBEDDED, "tooltip":
+                           "Built in (both run on a CPU): 'embedded', distilled to one model call per chunk "
+                           "without guidance (real time); 'embedded teacher', the guided model it was distilled "
+                           "from (8 network passes per chunk). Or a checkpoint in models/streamdit/, whose "
+                           "codec file must sit beside it."}),
         }}
 
     def load(self, model_name: str):
-        if model_name == EMBEDDED:
-            path = DEFAULT_MODEL
+        if model_name in BUILT_IN:
+            path = BUILT_IN[model_name]
         else:
             path = host.model_path(model_name)
             if path is None:

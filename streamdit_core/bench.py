@@ -344,7 +344,7 @@ def checkpoint_subject(path: str | Path, device: torch.device, partition: Partit
     from .checkpoint import load_checkpoint
     from .pipeline import Pipeline
 
-    pipe = Pipeline.load(None if str(path) == "embedded" else path, device=device, fast=None)
+    pipe = Pipeline.load(path, device=device, fast=None)
     state = pipe.model.state_dict()
 
     def build(config: StreamDiTConfig, dev: torch.device) -> StreamDiT:

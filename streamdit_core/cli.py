@@ -141,7 +141,8 @@ def _add_distill(sub) -> None:
                        description="Per-segment step and guidance distillation: the student (a copy of the "
                                    "teacher) learns to cover each chunk's noise band in one unguided call what the "
                                    "teacher covers in T/N guided micro steps, on the teacher's world.")
-    p.add_argument("--teacher", type=Path, default=None, help="teacher checkpoint (default: the embedded model)")
+    p.add_argument("--teacher", type=Path, default=Path("embedded-teacher"),
+                   help="teacher checkpoint (default: embedded-teacher, the embedded guided model)")
     p.add_argument("--out", type=Path, default=Path("runs/student"), help="output folder (default runs/student)")
     p.add_argument("--steps", type=_positive(int), default=None, help="distillation steps")
     p.add_argument("--batch-size", type=_positive(int), default=None, help="samples per step and process")
@@ -215,10 +216,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--seconds", type=_positive(float), default=10.0, help="video length (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
-    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint (default: the embedded model)")
+    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint, or embedded (the default: the distilled student, one call per chunk) "
+                        "or embedded-teacher (guided, 16 steps per frame)")
     p.add_argument("--chunk", type=_positive(int), default=2, help="latent frames per chunk c (default 2)")
     p.add_argument("--steps", type=_positive(int), default=None,
-                   help="denoising steps per frame T = s*N (default 16; N, one per chunk, for a distilled student)")
+                   help="denoising steps per frame T = s*N (default: N, one per chunk, for a distilled student "
+                        "such as the embedded default; 16 otherwise)")
     p.add_argument("--cold-start", action="store_true", help="start from a noise buffer instead of a warm start")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")
@@ -320,10 +323,12 @@ def _add_evaluate(sub) -> None:
                        description="Stream every held-out scene with each inference scheme and print adherence "
                                    "(color, shape, direction, background read from pixels) and VBench-style "
                                    "scores; then a long-stream drift check and prompt-switch checks.")
-    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint (default: the embedded model)")
+    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint, or embedded (the default: the distilled student, one call per chunk) "
+                        "or embedded-teacher (guided, 16 steps per frame)")
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated, from {', '.join(SCHEMES)}")
     p.add_argument("--seconds", type=_positive(float), default=4.0, help="video per scene and scheme (default 4)")
-    p.add_argument("--steps", type=_positive(int), default=16, help="denoising steps per frame T (default 16)")
+    p.add_argument("--steps", type=_positive(int), default=None,
+                   help="denoising steps per frame T (default: one per chunk for a distilled student, else 16)")
     p.add_argument("--scenes", type=_positive(int), default=None, help="use the first N held-out scenes (default all)")
     p.add_argument("--drift-seconds", type=float, default=120.0, help="long-stream length; 0 skips the drift check")
     p.add_argument("--drift-scenes", type=int, default=8, help="scenes in the drift check")
@@ -354,7 +359,8 @@ def _run_evaluate(args) -> int:
     scenes = held_out_scenes()[: args.scenes]
     report: dict = {"model": str(pipe.path), "scenes": len(scenes), "seconds": args.seconds, "steps": args.steps,
                     "guidance": g}
-    print(f"model {pipe.path}: {len(scenes)} held-out scenes, {args.seconds:g} s each, T={args.steps}, guidance {g:g}")
+    steps = "the model's" if args.steps is None else args.steps
+    print(f"model {pipe.path}: {len(scenes)} held-out scenes, {args.seconds:g} s each, T={steps}, guidance {g:g}")
     results = compare_schemes(pipe, schemes, scenes, args.seconds, args.steps, args.seed, args.batch, guidance=g)
     head = "| scheme | K,N,c,s | model calls/frame | " + " | ".join(h for _, h in _TABLE_KEYS) + " |"
     print(head)
@@ -412,10 +418,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--preset", default="paper-mini", choices=sorted(BENCH_PRESETS),
                    help="a shape with random weights (default paper-mini; paper-4b is the paper's 512x512 model)")
     p.add_argument("--model", action="append", default=None,
-                   help="a StreamDiT checkpoint (or 'embedded') to bench instead of a preset, with its own codec and "
-                        "text encoder; repeat it to compare models in one run (e.g. a teacher and its student)")
+                   help="a StreamDiT checkpoint (or embedded / embedded-teacher) to bench instead of a preset, with its "
+                        "own codec and text encoder; repeat it to compare models in one run (e.g. "
+                        "--model embedded-teacher --model embedded)")
     p.add_argument("--partition", type=_partition, default=None, metavar="K,N,c,s",
-                   help="buffer partition (default: the preset's, or c=2 T=16 for a checkpoint)")
+                   help="buffer partition (default: the preset's, or the checkpoint's: c=2 with one step per chunk "
+                        "for a distilled student, T=16 otherwise)")
     p.add_argument("--variants", default=None,
                    help="comma-separated ATTENTION/RUN/PRECISION rows, e.g. window/eager/fp32,window/compile/fp32 "
                         "(default: the full table for the device)")
@@ -453,8 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except CheckpointError as err:  # a missing or foreign model file: say which and how to fix it
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

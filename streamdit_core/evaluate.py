@@ -24,7 +24,8 @@ from .schedule import Partition
 
 __all__ = ["SCHEMES", "scheme_partition", "compare_schemes", "drift", "prompt_switch", "seams", "SchemeResult"]
 
-# name -> (K, c); all use the same number of denoising steps T per frame.
+# name -> description; every scheme uses the same number of denoising steps T per frame, or the
+# model's own (one per chunk for a distilled student).
 SCHEMES = {
     "uniform": "chunk extension: K=2 clean frames of the last clip, the other B-2 denoised together",
     "diagonal": "c=1 (FIFO-style): one latent frame per chunk",
@@ -73,15 +74,19 @@ class SchemeResult:
 
 
 def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | None = None, seconds: float = 4.0,
-                    steps: int = 16, seed: int = 0, batch: int = 32, progress: bool = True,
+                    steps: int | None = None, seed: int = 0, batch: int = 32, progress: bool = True,
                     guidance: float = 1.0) -> list[SchemeResult]:
-    """Streams every scene with every scheme and scores the videos."""
+    """Streams every scene with every scheme and scores the videos (``steps``: T for every scheme;
+    None: the model's :meth:`~streamdit_core.pipeline.Pipeline.default_steps` for each scheme's N)."""
     scenes = scenes if scenes is not None else held_out_scenes()
     frames = int(seconds * pipe.fps)
     B = pipe.model.config.buffer_frames
     results = []
     for name in tqdm(schemes, desc="schemes", disable=not progress):
-        P = scheme_partition(name, B, steps)
+        if steps is None:  # T = B fits every scheme's N; only N is read from it
+            P = scheme_partition(name, B, pipe.default_steps(scheme_partition(name, B, B).N))
+        else:
+            P = scheme_partition(name, B, steps)
         schedules = [PromptSchedule.single(s.caption) for s in scenes]
         t0 = time.perf_counter()
         calls = _count_calls(pipe, P, frames, seed, guidance)

@@ -2,7 +2,9 @@
 
 A StreamDiT checkpoint names its codec (``codec`` metadata: a file beside it) and its text
 encoder (``text_encoder``); :meth:`Pipeline.load` resolves both, so ``Pipeline.load()`` gives
-the embedded default model, offline, on the best available device.
+the embedded default model, offline, on the best available device. Two models are embedded: the
+default, a distilled student that makes one unguided call per chunk (``"embedded"``), and the
+guided multi-step teacher it was distilled from (``"embedded-teacher"``).
 
 :class:`Session` is one running stream: a :class:`~streamdit_core.stream.Streamer` plus
 seam-free chunk decoding, prompts that change while it runs (:class:`PromptSwitch`: immediate,
@@ -32,10 +34,25 @@ from .schedule import Partition
 from .stream import EmittedChunk, StreamState, Streamer
 from .text import TextEncoder
 
-__all__ = ["DEFAULT_MODEL", "FrameChunk", "Pipeline", "PromptSchedule", "PromptSwitch", "Session",
-           "StreamSnapshot", "SWITCH_MODES", "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "FrameChunk", "Pipeline", "PromptSchedule", "PromptSwitch", "Session",
+           "StreamSnapshot", "SWITCH_MODES", "model_path", "resolve_device"]
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "embedded" / "model.safetensors"
+_EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "embedded"
+DEFAULT_MODEL = _EMBEDDED_DIR / "model.safetensors"  # the distilled student: 1 unguided call per chunk
+EMBEDDED_TEACHER = _EMBEDDED_DIR / "teacher.safetensors"  # its teacher: guidance 5, 16 steps per frame
+EMBEDDED_MODELS = {"embedded": DEFAULT_MODEL, "embedded-teacher": EMBEDDED_TEACHER}
+UNDISTILLED_STEPS = 16  # default denoising steps per frame T for a model that is not distilled
+
+
+def model_path(model: str | os.PathLike | None = None) -> Path:
+    """A checkpoint path from a path, an embedded model's name (``"embedded"``,
+    ``"embedded-teacher"``) or None (the default model). Does not check that the file exists."""
+    if model is None:
+        return DEFAULT_MODEL
+    name = os.fspath(model)
+    if name in EMBEDDED_MODELS and not Path(name).exists():
+        return EMBEDDED_MODELS[name]
+    return Path(name)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -148,14 +165,16 @@ class Pipeline:
              dtype: torch.dtype | None = None, fast: FastPath | str | None = "auto") -> "Pipeline":
         """Loads a StreamDiT checkpoint with its codec and text encoder (default: the embedded model).
 
+        ``path``: a checkpoint file, or an embedded model's name (see :func:`model_path`).
         ``fast``: the :class:`~streamdit_core.accel.FastPath` streams run the model on;
         ``"auto"`` is :meth:`FastPath.auto` on CUDA (bf16 with CUDA graphs) and the plain model
         on a CPU; None is always the plain model.
         """
-        path = Path(path) if path is not None else DEFAULT_MODEL
+        path = model_path(path)
         if not path.exists():
-            hint = (" (the embedded model ships with the package; reinstall it)" if path == DEFAULT_MODEL
-                    else "; give the path of a .safetensors StreamDiT checkpoint")
+            hint = (" (the embedded models ship with the package; reinstall it)" if path in EMBEDDED_MODELS.values()
+                    else "; give the path of a .safetensors StreamDiT checkpoint, or "
+                         + " / ".join(repr(n) for n in EMBEDDED_MODELS))
             raise CheckpointError(f"{path}: no such model file{hint}")
         dev = resolve_device(device)
         meta = read_metadata(path)
@@ -187,15 +206,22 @@ class Pipeline:
     def frames_per_latent(self) -> int:
         return self.codec.time_factor
 
-    def default_partition(self, chunk: int = 2, steps: int | None = None) -> Partition:
-        """StreamDiT partition of this model's buffer: ``c = chunk``, ``T = steps`` (K = 0).
+    def default_steps(self, chunks: int) -> int:
+        """Denoising steps per frame ``T`` this model expects with ``chunks`` chunks in its buffer:
+        ``N x steps_per_chunk`` for a distilled student (its checkpoint says ``steps_per_chunk``,
+        1 for one call per chunk), 16 otherwise."""
+        return chunks * self.steps_per_chunk if self.steps_per_chunk else UNDISTILLED_STEPS
 
-        Default steps: one per chunk (``T = N``) for a distilled student, whose checkpoint says
-        ``steps_per_chunk``; 16 otherwise.
-        """
+    def default_steps_per_chunk(self, chunks: int) -> int:
+        """Micro steps per chunk ``s`` for :meth:`default_steps` (at least 1)."""
+        return max(1, round(self.default_steps(chunks) / chunks))
+
+    def default_partition(self, chunk: int = 2, steps: int | None = None) -> Partition:
+        """StreamDiT partition of this model's buffer: ``c = chunk``, ``T = steps`` (K = 0;
+        default: :meth:`default_steps_per_chunk` micro steps per chunk)."""
         B = self.model.config.buffer_frames
         if steps is None:
-            steps = (B // chunk) * self.steps_per_chunk if self.steps_per_chunk else 16
+            return Partition.streamdit(B, chunk, s=self.default_steps_per_chunk(max(1, B // chunk)))
         return Partition.streamdit(B, chunk, T=steps)
 
     def encode(self, prompts: str | Sequence[str]):

@@ -39,6 +39,19 @@ def test_scheme_table_counts_calls_per_frame(pipe):
         assert len(r.scores) == 2 and 0 <= r.summary["color"] <= 1 and 0 <= r.summary["subject_consistency"] <= 1
 
 
+def test_schemes_follow_the_models_own_steps_by_default(pipe):
+    import dataclasses
+
+    scenes = held_out_scenes()[:1]
+    plain = compare_schemes(pipe, ["uniform", "diagonal"], scenes, seconds=0.5, progress=False)
+    assert [r.partition.T for r in plain] == [16, 16]  # not distilled: T = 16 for every scheme
+    student = dataclasses.replace(pipe, steps_per_chunk=1)
+    one = compare_schemes(student, ["uniform", "diagonal", "streamdit-c2"], scenes, seconds=0.5, progress=False)
+    assert [(r.partition.N, r.partition.s) for r in one] == [(1, 1), (4, 1), (2, 1)]  # one call per chunk
+    # 8 frames: a warm start of T - s calls, then one call per emitted chunk (8 chunks at c=1, 4 at c=2)
+    assert one[1].calls_per_frame == pytest.approx((3 + 8) / 8) and one[2].calls_per_frame == pytest.approx((1 + 4) / 8)
+
+
 def test_drift_switch_and_seams_run_and_report_shares(pipe):
     scenes = held_out_scenes()[:2]
     d = drift(pipe, scenes, seconds=2.0, partition=scheme_partition("streamdit-c2", 4, 8), window_seconds=1.0)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamdit_core.pipeline import DEFAULT_MODEL
+from streamdit_core.checkpoint import read_metadata
+from streamdit_core.pipeline import DEFAULT_MODEL, EMBEDDED_TEACHER, model_path
 from streamdit_core.video import read_video
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,9 +18,16 @@ def _generate(*args, check=True):
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_the_embedded_model_ships_with_the_package():
-    assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size <= 25 * 2**20
+def test_the_embedded_models_ship_with_the_package_and_the_default_is_the_distilled_student():
+    for path in (DEFAULT_MODEL, EMBEDDED_TEACHER):
+        assert path.is_file() and path.stat().st_size <= 25 * 2**20
     assert (DEFAULT_MODEL.parent / "codec.safetensors").is_file()
+    student, teacher = read_metadata(DEFAULT_MODEL), read_metadata(EMBEDDED_TEACHER)
+    assert student["steps_per_chunk"] == "1" and student["guidance"] == "1"  # one unguided call per chunk
+    assert student["teacher"] == EMBEDDED_TEACHER.name and "steps_per_chunk" not in teacher
+    assert teacher["guidance"] == "5" and student["codec"] == teacher["codec"] == "codec.safetensors"
+    assert model_path(None) == model_path("embedded") == DEFAULT_MODEL
+    assert model_path("embedded-teacher") == EMBEDDED_TEACHER and model_path("x.safetensors").name == "x.safetensors"
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".gif", "/"])
@@ -38,6 +46,9 @@ def test_generate_rejects_bad_input_with_a_clear_message(tmp_path):
     assert run.returncode != 0 and ".avi" in run.stderr
     run = _generate("--prompt", "x", "--seconds", "1", "--switch", "3", "y", "--out", str(tmp_path / "a.mp4"))
     assert run.returncode != 0 and "inside the video" in run.stderr
+    run = _generate("--prompt", "x", "--model", "nosuch.safetensors", "--out", str(tmp_path / "a.mp4"))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "nosuch.safetensors: no such model file" in run.stderr and "'embedded-teacher'" in run.stderr
     run = _generate("--prompt", "x", "--chunk", "3", "--out", str(tmp_path / "a.mp4"))
     assert run.returncode != 0 and "bad partition" in run.stderr
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nodes import NODE_CLASS_MAPPINGS, host
-from nodes.models import EMBEDDED
+from nodes.models import EMBEDDED, EMBEDDED_TEACHER
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_model_folder_is_merged_into_the_registry_and_listed(folder_paths):
     (user_dir / "theirs.safetensors").write_bytes(b"x")
     (user_dir / "notes.txt").write_text("not a model")
     choices = NODE_CLASS_MAPPINGS["StreamDiTModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
-    assert choices == [EMBEDDED, "mine.safetensors", "theirs.safetensors"]
+    assert choices == [EMBEDDED, EMBEDDED_TEACHER, "mine.safetensors", "theirs.safetensors"]
     assert host.model_path("theirs.safetensors") == user_dir / "theirs.safetensors"
 
 

@@ -8,7 +8,9 @@ import torch
 
 from nodes import NODE_CLASS_MAPPINGS as NODES
 from nodes import host, routes
-from nodes.models import EMBEDDED
+from nodes.common import make_partition
+from nodes.models import EMBEDDED, EMBEDDED_TEACHER
+from streamdit_core import Partition
 from streamdit_core.metrics import detect
 from streamdit_core.pipeline import PromptSchedule
 from streamdit_core.video import read_video
@@ -16,7 +18,7 @@ from streamdit_core.video import read_video
 RED = "a red circle moving right on a black background"
 BLUE = "a blue circle moving right on a black background"
 STREAM = dict(seed=0, guidance=0.0, switch_mode="immediate", blend_calls=4, reference_frames=0, chunks=4,
-              chunk_frames=2, steps_per_chunk=4)
+              chunk_frames=2, steps_per_chunk=0)  # 0: the model's own (1 for the distilled default)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,18 @@ def test_chained_segments_equal_the_all_in_one_sampler(model):
     second, _, _ = denoise.denoise(stream2, model, prompts, chunks=8)
     assert torch.equal(first, again)
     assert torch.equal(torch.cat([first, second]), whole)
+
+
+def test_steps_per_chunk_zero_follows_the_model_and_the_teacher_stays_selectable(model):
+    (teacher,) = NODES["StreamDiTModelLoader"]().load(EMBEDDED_TEACHER)
+    assert model.steps_per_chunk == 1 and model.guidance == 1.0 and teacher.guidance == 5.0
+    assert teacher.path.name == "teacher.safetensors" and model.path.name == "model.safetensors"
+    assert make_partition(model, 0, 4, 2, 0) == Partition(K=0, N=4, c=2, s=1)  # distilled: one call per chunk
+    assert make_partition(teacher, 0, 4, 2, 0) == Partition(K=0, N=4, c=2, s=4)  # T = 16
+    assert make_partition(teacher, 0, 8, 1, 0).s == 2 and make_partition(model, 0, 8, 1, 0).s == 1
+    assert make_partition(model, 0, 4, 2, 3).s == 3  # an explicit value wins
+    frames, _ = NODES["StreamDiTSampler"]().sample(teacher, _schedule(RED), seconds=1.0, warm_start=True, **STREAM)
+    assert _colors(frames).count("red") >= 14
 
 
 def test_partition_that_does_not_fit_the_model_is_explained(model):
@@ -105,7 +119,7 @@ def test_interrupting_the_sampler_raises_the_hosts_interruption(model, monkeypat
 
 def test_an_interrupted_live_stream_keeps_its_recording(model, monkeypatch, tmp_path):
     host.set_output_directory(tmp_path)
-    monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 60))
+    monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 15))  # 15 chunks of 2 frames
     try:
         with pytest.raises(host.interrupt_exception()):
             NODES["StreamDiTLive"]().stream(model, _schedule(RED), max_seconds=60.0, filename_prefix="streamdit/live",
