@@ -200,7 +200,10 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where streams run: the model's own ``device`` when it names one (a host's model
+        adapter), else its parameters' device."""
+        device = getattr(self.model, "device", None)
+        return device if isinstance(device, torch.device) else next(self.model.parameters()).device
 
     @property
     def frames_per_latent(self) -> int:
@@ -567,7 +570,8 @@ def to_host(t: Tensor) -> Tensor:
 
 def _buffer_dtype(model: StreamDiT) -> torch.dtype:
     """The stream buffer's dtype: the model's, but never below float32 (Euler steps accumulate)."""
-    dtype = next(model.parameters()).dtype
+    param = next(model.parameters(), None)  # a host's model adapter may hold none
+    dtype = torch.float32 if param is None else param.dtype
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
