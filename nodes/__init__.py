@@ -10,6 +10,7 @@ from .models import StreamDiTModelLoader, StreamDiTPromptSchedule
 from .routes import register_routes
 from .sampler import StreamDiTBufferInit, StreamDiTChunkDenoise, StreamDiTSampler
 from .v2v import StreamDiTVideoToVideo
+from .wan import StreamDiTWanModel
 
 NODE_CLASS_MAPPINGS = {
     "StreamDiTModelLoader": StreamDiTModelLoader,
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
     "StreamDiTChunkDenoise": StreamDiTChunkDenoise,
     "StreamDiTVideoToVideo": StreamDiTVideoToVideo,
     "StreamDiTLive": StreamDiTLive,
+    "StreamDiTWanModel": StreamDiTWanModel,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -29,6 +31,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StreamDiTChunkDenoise": "StreamDiT Chunk Denoise",
     "StreamDiTVideoToVideo": "StreamDiT Video to Video",
     "StreamDiTLive": "StreamDiT Live Stream",
+    "StreamDiTWanModel": "StreamDiT Wan Model (MODEL + CLIP + VAE)",
 }
 
 

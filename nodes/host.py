@@ -92,6 +92,14 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def load_models(models: list) -> None:
+    """Has ComfyUI's model management load ComfyUI models (ModelPatchers) to its device,
+    offloading others as memory requires; nothing outside ComfyUI."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None and models:
+        mm.load_models_gpu(models)
+
+
 # ----------------------------------------------------------------------------------- interrupt
 
 class _StandaloneInterrupt(Exception):

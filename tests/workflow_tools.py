@@ -9,10 +9,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Workflows that load model files a user downloads (Wan 2.1); the others run on the embedded model.
+MODEL_FILES = {
+    "wan21_t2v_1_3b_stream": {"UNETLoader": "wan2.1_t2v_1.3B_fp16.safetensors",
+                              "CLIPLoader": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                              "VAELoader": "wan_2.1_vae.safetensors"},
+}
+EMBEDDED_WORKFLOWS = [p for p in WORKFLOWS if p.stem not in MODEL_FILES]
 
 # The ComfyUI core nodes the workflows use, as /object_info describes them
-# (comfy_extras/nodes_video.py): enough to check values without ComfyUI installed.
+# (comfy_extras/nodes_video.py, nodes.py; the loaders list the files the Wan workflow names):
+# enough to check values without ComfyUI installed.
+_WAN = MODEL_FILES["wan21_t2v_1_3b_stream"]
 CORE_NODES = {
+    "UNETLoader": {
+        "input": {"required": {"unet_name": [[_WAN["UNETLoader"]], {}],
+                               "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {}]}},
+        "input_order": {"required": ["unet_name", "weight_dtype"]},
+        "output": ["MODEL"],
+    },
+    "CLIPLoader": {
+        "input": {"required": {"clip_name": [[_WAN["CLIPLoader"]], {}], "type": [["stable_diffusion", "sd3", "wan"], {}]},
+                  "optional": {"device": [["default", "cpu"], {"advanced": True}]}},
+        "input_order": {"required": ["clip_name", "type"], "optional": ["device"]},
+        "output": ["CLIP"],
+    },
+    "VAELoader": {
+        "input": {"required": {"vae_name": [[_WAN["VAELoader"]], {}]}},
+        "input_order": {"required": ["vae_name"]},
+        "output": ["VAE"],
+    },
     "CreateVideo": {
         "input": {"required": {"images": ["IMAGE", {}], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0}]},
                   "optional": {"audio": ["AUDIO", {}]}},
@@ -102,3 +128,27 @@ def to_api(workflow: dict, info: dict) -> dict:
                 inputs[slot["name"]] = [str(src), src_slot]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+def run_prompt(prompt: dict, overrides: dict, classes: dict) -> dict:
+    """Runs an API-format prompt in dependency order with node ``classes`` (by class_type) and
+    input ``overrides`` ({class_type: {input: value}}); returns each node's outputs."""
+    done: dict[str, tuple] = {}
+
+    def run(key):
+        if key in done:
+            return done[key]
+        entry = prompt[key]
+        kwargs = {}
+        for name, value in {**entry["inputs"], **overrides.get(entry["class_type"], {})}.items():
+            kwargs[name] = run(value[0])[value[1]] if isinstance(value, list) else value
+        cls = classes[entry["class_type"]]
+        if "unique_id" in getattr(cls, "INPUT_TYPES", dict)().get("hidden", {}):
+            kwargs["unique_id"] = key
+        out = getattr(cls(), getattr(cls, "FUNCTION", "run"))(**kwargs)
+        done[key] = out["result"] if isinstance(out, dict) else out
+        return done[key]
+
+    for key in prompt:
+        run(key)
+    return done

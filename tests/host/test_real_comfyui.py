@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_tools import ROOT, WORKFLOWS, load, to_api
+from workflow_tools import EMBEDDED_WORKFLOWS, ROOT, WORKFLOWS, load, to_api
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
@@ -141,7 +141,7 @@ def _api(path: Path, info: dict, **widgets) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem != "live_interactive"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in EMBEDDED_WORKFLOWS if p.stem != "live_interactive"], ids=lambda p: p.stem)
 def test_example_workflow_runs_and_previews(server, path):
     events = asyncio.run(_run(server["url"], _api(path, server["info"], seconds=2.0)))
     assert events["end"][0] == "execution_success", events["end"]
