@@ -41,7 +41,6 @@ from .common import CATEGORY, MODEL
 
 __all__ = ["ComfyModelConfig", "ComfyText", "ComfyVelocity", "WanVideoCodec", "comfy_pipeline", "StreamDiTWanModel"]
 
-# Wan's usual negative prompt is left to the user; an empty one is ComfyUI's own default.
 WAN_FPS = 16  # Wan 2.1 is trained on 16 fps video
 
 
@@ -115,10 +114,6 @@ class ComfyText:
     def __init__(self, clip):
         self.clip = clip
         self._cache: dict[str, Tensor] = {}
-
-    @property
-    def name(self) -> str:
-        return type(getattr(self.clip, "cond_stage_model", self.clip)).__name__
 
     def _encode_one(self, prompt: str) -> Tensor:
         if prompt not in self._cache:

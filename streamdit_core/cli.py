@@ -132,6 +132,10 @@ def _run_train(args) -> int:
     return 0
 
 
+_MODEL_HELP = ("StreamDiT checkpoint, or embedded (the default: the distilled student, one call per chunk) "
+               "or embedded-teacher (guided, 16 steps per frame)")
+
+
 # --------------------------------------------------------------------------------------------
 # distill
 # --------------------------------------------------------------------------------------------
@@ -216,8 +220,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seconds", type=_positive(float), default=10.0, help="video length (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
-    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint, or embedded (the default: the distilled student, one call per chunk) "
-                        "or embedded-teacher (guided, 16 steps per frame)")
+    p.add_argument("--model", type=Path, default=None, help=_MODEL_HELP)
     p.add_argument("--chunk", type=_positive(int), default=2, help="latent frames per chunk c (default 2)")
     p.add_argument("--steps", type=_positive(int), default=None,
                    help="denoising steps per frame T = s*N (default: N, one per chunk, for a distilled student "
@@ -323,8 +326,7 @@ def _add_evaluate(sub) -> None:
                        description="Stream every held-out scene with each inference scheme and print adherence "
                                    "(color, shape, direction, background read from pixels) and VBench-style "
                                    "scores; then a long-stream drift check and prompt-switch checks.")
-    p.add_argument("--model", type=Path, default=None, help="StreamDiT checkpoint, or embedded (the default: the distilled student, one call per chunk) "
-                        "or embedded-teacher (guided, 16 steps per frame)")
+    p.add_argument("--model", type=Path, default=None, help=_MODEL_HELP)
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated, from {', '.join(SCHEMES)}")
     p.add_argument("--seconds", type=_positive(float), default=4.0, help="video per scene and scheme (default 4)")
     p.add_argument("--steps", type=_positive(int), default=None,

@@ -34,8 +34,8 @@ from .schedule import Partition
 from .stream import EmittedChunk, StreamState, Streamer
 from .text import TextEncoder
 
-__all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "FrameChunk", "Pipeline", "PromptSchedule", "PromptSwitch", "Session",
-           "StreamSnapshot", "SWITCH_MODES", "model_path", "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "FrameChunk", "Pipeline", "PromptSchedule",
+           "PromptSwitch", "Session", "StreamSnapshot", "SWITCH_MODES", "model_path", "resolve_device"]
 
 _EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "embedded"
 DEFAULT_MODEL = _EMBEDDED_DIR / "model.safetensors"  # the distilled student: 1 unguided call per chunk
