@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from streamdit_core.model import FrameText, TextEmbedding
+from streamdit_core.conditioning import FrameText, TextEmbedding
 from streamdit_core.pipeline import Pipeline
 from streamdit_core.schedule import SigmaWarp
 

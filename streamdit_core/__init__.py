@@ -15,7 +15,8 @@ chunk decoding), ``data`` (the synthetic world), ``train``, ``metrics``, ``evalu
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
-from .model import PRESETS, FrameText, StreamDiT, StreamDiTConfig, TextEmbedding
+from .conditioning import FrameText, TextEmbedding
+from .model import PRESETS, StreamDiT, StreamDiTConfig
 from .schedule import MixedPartitions, Partition, SigmaWarp, TrainingNoise
 from .stream import EmittedChunk, StreamError, Streamer, StreamState
 

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .model import ATTENTION_BACKENDS, Conditioning, FrameText, StreamDiT, TextEmbedding
+from .conditioning import FrameText, TextEmbedding
+from .model import ATTENTION_BACKENDS, Conditioning, StreamDiT
 
 __all__ = ["FastPath", "Accelerated", "Fp8Linear", "accelerate", "fp8_supported", "to_fp8"]
 

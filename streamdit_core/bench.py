@@ -41,7 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .accel import DTYPES, Accelerated, FastPath, accelerate, fp8_supported
 from .codec import ChunkDecoder, CodecConfig, VideoAutoencoder
 from .guidance import Guided
-from .model import PRESETS, StreamDiT, StreamDiTConfig, TextEmbedding
+from .conditioning import TextEmbedding
+from .model import PRESETS, StreamDiT, StreamDiTConfig
 from .schedule import Partition, frame_sigma_table
 
 __all__ = ["BENCH_PRESETS", "BenchPreset", "BenchReport", "DecoderResult", "Variant", "VariantResult",

@@ -13,7 +13,8 @@ import time
 import torch
 
 from .analytic import GaussianVelocity
-from .model import StreamDiT, TextEmbedding
+from .conditioning import TextEmbedding
+from .model import StreamDiT
 from .schedule import Partition, SigmaWarp
 from .stream import Streamer
 

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from .guidance import Guided
-from .model import StreamDiT, TextEmbedding
+from .conditioning import TextEmbedding
+from .model import StreamDiT
 from .schedule import Partition, SigmaWarp, add_noise, frame_sigma_table
 from .train import TrainConfig, TrainResult, _device, train
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .model import FrameText, TextEmbedding
+from .conditioning import FrameText, TextEmbedding
 
 __all__ = ["Guided"]
 

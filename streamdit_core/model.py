@@ -21,17 +21,17 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F_
 from einops import rearrange
 from torch import Tensor, nn
 
+from .conditioning import FrameText, TextEmbedding
 from .schedule import SigmaWarp
 
-__all__ = ["StreamDiT", "StreamDiTConfig", "TextEmbedding", "FrameText", "Conditioning", "PRESETS",
-           "ATTENTION_BACKENDS"]
+__all__ = ["StreamDiT", "StreamDiTConfig", "Conditioning", "PRESETS", "ATTENTION_BACKENDS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,101 +163,6 @@ PRESETS: dict[str, StreamDiTConfig] = {
         latent_size=(64, 64),
     ),
 }
-
-
-@dataclass(frozen=True)
-class TextEmbedding:
-    """Text conditioning: token states and their padding mask.
-
-    Attributes:
-        tokens: ``[B, Lt, Dt]`` (``B = 1`` broadcasts over the latent batch).
-        mask: bool ``[B, Lt]``, True for real tokens; None means every token is real.
-    """
-
-    tokens: Tensor
-    mask: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.tokens.dim() != 3:
-            raise ValueError(f"text tokens must be [B, Lt, Dt], got {list(self.tokens.shape)}")
-        if self.mask is not None and tuple(self.mask.shape) != tuple(self.tokens.shape[:2]):
-            raise ValueError(
-                f"text mask must be [B, Lt] = {list(self.tokens.shape[:2])}, got {list(self.mask.shape)}"
-            )
-
-    def to(self, device=None, dtype=None) -> "TextEmbedding":
-        mask = None if self.mask is None else self.mask.to(device=device, dtype=torch.bool)
-        return TextEmbedding(self.tokens.to(device=device, dtype=dtype), mask)
-
-    def real(self) -> Tensor:
-        """bool ``[B, Lt]``: the mask, or all True when there is none."""
-        if self.mask is not None:
-            return self.mask
-        return torch.ones(self.tokens.shape[:2], dtype=torch.bool, device=self.tokens.device)
-
-    def padded(self, length: int, batch: int | None = None) -> "TextEmbedding":
-        """The same prompts over ``length >= Lt`` tokens (padding is zero and masked),
-        broadcast to ``batch`` when given."""
-        tokens, mask = self.tokens, self.real()
-        extra = length - tokens.shape[1]
-        if extra < 0:
-            raise ValueError(f"cannot pad {tokens.shape[1]} text tokens down to {length}")
-        tokens = F_.pad(tokens * mask[..., None].to(tokens.dtype), (0, 0, 0, extra))  # [B, length, Dt]
-        mask = F_.pad(mask, (0, extra))  # [B, length]
-        if batch is not None:
-            tokens, mask = tokens.expand(batch, -1, -1), mask.expand(batch, -1)
-        return TextEmbedding(tokens, mask)
-
-    def lerp(self, other: "TextEmbedding", weight: float) -> "TextEmbedding":
-        """A prompt blend: token states ``(1 - weight) * self + weight * other`` over the union
-        of both prompts' real tokens (padding counts as zero); for gradual prompt switches."""
-        length = max(self.tokens.shape[1], other.tokens.shape[1])
-        batch = max(self.tokens.shape[0], other.tokens.shape[0])
-        a, b = self.padded(length, batch), other.padded(length, batch)
-        return TextEmbedding(torch.lerp(a.tokens, b.tokens.to(a.tokens), float(weight)), a.mask | b.mask)
-
-
-@dataclass(frozen=True)
-class FrameText:
-    """Per-frame text conditioning: each latent frame attends to its own prompt.
-
-    Streams switch prompts chunk by chunk with it: the frames that entered the buffer before a
-    switch keep the old prompt while the new one conditions only the chunks entering after it.
-
-    Attributes:
-        texts: the distinct prompts, each a :class:`TextEmbedding` ``[B or 1, Lt_i, Dt]``.
-        index: int64 ``[F]``: which of ``texts`` conditions each frame of the buffer.
-    """
-
-    texts: tuple[TextEmbedding, ...]
-    index: Tensor
-
-    def __post_init__(self) -> None:
-        if not self.texts or not all(isinstance(t, TextEmbedding) for t in self.texts):
-            raise TypeError("FrameText needs one or more TextEmbedding prompts")
-        if self.index.dim() != 1 or self.index.dtype != torch.int64:
-            raise ValueError(f"FrameText index must be int64 [F], got {self.index.dtype} {list(self.index.shape)}")
-        if self.index.numel() and not 0 <= int(self.index.min()) <= int(self.index.max()) < len(self.texts):
-            raise ValueError(f"FrameText index must lie in 0..{len(self.texts) - 1}, got {self.index.tolist()}")
-
-    @classmethod
-    def of_frames(cls, per_frame: Sequence[TextEmbedding]) -> "FrameText":
-        """From one prompt per frame; the same object given twice is stored once."""
-        texts: list[TextEmbedding] = []
-        index = []
-        for text in per_frame:
-            at = next((i for i, t in enumerate(texts) if t is text), None)
-            if at is None:
-                texts.append(text)
-                at = len(texts) - 1
-            index.append(at)
-        return cls(tuple(texts), torch.tensor(index, dtype=torch.int64))
-
-    def stacked(self, batch: int) -> tuple[Tensor, Tensor]:
-        """All prompts padded to one length: tokens ``[batch, P, Lt, Dt]``, mask ``[batch, P, Lt]``."""
-        length = max(t.tokens.shape[1] for t in self.texts)
-        padded = [t.padded(length, batch) for t in self.texts]
-        return torch.stack([t.tokens for t in padded], dim=1), torch.stack([t.mask for t in padded], dim=1)
 
 
 @dataclass(frozen=True)

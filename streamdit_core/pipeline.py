@@ -17,7 +17,6 @@ nodes drive sessions directly.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -29,7 +28,8 @@ from .accel import Accelerated, FastPath, accelerate
 from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metadata
 from .codec import ChunkDecoder, PixelCodec
 from .guidance import Guided
-from .model import StreamDiT, TextEmbedding
+from .model import StreamDiT
+from .prompts import SWITCH_MODES, PromptSchedule, PromptSwitch
 from .schedule import Partition
 from .stream import EmittedChunk, StreamState, Streamer
 from .text import TextEncoder
@@ -60,76 +60,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-_TIMED = re.compile(r"^(\d+(?:\.\d+)?)\s*s\s*:(.*)$")
-
-
-@dataclass(frozen=True)
-class PromptSchedule:
-    """Prompts over video time: ``[(seconds, prompt), ...]`` starting at 0, times increasing."""
-
-    entries: tuple[tuple[float, str], ...]
-
-    def __post_init__(self) -> None:
-        if not self.entries or self.entries[0][0] != 0:
-            raise ValueError("a prompt schedule starts with a prompt at 0 seconds")
-        times = [t for t, _ in self.entries]
-        if any(b <= a for a, b in zip(times, times[1:])):
-            raise ValueError(f"prompt switch times must increase, got {times}")
-        for t, p in self.entries:
-            if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"the prompt at {t} s is empty; give it some text")
-
-    @classmethod
-    def single(cls, prompt: str) -> "PromptSchedule":
-        return cls(((0.0, prompt),))
-
-    @classmethod
-    def parse(cls, text: str) -> "PromptSchedule":
-        """Reads one prompt per line, each ``<seconds>s: <prompt>``::
-
-            0s: a red circle moving left on a black background
-            4.5s: a blue circle moving left on a black background
-
-        Blank lines and lines starting with ``#`` are skipped; a text with no time at all is one
-        prompt for the whole video. Raises ValueError naming the bad line.
-        """
-        lines = [(n, line.strip()) for n, line in enumerate(str(text).splitlines(), 1)]
-        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
-        if not lines:
-            raise ValueError("the prompt schedule is empty; write a prompt, or lines like '0s: a calm lake'")
-        if len(lines) == 1 and not _TIMED.match(lines[0][1]):
-            return cls.single(lines[0][1])
-        entries = []
-        for n, line in lines:
-            m = _TIMED.match(line)
-            if m is None:
-                raise ValueError(f"line {n} {line[:60]!r}: write '<seconds>s: <prompt>', e.g. '4s: the lake at night'")
-            seconds, prompt = float(m.group(1)), m.group(2).strip()
-            if not prompt:
-                raise ValueError(f"line {n} {line[:60]!r}: the prompt after the time is empty")
-            if entries and seconds <= entries[-1][0]:
-                raise ValueError(f"line {n} {line[:60]!r}: {seconds:g}s is not after the previous line's "
-                                 f"{entries[-1][0]:g}s; list the prompts in time order")
-            entries.append((seconds, prompt))
-        if entries[0][0] != 0:
-            raise ValueError(f"line {lines[0][0]} {lines[0][1][:60]!r}: the first prompt must start at 0s")
-        return cls(tuple(entries))
-
-    def starting_at(self, seconds: float) -> "PromptSchedule":
-        """This schedule for a stream segment that starts at ``seconds`` of stream time: its
-        first prompt holds until then, its later times move by ``seconds``."""
-        later = tuple((t + seconds, p) for t, p in self.entries[1:])
-        return PromptSchedule(((0.0, self.entries[0][1]),) + later)
-
-    def at(self, seconds: float) -> str:
-        """The prompt in force at ``seconds`` of video."""
-        current = self.entries[0][1]
-        for t, p in self.entries:
-            if t <= seconds + 1e-9:
-                current = p
-        return current
 
 
 @dataclass(frozen=True)
@@ -272,32 +202,6 @@ class Pipeline:
                 yield chunk
 
 
-SWITCH_MODES = ("immediate", "blend", "chunk")
-
-
-@dataclass(frozen=True)
-class PromptSwitch:
-    """How a new prompt takes over a running stream.
-
-    Attributes:
-        mode: ``immediate``: every frame in the buffer sees the new prompt from the next call
-            (the paper's switch); ``blend``: the text embedding moves from the old prompt to the
-            new one over ``blend_calls`` model calls; ``chunk``: the new prompt conditions only
-            the chunks that enter the buffer after the switch, so the change in the video is
-            sharp at a chunk boundary (the model sees a prompt per frame meanwhile).
-        blend_calls: model calls a blend takes (``blend`` only).
-    """
-
-    mode: str = "immediate"
-    blend_calls: int = 4
-
-    def __post_init__(self) -> None:
-        if self.mode not in SWITCH_MODES:
-            raise ValueError(f"unknown prompt switch mode {self.mode!r}; choose one of {', '.join(SWITCH_MODES)}")
-        if isinstance(self.blend_calls, bool) or not isinstance(self.blend_calls, int) or self.blend_calls < 1:
-            raise ValueError(f"blend_calls must be an integer >= 1, got {self.blend_calls!r}")
-
-
 @dataclass(frozen=True)
 class StreamSnapshot:
     """A paused stream that a later :class:`Session` continues exactly (see :meth:`Session.snapshot`).
@@ -375,21 +279,18 @@ class Session:
         if before_call is not None:
             self.model = _Hooked(self.model, before_call)
         self.prompts = prompts
-        self._blend: tuple[TextEmbedding, TextEmbedding, int] | None = None  # (from, to, calls done)
-        text = pipe.encode(prompts)
         if snapshot is not None:
             if snapshot.state.x.shape[0] != batch:
                 raise ValueError(f"the snapshot holds {snapshot.state.x.shape[0]} streams, not batch={batch}")
             if partition != snapshot.partition:
                 raise ValueError(f"a snapshot continues with its own partition {snapshot.partition}, not {partition}")
-            self.stream = Streamer.resume(self.model, snapshot.state.clone(), text=text)
+            self.stream = Streamer.resume(self.model, snapshot.state.clone())  # its prompt state included
             tail = snapshot.decoder_tail
             self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap, tail=None if tail is None else tail.clone())
-            if snapshot.prompts != tuple(prompts):  # the old prompt fills the buffer; switch as asked
-                self.stream.set_text(pipe.encode(list(snapshot.prompts)))
-                self.prompts = list(snapshot.prompts)
-                self.set_prompt(prompts)
+            self.prompts = list(snapshot.prompts)
+            self.set_prompt(prompts)  # a new prompt switches as asked; the same one changes nothing
         else:
+            text = pipe.encode(prompts)
             partition = partition or pipe.default_partition()
             cfg = pipe.model.config
             self.stream = Streamer(self.model, partition, (cfg.in_channels, *self._latent_size(size)), text=text,
@@ -480,29 +381,10 @@ class Session:
             raise ValueError(f"need {self.batch} non-empty prompt(s), got {prompt!r}")
         if prompts == self.prompts:
             return
-        new = self.pipe.encode(prompts)
         mode = self.switch.mode
-        if mode == "blend":
-            current = self.stream.conditioning()
-            if not isinstance(current, TextEmbedding):
-                current = self.pipe.encode(self.prompts)
-            self._blend = (current, new, 0)
-        else:
-            self._blend = None
-            self.stream.set_text(new, entering_only=mode == "chunk")
+        self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
+                             blend_calls=self.switch.blend_calls if mode == "blend" else 0)
         self.prompts = prompts
-
-    def _advance_blend(self) -> None:
-        if self._blend is None:
-            return
-        old, new, done = self._blend
-        done += 1
-        if done >= self.switch.blend_calls:
-            self.stream.set_text(new)
-            self._blend = None
-        else:
-            self.stream.set_text(old.lerp(new, done / self.switch.blend_calls))
-            self._blend = (old, new, done)
 
     def follow(self, schedule: PromptSchedule | Sequence[PromptSchedule]) -> None:
         """Switches to the prompt ``schedule`` (one per stream, or one for all) says is due.
@@ -528,7 +410,6 @@ class Session:
     def step_latents(self) -> EmittedChunk | None:
         """One model call; the latents that left the buffer, if any (decode them in order with
         :meth:`decode`, possibly on another thread: see :mod:`streamdit_core.runtime`)."""
-        self._advance_blend()
         return self.stream.step()
 
     @torch.inference_mode()

@@ -11,8 +11,11 @@ The velocity protocol is ``model(x [b, C, B, H, W], sigma [b, B], text) -> v`` l
 is handed to the model untouched, and may be replaced between any two calls (prompt switch).
 A switch can also be per chunk (``set_text(text, entering_only=True)``): the new text then
 conditions only the chunks that enter after it, and each call gets a
-:class:`~streamdit_core.model.FrameText` (one prompt per buffer frame) until the frames from
-before the switch have left.
+:class:`~streamdit_core.conditioning.FrameText` (one prompt per buffer frame) until the frames from
+before the switch have left; or blended (``set_text(text, blend_calls=n)``): the embedding moves
+to the new text over ``n`` calls. The conditioning, a switch in progress included, is a
+:class:`~streamdit_core.prompts.PromptState` inside the :class:`StreamState`, so a snapshot
+continues a switch exactly.
 
 Noise is drawn on the CPU from the stream's own generator, in this order: one
 ``randn([b, C, B, H, W])`` per buffer fill (the constructor's cold fill, then any later
@@ -28,7 +31,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from .model import FrameText, TextEmbedding
+from .prompts import PromptState
 from .schedule import IDENTITY, Partition, SigmaWarp, add_noise, frame_sigma_table
 
 __all__ = ["Streamer", "StreamState", "EmittedChunk", "StreamError"]
@@ -75,6 +78,7 @@ class StreamState:
         next_index: the index the next admitted frame will get.
         source: clean latents ``[b, C, n, H, W]`` queued for video-to-video admission, or None.
         generator: the CPU generator all noise is drawn from.
+        prompt: the conditioning, a prompt switch in progress included.
     """
 
     partition: Partition
@@ -87,6 +91,7 @@ class StreamState:
     next_index: int
     source: Tensor | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
+    prompt: PromptState = field(default_factory=PromptState)
 
     def clone(self) -> "StreamState":
         """A deep copy, generator included: continuing it never touches the original."""
@@ -103,6 +108,7 @@ class StreamState:
             next_index=self.next_index,
             source=None if self.source is None else self.source.clone(),
             generator=gen,
+            prompt=self.prompt.clone(),
         )
 
     @property
@@ -112,7 +118,7 @@ class StreamState:
 
     def tensors(self) -> list[Tensor]:
         """The tensors the state holds (a stream's whole memory besides the model)."""
-        held = [self.x, self.frame_index, self.generator.get_state()]
+        held = [self.x, self.frame_index, self.generator.get_state(), *self.prompt.tensors()]
         return held + ([] if self.source is None else [self.source])
 
 
@@ -167,33 +173,31 @@ class Streamer:
             warp = getattr(config, "warp", IDENTITY)
         model_device, model_dtype = _model_device_dtype(model)
         self.model = model
-        self.text = text
         self.device = torch.device(device) if device is not None else model_device
         self.dtype = dtype or (model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32)
         self.latent_shape = tuple(int(n) for n in latent_shape)
         self.batch = batch
-        self._slots: list[Any] | None = None  # per-slot text after a per-chunk switch, else None
         empty = torch.empty(0)
         self.state = StreamState(
             partition=partition, warp=warp, scale=1.0, x=empty, step=0, calls=0,
             frame_index=empty, next_index=0, generator=torch.Generator().manual_seed(seed),
+            prompt=PromptState(text),
         )
         self.reset()
 
     # ---------------------------------------------------------------------------------- setup
 
     @classmethod
-    def resume(cls, model: VelocityModel, state: StreamState, *, text: Any = None) -> "Streamer":
-        """A streamer that continues ``state`` (which it then owns; clone it to keep a copy)."""
+    def resume(cls, model: VelocityModel, state: StreamState) -> "Streamer":
+        """A streamer that continues ``state`` (which it then owns; clone it to keep a copy),
+        its conditioning and any prompt switch in progress included."""
         C, H, W = state.x.shape[1], state.x.shape[3], state.x.shape[4]
         self = cls.__new__(cls)
         self.model = model
-        self.text = text
         self.device = state.x.device
         self.dtype = state.x.dtype
         self.latent_shape = (C, H, W)
         self.batch = state.x.shape[0]
-        self._slots = None
         self.state = state
         self._build_table()
         return self
@@ -201,6 +205,11 @@ class Streamer:
     @property
     def partition(self) -> Partition:
         return self.state.partition
+
+    @property
+    def text(self) -> Any:
+        """The prompt in force (what entering chunks get; see :meth:`set_text`)."""
+        return self.state.prompt.text
 
     def _noise(self, gen: torch.Generator, frames: int) -> Tensor:
         C, H, W = self.latent_shape
@@ -221,7 +230,7 @@ class Streamer:
         """
         st, K, B = self.state, self.partition.K, self.partition.B
         st.x, st.step, st.source, st.scale = x, 0, None, float(scale)
-        self._slots = None
+        st.prompt.refilled()
         self._build_table()
         first = K if refs_are_frames else 0
         refs = torch.arange(K) if refs_are_frames else torch.full((K,), -1)
@@ -231,33 +240,28 @@ class Streamer:
             return EmittedChunk(latents=x[:, :, :K].clone(), index=0, calls=st.calls)
         return None
 
-    def set_text(self, text: Any, entering_only: bool = False) -> None:
+    def set_text(self, text: Any, entering_only: bool = False, blend_calls: int = 0) -> None:
         """Replaces the conditioning from the next call on (a prompt switch).
 
         Args:
             text: the new conditioning.
             entering_only: a per-chunk switch: frames already in the buffer keep the text they
                 entered with, and only chunks admitted from now on get ``text`` (both must be
-                :class:`~streamdit_core.model.TextEmbedding`, and the model must accept
-                :class:`~streamdit_core.model.FrameText`).
+                :class:`~streamdit_core.conditioning.TextEmbedding`, and the model must accept
+                :class:`~streamdit_core.conditioning.FrameText`).
+            blend_calls: a blended switch: the embedding moves from the current text to ``text``
+                over this many model calls (both :class:`~streamdit_core.conditioning.TextEmbedding`);
+                0 switches at once.
         """
-        if entering_only:
-            slots = self._slots or [self.text] * self.partition.B
-            bad = [type(t).__name__ for t in (text, *slots) if not isinstance(t, TextEmbedding)]
-            if bad:
-                raise StreamError(f"a per-chunk prompt switch needs TextEmbedding conditioning, got {bad[0]}; "
-                                  "switch immediately instead. The stream is unchanged.")
-            self._slots = slots
-        else:
-            self._slots = None
-        self.text = text
+        try:
+            self.state.prompt.switch(text, self.partition.B, entering_only, blend_calls)
+        except ValueError as err:
+            raise StreamError(f"{err}. The stream is unchanged.") from None
 
     def conditioning(self) -> Any:
-        """What the next call hands the model: the text, or a FrameText while frames from
-        before a per-chunk switch are still in the buffer."""
-        if self._slots is None:
-            return self.text
-        return FrameText.of_frames(self._slots)
+        """What the next call hands the model: the text; during a blend, its next step; a
+        FrameText while frames from before a per-chunk switch are still in the buffer."""
+        return self.state.prompt.for_call()
 
     def reset(self, text: Any = None) -> None:
         """Cold start: a new noise buffer at each chunk's level, zero reference frames.
@@ -265,7 +269,7 @@ class Streamer:
         See the class note: the first ``N - 1`` chunks out were never denoised from sigma 1.
         """
         if text is not None:
-            self.text = text
+            self.set_text(text)
         x = self._noise(self.state.generator, self.partition.B)
         x[:, :, :self.partition.K] = 0
         self._restart(x, 1.0, refs_are_frames=False)
@@ -284,7 +288,7 @@ class Streamer:
             the ``K`` clean reference frames, which open the video, or None when ``K = 0``.
         """
         if text is not None:
-            self.text = text
+            self.set_text(text)
         P, st = self.partition, self.state
         steps = P.T if steps is None else steps
         if steps < P.N or steps % P.N:
@@ -299,12 +303,13 @@ class Streamer:
         start = {steps - (j + 1) * per_band: j for j in range(P.N)}
         last = steps if P.K else steps - per_band
         filled = x.clone()
+        text = st.prompt.current()  # the whole buffer: one text
         for k in range(last + 1):
             if k in start:
                 lo = P.K + start[k] * P.c
                 filled[:, :, lo:lo + P.c] = x[:, :, lo:lo + P.c]
             if k < last:
-                v = self._call(x, grid[k].expand(self.batch, P.B), self.text)  # the whole buffer: one text
+                v = self._call(x, grid[k].expand(self.batch, P.B), text)
                 x = x - (grid[k] - grid[k + 1]) * v
         filled[:, :, :P.K] = x[:, :, :P.K]
         st.generator = gen
@@ -335,7 +340,7 @@ class Streamer:
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         if text is not None:
-            self.text = text
+            self.set_text(text)
         sigma = frame_sigma_table(P, self.state.warp, strength)[0].to(device=self.device, dtype=self.dtype)  # [B]
         eps = self._noise(self.state.generator, P.B)
         x = add_noise(latents[:, :, :P.B], eps, sigma.expand(self.batch, P.B))
@@ -360,8 +365,8 @@ class Streamer:
 
     # ------------------------------------------------------------------------------ streaming
 
-    def _call(self, x: Tensor, sigma: Tensor, text: Any = None) -> Tensor:
-        v = self.model(x, sigma, self.conditioning() if text is None else text)
+    def _call(self, x: Tensor, sigma: Tensor, text: Any) -> Tensor:
+        v = self.model(x, sigma, text)
         if not isinstance(v, Tensor) or v.shape != x.shape:
             got = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
             raise StreamError(f"the velocity model returned {got} for latents {list(x.shape)}; it must return v like x")
@@ -380,11 +385,12 @@ class Streamer:
         if m == P.s - 1:
             self._check_admission()  # before the call: a stream that cannot shift stays as it is
         sigma_now, sigma_next = self._table[m], self._table[m + 1]  # [B], [B]
-        v = self._call(st.x, sigma_now.expand(self.batch, P.B))
+        v = self._call(st.x, sigma_now.expand(self.batch, P.B), self.conditioning())
         d = (sigma_now - sigma_next)[P.K:].view(1, 1, -1, 1, 1)  # [1, 1, B-K, 1, 1]
         # Euler on the chunks; reference frames are copied, not stepped.
         st.x = torch.cat([st.x[:, :, :P.K], st.x[:, :, P.K:] - d * v[:, :, P.K:]], dim=2)  # [b, C, B, H, W]
         st.step = m + 1
+        st.prompt.called()
         if st.step < P.s:
             return None
         return self._shift()
@@ -423,11 +429,7 @@ class Streamer:
         ids = torch.arange(st.next_index, st.next_index + c)
         ref_ids = torch.cat([st.frame_index[:K], st.frame_index[K:K + c]])[-K:] if K else st.frame_index[:0]
         st.frame_index = torch.cat([ref_ids, st.frame_index[K + c:], ids])
-        if self._slots is not None:  # texts move with their frames; the entering chunk gets the newest
-            slots = self._slots
-            self._slots = (slots[:K] + slots[K:K + c])[c:] + slots[K + c:] + [self.text] * c
-            if all(t is self.text for t in self._slots):
-                self._slots = None
+        st.prompt.shifted(K, c)  # texts move with their frames; the entering chunk gets the newest
         st.next_index += c
         st.step = 0
         return EmittedChunk(latents=out, index=index, calls=st.calls)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .model import TextEmbedding
+from .conditioning import TextEmbedding
 
 __all__ = ["TextEncoder", "default_text_encoder_path", "DEFAULT_TEXT_ENCODER"]
 

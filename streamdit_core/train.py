@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .model import StreamDiT, TextEmbedding
+from .conditioning import TextEmbedding
+from .model import StreamDiT
 from .schedule import MixedPartitions, add_noise, velocity_target
 
 __all__ = ["TrainConfig", "CodecTrainConfig", "FlowMatching", "Objective", "flow_matching_loss", "train",

@@ -5,7 +5,7 @@ import torch
 
 from helpers import random_text, randomized
 from streamdit_core.guidance import Guided
-from streamdit_core.model import TextEmbedding
+from streamdit_core.conditioning import TextEmbedding
 
 
 def test_scale_one_is_the_conditional_model_and_zero_the_unconditional():

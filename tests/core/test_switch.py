@@ -165,6 +165,46 @@ def test_a_snapshot_continues_the_stream_exactly():
     assert second.calls == whole.calls and snap.frames_out == 3 + P.K
 
 
+@pytest.mark.parametrize("mode", ["chunk", "blend"])
+@pytest.mark.parametrize("calls_after_switch", [1, 2])
+def test_a_snapshot_taken_during_a_prompt_switch_continues_it_exactly(mode, calls_after_switch):
+    """Per-chunk prompt slots and blend progress travel in the snapshot: a session resumed from
+    a snapshot taken part-way through a switch makes the same frames, from the same
+    conditioning, as the session that was never cut."""
+    pipe = _pipe()
+    P = Partition(K=0, N=2, c=2, s=2)
+    switch = PromptSwitch(mode, blend_calls=4)
+
+    def opened():
+        session = pipe.session("aa", P, seed=3, switch=switch)
+        session.start()
+        session.next_chunk()
+        session.set_prompt("aaaaaa")
+        for _ in range(calls_after_switch):
+            session.step()
+        return session
+
+    whole = opened()
+    mark = len(pipe.model.seen)
+    expected = [whole.next_chunk().frames for _ in range(3)]
+    expected_text = pipe.model.seen[mark:]
+
+    cut = opened()
+    second = pipe.session("aaaaaa", snapshot=cut.snapshot())
+    mark = len(pipe.model.seen)
+    got = [second.next_chunk().frames for _ in range(3)]
+    got_text = pipe.model.seen[mark:]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert [_token_values(t) for t in got_text] == [_token_values(t) for t in expected_text]
+
+
+def _token_values(text):
+    """What a call was conditioned on: the first token value per frame (or for the buffer)."""
+    if isinstance(text, FrameText):
+        return [float(text.texts[i].tokens[0, 0, 0]) for i in text.index.tolist()]
+    return float(text.tokens[0, 0, 0])
+
+
 def test_a_snapshot_resumed_with_a_new_prompt_switches_per_chunk():
     pipe = _pipe()
     P = Partition(K=0, N=2, c=2, s=1)

@@ -119,7 +119,7 @@ def test_a_sigma_per_frame_reaches_the_model_per_frame(comfy):
         assert torch.equal(flat[0, i], flat[0, 0])
     torch.testing.assert_close(ramp[0, 1], flat[0, 1])  # frame 1 has sigma 0.4 in both calls
     # per-frame prompts (a per-chunk switch): each frame takes the output of its own prompt
-    from streamdit_core.model import FrameText
+    from streamdit_core.conditioning import FrameText
 
     cat, dog = pipe.encode(["a cat"]), pipe.encode(["a dog"])
     sigma = torch.tensor([[0.1, 0.4, 0.7, 1.0]])

@@ -7,7 +7,7 @@ from torch import nn
 
 from nodes.wan import WanVideoCodec
 from streamdit_core.guidance import Guided
-from streamdit_core.model import TextEmbedding
+from streamdit_core.conditioning import TextEmbedding
 
 
 class RuleVae:

@@ -1,0 +1,223 @@
+"""Prompts over a stream's life: schedules, how a new prompt takes over, and where a switch stands.
+
+- :class:`PromptSchedule`: prompts over video time (``0s: a calm lake`` / ``4s: the lake at night``).
+- :class:`PromptSwitch`: how a new prompt takes over a running stream: ``immediate`` (the paper),
+  ``blend`` over a number of model calls, or ``chunk`` (only frames entering after the switch).
+- :class:`PromptState`: the conditioning a stream holds, a switch in progress included (the text
+  per buffer frame after a per-chunk switch, the progress of a blend). It lives inside
+  :class:`~streamdit_core.stream.StreamState`, so a snapshot taken part-way through a switch
+  continues it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from .conditioning import FrameText, TextEmbedding
+
+__all__ = ["PromptSchedule", "PromptSwitch", "PromptState", "SWITCH_MODES"]
+
+_TIMED = re.compile(r"^(\d+(?:\.\d+)?)\s*s\s*:(.*)$")
+
+
+@dataclass(frozen=True)
+class PromptSchedule:
+    """Prompts over video time: ``[(seconds, prompt), ...]`` starting at 0, times increasing."""
+
+    entries: tuple[tuple[float, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.entries or self.entries[0][0] != 0:
+            raise ValueError("a prompt schedule starts with a prompt at 0 seconds")
+        times = [t for t, _ in self.entries]
+        if any(b <= a for a, b in zip(times, times[1:])):
+            raise ValueError(f"prompt switch times must increase, got {times}")
+        for t, p in self.entries:
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"the prompt at {t} s is empty; give it some text")
+
+    @classmethod
+    def single(cls, prompt: str) -> "PromptSchedule":
+        return cls(((0.0, prompt),))
+
+    @classmethod
+    def parse(cls, text: str) -> "PromptSchedule":
+        """Reads one prompt per line, each ``<seconds>s: <prompt>``::
+
+            0s: a red circle moving left on a black background
+            4.5s: a blue circle moving left on a black background
+
+        Blank lines and lines starting with ``#`` are skipped; a text with no time at all is one
+        prompt for the whole video. Raises ValueError naming the bad line.
+        """
+        lines = [(n, line.strip()) for n, line in enumerate(str(text).splitlines(), 1)]
+        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+        if not lines:
+            raise ValueError("the prompt schedule is empty; write a prompt, or lines like '0s: a calm lake'")
+        if len(lines) == 1 and not _TIMED.match(lines[0][1]):
+            return cls.single(lines[0][1])
+        entries = []
+        for n, line in lines:
+            m = _TIMED.match(line)
+            if m is None:
+                raise ValueError(f"line {n} {line[:60]!r}: write '<seconds>s: <prompt>', e.g. '4s: the lake at night'")
+            seconds, prompt = float(m.group(1)), m.group(2).strip()
+            if not prompt:
+                raise ValueError(f"line {n} {line[:60]!r}: the prompt after the time is empty")
+            if entries and seconds <= entries[-1][0]:
+                raise ValueError(f"line {n} {line[:60]!r}: {seconds:g}s is not after the previous line's "
+                                 f"{entries[-1][0]:g}s; list the prompts in time order")
+            entries.append((seconds, prompt))
+        if entries[0][0] != 0:
+            raise ValueError(f"line {lines[0][0]} {lines[0][1][:60]!r}: the first prompt must start at 0s")
+        return cls(tuple(entries))
+
+    def starting_at(self, seconds: float) -> "PromptSchedule":
+        """This schedule for a stream segment that starts at ``seconds`` of stream time: its
+        first prompt holds until then, its later times move by ``seconds``."""
+        later = tuple((t + seconds, p) for t, p in self.entries[1:])
+        return PromptSchedule(((0.0, self.entries[0][1]),) + later)
+
+    def at(self, seconds: float) -> str:
+        """The prompt in force at ``seconds`` of video."""
+        current = self.entries[0][1]
+        for t, p in self.entries:
+            if t <= seconds + 1e-9:
+                current = p
+        return current
+
+
+SWITCH_MODES = ("immediate", "blend", "chunk")
+
+
+@dataclass(frozen=True)
+class PromptSwitch:
+    """How a new prompt takes over a running stream.
+
+    Attributes:
+        mode: ``immediate``: every frame in the buffer sees the new prompt from the next call
+            (the paper's switch); ``blend``: the text embedding moves from the old prompt to the
+            new one over ``blend_calls`` model calls; ``chunk``: the new prompt conditions only
+            the chunks that enter the buffer after the switch, so the change in the video is
+            sharp at a chunk boundary (the model sees a prompt per frame meanwhile).
+        blend_calls: model calls a blend takes (``blend`` only).
+    """
+
+    mode: str = "immediate"
+    blend_calls: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in SWITCH_MODES:
+            raise ValueError(f"unknown prompt switch mode {self.mode!r}; choose one of {', '.join(SWITCH_MODES)}")
+        if isinstance(self.blend_calls, bool) or not isinstance(self.blend_calls, int) or self.blend_calls < 1:
+            raise ValueError(f"blend_calls must be an integer >= 1, got {self.blend_calls!r}")
+
+
+@dataclass
+class PromptState:
+    """The conditioning of a running stream, a switch in progress included.
+
+    Attributes:
+        text: the prompt in force: what every chunk admitted from now on enters with, and what
+            the whole buffer sees when no switch is in progress (any conditioning the model
+            takes; None for no text).
+        slots: after a per-chunk switch, the text each buffer frame entered with (frame 0 is
+            the output end), until the frames from before the switch have left; else None.
+        blend_from: during a blend, the text it started from (``text`` is where it goes); else None.
+        blend_calls: model calls the blend in progress takes.
+        blend_done: model calls of the blend already made.
+
+    The embeddings are never changed in place, so a copy shares them.
+    """
+
+    text: Any = None
+    slots: tuple[Any, ...] | None = None
+    blend_from: TextEmbedding | None = None
+    blend_calls: int = 0
+    blend_done: int = 0
+
+    def clone(self) -> "PromptState":
+        return dataclasses.replace(self)
+
+    @property
+    def blending(self) -> bool:
+        return self.blend_from is not None
+
+    def current(self) -> Any:
+        """The whole-buffer text as of the last call: the blend's position, else :attr:`text`."""
+        if not self.blending:
+            return self.text
+        if self.blend_done == 0:
+            return self.blend_from
+        return self.blend_from.lerp(self.text, self.blend_done / self.blend_calls)
+
+    def for_call(self) -> Any:
+        """What the next model call is conditioned on: the blend one call further, a
+        :class:`~streamdit_core.conditioning.FrameText` while per-chunk slots remain, else the text."""
+        if self.blending:
+            done = self.blend_done + 1
+            return self.text if done >= self.blend_calls else self.blend_from.lerp(self.text, done / self.blend_calls)
+        if self.slots is not None:
+            return FrameText.of_frames(self.slots)
+        return self.text
+
+    def switch(self, text: Any, frames: int, entering_only: bool = False, blend_calls: int = 0) -> None:
+        """A new prompt: at once (default), for entering chunks only (``entering_only``), or
+        blended over ``blend_calls`` calls. Raises ValueError, changing nothing, when the switch
+        cannot apply to this conditioning."""
+        if entering_only and blend_calls:
+            raise ValueError("a prompt switch is per chunk or blended, not both")
+        start = self.current()
+        if entering_only:
+            slots = self.slots or (start,) * frames
+            bad = [type(t).__name__ for t in (text, *slots) if not isinstance(t, TextEmbedding)]
+            if bad:
+                raise ValueError(f"a per-chunk prompt switch needs TextEmbedding conditioning, got {bad[0]}; "
+                                 "switch immediately instead")
+            self.slots, self.blend_from = slots, None
+        elif blend_calls:
+            if not isinstance(start, TextEmbedding):
+                start = self.text  # per-frame slots: blend from the prompt in force
+            bad = [type(t).__name__ for t in (start, text) if not isinstance(t, TextEmbedding)]
+            if bad:
+                raise ValueError(f"a blended prompt switch needs TextEmbedding conditioning, got {bad[0]}; "
+                                 "switch immediately instead")
+            self.slots, self.blend_from, self.blend_calls, self.blend_done = None, start, int(blend_calls), 0
+        else:
+            self.slots, self.blend_from = None, None
+        self.text = text
+
+    def called(self) -> None:
+        """A model call was made with :meth:`for_call`: a blend moves one call on."""
+        if self.blending:
+            self.blend_done += 1
+            if self.blend_done >= self.blend_calls:
+                self.blend_from, self.blend_calls, self.blend_done = None, 0, 0
+
+    def shifted(self, K: int, c: int) -> None:
+        """The buffer shifted by ``c`` frames (``K`` reference frames): texts move with their
+        frames and the entering chunk gets :attr:`text`; slots end when all hold it."""
+        if self.slots is None:
+            return
+        slots = self.slots
+        refs = (slots[:K] + slots[K:K + c])[c:]  # the K reference slots: the last K of refs + leaving chunk
+        slots = refs + slots[K + c:] + (self.text,) * c
+        self.slots = None if all(t is self.text for t in slots) else slots
+
+    def refilled(self) -> None:
+        """A new buffer: every frame is conditioned on :attr:`text` (a blend goes on)."""
+        self.slots = None
+
+    def tensors(self) -> list[Tensor]:
+        """The token tensors held (the same embedding counted once)."""
+        held, seen = [], set()
+        for t in (self.text, self.blend_from, *(self.slots or ())):
+            if isinstance(t, TextEmbedding) and id(t) not in seen:
+                seen.add(id(t))
+                held += [t.tokens] + ([] if t.mask is None else [t.mask])
+        return held
