@@ -68,7 +68,7 @@ def make_partition(pipe: Pipeline, reference_frames: int, chunks: int, chunk_fra
     if steps_per_chunk == 0:
         steps_per_chunk = pipe.default_steps_per_chunk(chunks)
     P = Partition(K=reference_frames, N=chunks, c=chunk_frames, s=steps_per_chunk)
-    B = pipe.model.config.buffer_frames
+    B = pipe.geometry.buffer_frames
     if P.B != B:
         fits = [f"N={B // c}, c={c}" for c in range(1, B + 1) if B % c == 0]
         raise ValueError(f"reference_frames + chunks x chunk_frames = {P.K} + {P.N} x {P.c} = {P.B} latent frames, "

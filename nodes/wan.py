@@ -26,7 +26,6 @@ through :mod:`nodes.host`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -35,24 +34,14 @@ from torch import Tensor, nn
 from streamdit_core.conditioning import FrameText, TextEmbedding
 from streamdit_core.pipeline import Pipeline
 from streamdit_core.schedule import SigmaWarp
+from streamdit_core.velocity import Geometry
 
 from . import host
 from .common import CATEGORY, MODEL
 
-__all__ = ["ComfyModelConfig", "ComfyText", "ComfyVelocity", "WanVideoCodec", "comfy_pipeline", "StreamDiTWanModel"]
+__all__ = ["ComfyText", "ComfyVelocity", "WanVideoCodec", "comfy_pipeline", "StreamDiTWanModel"]
 
 WAN_FPS = 16  # Wan 2.1 is trained on 16 fps video
-
-
-@dataclass(frozen=True)
-class ComfyModelConfig:
-    """What streams read of a model's config (the fields a StreamDiTConfig has by these names)."""
-
-    buffer_frames: int  # latent frames in the moving buffer (each stands for 4 video frames)
-    in_channels: int  # latent channels (16 for Wan 2.1)
-    latent_size: tuple[int, int]  # default (h, w) of a latent frame
-    patch_size: int  # spatial patch of the DiT (2 for Wan): frame sizes are multiples of patch x VAE factor
-    warp: SigmaWarp  # the schedule's sigma warp: the model's shift
 
 
 class ComfyVelocity(nn.Module):
@@ -64,14 +53,16 @@ class ComfyVelocity(nn.Module):
     once per distinct prompt and each frame takes the output of its own prompt.
 
     Attributes:
+        geometry: the buffer it streams (the velocity contract's Geometry: buffer frames,
+            channels, latent size, patch, and the model's shift as the sigma warp).
         negative: the negative prompt's tokens, the unconditional branch of guidance.
         calls: model evaluations made (a :class:`FrameText` call counts one per prompt).
     """
 
-    def __init__(self, patcher, config: ComfyModelConfig, negative: TextEmbedding | None = None):
+    def __init__(self, patcher, geometry: Geometry, negative: TextEmbedding | None = None):
         super().__init__()
         self.patcher = patcher
-        self.config = config
+        self.geometry = geometry
         self.negative = negative
         self.calls = 0
 
@@ -220,11 +211,10 @@ def comfy_pipeline(model, clip, vae, *, width: int = 832, height: int = 480, buf
     if buffer_frames < 1:
         raise ValueError(f"buffer_frames must be at least 1, got {buffer_frames}")
     shift = float(shift) if shift > 0 else float(getattr(base.model_sampling, "shift", 1.0))
-    config = ComfyModelConfig(buffer_frames, channels, (height // space, width // space), patch,
-                              SigmaWarp.shift(shift))
+    geometry = Geometry(buffer_frames, channels, (height // space, width // space), patch, SigmaWarp.shift(shift))
     text = ComfyText(clip)
     negative = text.encode([negative_prompt]) if guidance != 1.0 else None
-    velocity = ComfyVelocity(model, config, negative)
+    velocity = ComfyVelocity(model, geometry, negative)
     return Pipeline(velocity, WanVideoCodec(vae, base.latent_format, context), text, int(fps), None, float(guidance))
 
 

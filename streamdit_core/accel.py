@@ -207,7 +207,7 @@ class Accelerated(nn.Module):
     Attributes:
         model: the wrapped model (converted in place to the path's dtype, fp8 layers, backend).
         path: the :class:`FastPath`.
-        config: the model's config (streams read the sigma warp from it).
+        config: the model's config.
     """
 
     def __init__(self, model: StreamDiT, path: FastPath):
@@ -226,6 +226,11 @@ class Accelerated(nn.Module):
         self._pool = None
         self._compiled_ok = False
         self._cond: tuple[Any, tuple, Conditioning] | None = None  # (text, key, prepared)
+
+    @property
+    def geometry(self):
+        """The wrapped model's :class:`~streamdit_core.velocity.Geometry`."""
+        return self.model.geometry
 
     def _condition(self, text: Any, batch: int, frames: int, device, dtype) -> Conditioning:
         key = (batch, frames, str(device), dtype)

@@ -44,6 +44,7 @@ from .guidance import Guided
 from .conditioning import TextEmbedding
 from .model import PRESETS, StreamDiT, StreamDiTConfig
 from .schedule import Partition, frame_sigma_table
+from .velocity import CallCounter
 
 __all__ = ["BENCH_PRESETS", "BenchPreset", "BenchReport", "DecoderResult", "Variant", "VariantResult",
            "StreamResult", "parse_variant", "default_variants", "measure_decoder", "run_bench", "format_report",
@@ -429,7 +430,8 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     from .runtime import Runtime
 
     result = StreamResult(label)
-    pipe = Pipeline(velocity.model, subject.codec, subject.text, subject.fps, accelerated=velocity)
+    counter = CallCounter(velocity)  # every network evaluation, both branches of a guided call
+    pipe = Pipeline(velocity.model, subject.codec, subject.text, subject.fps, accelerated=counter)
     tf = pipe.frames_per_latent
     result.frames_per_chunk = subject.partition.c * tf
     # The decoder-cost line: one chunk decoded on its own, after a warm-up.
@@ -447,8 +449,7 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     session.start(warm=True)
     _sync(device)
     result.warm_start_s = time.perf_counter() - t0
-    branches = getattr(session.model, "branches", None)  # a guided stream counts both branches
-    branches_before = branches if branches is None else session.model.branches
+    before = counter.samples
     runtime = Runtime(session, threaded=threaded)
     result.threaded = runtime.threaded
     made = 0
@@ -459,7 +460,7 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     result.wall_s = runtime.stats.wall
     result.frames = runtime.stats.frames
     result.calls = runtime.stats.calls
-    result.branches = result.calls if branches_before is None else session.model.branches - branches_before
+    result.branches = counter.samples - before
     result.call_ms = runtime.stats.median_call_ms
     result.decode_ms = runtime.stats.median_decode_ms
     if device.type == "cuda":

@@ -3,7 +3,7 @@
 Layouts: video ``[b, 3, T, H, W]`` float in 0..1; latents ``[b, C, F, h, w]`` with
 ``F = T / time_factor`` and ``h = H / space_factor``.
 
-Two codecs share one interface (:class:`Codec`):
+Two codecs share one interface (:class:`~streamdit_core.velocity.Codec`):
 
 - :class:`PixelCodec`: latents are the pixels mapped to -1..1 (no compression). For tests and
   for models trained directly on pixels.
@@ -23,27 +23,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["Codec", "ChunkDecoder", "CodecConfig", "PixelCodec", "VideoAutoencoder", "seam_ratio"]
+from .velocity import Codec
 
-
-class Codec(Protocol):
-    """What a stream needs from a codec."""
-
-    latent_channels: int
-    time_factor: int
-    space_factor: int
-    context: int  # latent frames of left context the decoder needs
-
-    def encode(self, video: Tensor) -> Tensor: ...
-
-    def decode(self, latents: Tensor) -> Tensor: ...
+__all__ = ["ChunkDecoder", "CodecConfig", "PixelCodec", "VideoAutoencoder", "seam_ratio"]
 
 
 def _check_video(video: Tensor, time_factor: int, space_factor: int) -> None:
@@ -71,6 +60,10 @@ class PixelCodec(nn.Module):
 
     def decode(self, latents: Tensor) -> Tensor:
         return ((latents + 1) / 2).clamp(0, 1)
+
+    def decode_with_context(self, context: Tensor, latents: Tensor) -> Tensor:
+        """Frames are decoded one by one, so the context changes nothing."""
+        return self.decode(latents)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .guidance import Guided
 from .conditioning import TextEmbedding
 from .model import StreamDiT
-from .schedule import Partition, SigmaWarp, add_noise, frame_sigma_table
+from .schedule import Partition, SigmaWarp, add_noise, euler_step, frame_sigma_table
 from .train import TrainConfig, TrainResult, _device, train
 
 __all__ = ["DistillConfig", "SegmentDistillation", "distill", "teacher_target"]
@@ -82,7 +82,7 @@ def teacher_target(teacher: Callable, x: Tensor, table: Tensor, text) -> Tensor:
     with torch.no_grad():
         for m in range(table.shape[0] - 1):
             v = teacher(y, table[m].expand(b, -1), text)
-            y = y - (table[m] - table[m + 1]).view(1, 1, -1, 1, 1).to(y) * v.to(y)
+            y = euler_step(y, v.to(y), table[m].expand(b, -1).to(y), table[m + 1].expand(b, -1).to(y))
     return y
 
 
@@ -139,8 +139,8 @@ def distill(teacher: StreamDiT, data, encode_text: Callable[[list[str]], TextEmb
     device = _device()
     teacher = teacher.to(device)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
-    objective = SegmentDistillation(teacher, config.guidance, teacher.config.buffer_frames, config.chunk_sizes,
-                                    config.teacher_steps, teacher.config.warp, config.reference_frames)
+    objective = SegmentDistillation(teacher, config.guidance, teacher.geometry.buffer_frames, config.chunk_sizes,
+                                    config.teacher_steps, teacher.geometry.warp, config.reference_frames)
     P = objective.partitions[0]
     record = {
         "distilled": json.dumps(asdict(config)),

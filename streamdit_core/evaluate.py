@@ -21,6 +21,7 @@ from .data.world import FPS, Scene, World, held_out_scenes
 from .metrics import VideoScores, _heading, _majority, _steps, detect, score_video, summarize
 from .pipeline import Pipeline, PromptSchedule
 from .schedule import Partition
+from .velocity import CallCounter
 
 __all__ = ["SCHEMES", "scheme_partition", "compare_schemes", "drift", "prompt_switch", "seams", "SchemeResult"]
 
@@ -80,7 +81,7 @@ def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | No
     None: the model's :meth:`~streamdit_core.pipeline.Pipeline.default_steps` for each scheme's N)."""
     scenes = scenes if scenes is not None else held_out_scenes()
     frames = int(seconds * pipe.fps)
-    B = pipe.model.config.buffer_frames
+    B = pipe.geometry.buffer_frames
     results = []
     for name in tqdm(schemes, desc="schemes", disable=not progress):
         if steps is None:  # T = B fits every scheme's N; only N is read from it
@@ -101,29 +102,13 @@ def _count_calls(pipe: Pipeline, P: Partition, frames: int, seed: int, guidance:
     """Model calls per video frame over a stream of ``frames`` frames, warm start included (a
     guided call counts as two: it evaluates both branches, batched)."""
     got = 0
-    counter = _Counting(pipe.model)
+    counter = CallCounter(pipe.model)
     counting = Pipeline(counter, pipe.codec, pipe.text, pipe.fps, pipe.path)
     for chunk in counting.frames("a stream whose calls are counted", P, seed=seed, guidance=guidance):
         got += chunk.frames.shape[0]
         if got >= frames:
             break
-    return counter.branches / got
-
-
-class _Counting(torch.nn.Module):
-    """Wraps a model and counts its calls (the stream's own count excludes the warm start)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-        self.config = model.config
-        self.calls = 0
-        self.branches = 0
-
-    def forward(self, x, sigma, text):
-        self.calls += 1
-        self.branches += x.shape[0]  # batch 1 per branch here
-        return self.inner(x, sigma, text)
+    return counter.samples / got  # batch 1: one sample per branch
 
 
 @dataclass

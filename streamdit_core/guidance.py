@@ -11,32 +11,24 @@ itself.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .conditioning import FrameText, TextEmbedding
+from .velocity import ModelWrapper
 
 __all__ = ["Guided"]
 
 
-class Guided(nn.Module):
-    """``model`` with classifier-free guidance of strength ``scale``.
+class Guided(ModelWrapper):
+    """``model`` with classifier-free guidance of strength ``scale`` (count what it evaluates
+    with a :class:`~streamdit_core.velocity.CallCounter` around ``model``)."""
 
-    Attributes:
-        calls: model calls made (one per guided call; each evaluates two branches).
-        branches: branch evaluations made (two per guided call).
-    """
-
-    def __init__(self, model: nn.Module, scale: float):
-        super().__init__()
+    def __init__(self, model, scale: float):
+        super().__init__(model)
         if scale < 0:
             raise ValueError(f"guidance scale must be at least 0, got {scale}")
-        self.model = model
         self.scale = float(scale)
-        self.config = getattr(model, "config", None)
-        self.calls = 0
-        self.branches = 0
         self._both: tuple = (None, 0, None)  # (text, b, doubled text): a prompt is doubled once
-
 
     def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | FrameText) -> Tensor:
         """x ``[b, C, F, H, W]``, sigma ``[b, F]``, text with tokens ``[b or 1, L, D]`` (or a
@@ -45,15 +37,13 @@ class Guided(nn.Module):
         if self._both[0] is text and self._both[1] == b:
             both = self._both[2]
         else:
-            negative = getattr(self.model, "negative", None)
+            negative = self.negative
             if isinstance(text, FrameText):
                 both = FrameText(tuple(_with_unconditional(t, b, negative) for t in text.texts), text.index)
             else:
                 both = _with_unconditional(text, b, negative)
             self._both = (text, b, both)  # holds ``text``, so its identity stays valid
-        v = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), both)  # [2b, C, F, H, W]
-        self.calls += 1
-        self.branches += 2
+        v = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), both)  # [2b, C, F, H, W]
         cond, uncond = v[:b], v[b:]
         return uncond + self.scale * (cond - uncond)
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .conditioning import FrameText, TextEmbedding
 from .schedule import SigmaWarp
+from .velocity import Geometry
 
 __all__ = ["StreamDiT", "StreamDiTConfig", "Conditioning", "PRESETS", "ATTENTION_BACKENDS"]
 
@@ -99,6 +100,11 @@ class StreamDiTConfig:
     @property
     def warp(self) -> SigmaWarp:
         return SigmaWarp.parse(self.sigma_warp)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The buffer this model is built for (the velocity contract's :class:`Geometry`)."""
+        return Geometry(self.buffer_frames, self.in_channels, self.latent_size, self.patch_size, self.warp)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -557,6 +563,12 @@ class StreamDiT(nn.Module):
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
         self._pos: dict[tuple, Tensor] = {}
         self.initialize_weights()
+
+    @property
+    def geometry(self) -> Geometry:
+        """The velocity contract's :class:`~streamdit_core.velocity.Geometry`: buffer frames,
+        channels, latent size, patch and sigma warp, from the config."""
+        return self.config.geometry
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "StreamDiT":

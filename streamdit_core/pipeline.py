@@ -33,6 +33,7 @@ from .prompts import SWITCH_MODES, PromptSchedule, PromptSwitch
 from .schedule import Partition
 from .stream import EmittedChunk, StreamState, Streamer
 from .text import TextEncoder
+from .velocity import ModelWrapper, placement
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "FrameChunk", "Pipeline", "PromptSchedule",
            "PromptSwitch", "Session", "StreamSnapshot", "SWITCH_MODES", "model_path", "resolve_device"]
@@ -130,10 +131,13 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        """Where streams run: the model's own ``device`` when it names one (a host's model
-        adapter), else its parameters' device."""
-        device = getattr(self.model, "device", None)
-        return device if isinstance(device, torch.device) else next(self.model.parameters()).device
+        """Where streams run (:func:`~streamdit_core.velocity.placement` of the model)."""
+        return placement(self.model)[0]
+
+    @property
+    def geometry(self):
+        """The model's :class:`~streamdit_core.velocity.Geometry` (buffer, channels, sizes, warp)."""
+        return self.model.geometry
 
     @property
     def frames_per_latent(self) -> int:
@@ -152,7 +156,7 @@ class Pipeline:
     def default_partition(self, chunk: int = 2, steps: int | None = None) -> Partition:
         """StreamDiT partition of this model's buffer: ``c = chunk``, ``T = steps`` (K = 0;
         default: :meth:`default_steps_per_chunk` micro steps per chunk)."""
-        B = self.model.config.buffer_frames
+        B = self.geometry.buffer_frames
         if steps is None:
             return Partition.streamdit(B, chunk, s=self.default_steps_per_chunk(max(1, B // chunk)))
         return Partition.streamdit(B, chunk, T=steps)
@@ -292,10 +296,9 @@ class Session:
         else:
             text = pipe.encode(prompts)
             partition = partition or pipe.default_partition()
-            cfg = pipe.model.config
-            self.stream = Streamer(self.model, partition, (cfg.in_channels, *self._latent_size(size)), text=text,
-                                   batch=batch, seed=seed, device=pipe.device,
-                                   dtype=_buffer_dtype(pipe.model))
+            device, dtype = placement(pipe.model)
+            self.stream = Streamer(self.model, partition, (pipe.geometry.in_channels, *self._latent_size(size)),
+                                   text=text, batch=batch, seed=seed, device=device, dtype=dtype)
             self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap)
 
     # ------------------------------------------------------------------------------- clocks
@@ -361,7 +364,7 @@ class Session:
         return self.stream.latent_shape[1] * f, self.stream.latent_shape[2] * f
 
     def _latent_size(self, size: tuple[int, int] | None) -> tuple[int, int]:
-        cfg = self.pipe.model.config
+        cfg = self.pipe.geometry
         if size is None:
             return tuple(cfg.latent_size)
         step = getattr(self.pipe.codec, "space_factor", 1) * cfg.patch_size
@@ -449,20 +452,13 @@ def to_host(t: Tensor) -> Tensor:
     return host
 
 
-def _buffer_dtype(model: StreamDiT) -> torch.dtype:
-    """The stream buffer's dtype: the model's, but never below float32 (Euler steps accumulate)."""
-    param = next(model.parameters(), None)  # a host's model adapter may hold none
-    dtype = torch.float32 if param is None else param.dtype
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-class _Hooked:
+class _Hooked(ModelWrapper):
     """A velocity model that runs ``hook()`` before each call."""
 
     def __init__(self, model, hook: Callable[[], None]):
-        self.model, self.hook = model, hook
-        self.config = getattr(model, "config", None)
+        super().__init__(model)
+        self.hook = hook
 
-    def __call__(self, x: Tensor, sigma: Tensor, text: Any) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor, text: Any) -> Tensor:
         self.hook()
-        return self.model(x, sigma, text)
+        return self.inner(x, sigma, text)

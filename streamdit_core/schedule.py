@@ -270,6 +270,20 @@ def _uniform(shape, generator: torch.Generator | None) -> Tensor:
     return torch.rand(shape, generator=generator, dtype=torch.float64)
 
 
+def _chunk_levels(index: Tensor, chunks: Tensor, generator: torch.Generator | None) -> Tensor:
+    """The paper's Eq. 8 on the uniform grid: a frame of chunk ``j`` (of ``n``) gets
+    ``u ~ U[j/n, (j+1)/n]``, one draw shared by the chunk's frames.
+
+    Args:
+        index: int64 ``[batch, frames]``, the chunk of every streamed frame.
+        chunks: ``[batch, 1]``, each sample's chunk count ``n``.
+    Returns:
+        float64 ``[batch, frames]``, before the warp.
+    """
+    r = _uniform(index.shape, generator).gather(1, index)  # [batch, frames], shared per chunk
+    return (index.double() + r) / chunks.double()
+
+
 def sample_chunk_sigma(
     partition: Partition,
     batch: int,
@@ -284,9 +298,9 @@ def sample_chunk_sigma(
     Returns:
         float32 ``[batch, B]``.
     """
-    u = (torch.arange(partition.N, dtype=torch.float64) + _uniform((batch, partition.N), generator))
-    u = u / partition.N  # [batch, N]
-    sigma = warp(u).repeat_interleave(partition.c, dim=1)  # [batch, N*c]
+    frames = partition.N * partition.c
+    index = (torch.arange(frames) // partition.c).expand(batch, frames)  # [batch, N*c]
+    sigma = warp(_chunk_levels(index, torch.full((batch, 1), partition.N), generator))  # [batch, N*c]
     refs = sigma.new_zeros(batch, partition.K)  # [batch, K]
     return torch.cat([refs, sigma], dim=1).float()  # [batch, B]
 
@@ -368,9 +382,7 @@ class MixedPartitions:
         # Per-sample chunk index of every streamed frame and the sample's chunk count.
         f = torch.arange(frames)  # [frames]
         index = f[None, :] // chunk[:, None]  # [batch, frames]
-        n = (frames // chunk)[:, None].double()  # [batch, 1]
-        r = _uniform((batch, frames), generator).gather(1, index)  # [batch, frames], shared per chunk
-        u = (index.double() + r) / n  # [batch, frames]
+        u = _chunk_levels(index, (frames // chunk)[:, None], generator)  # [batch, frames]
         sigma = torch.cat([u.new_zeros(batch, self.K), warp(u)], dim=1)  # [batch, B]
         # The uniform scheme: one level for all B frames, references included.
         flat = warp(_uniform((batch, 1), generator)).expand(batch, self.B)  # [batch, B]

@@ -32,11 +32,12 @@ import torch
 from torch import Tensor
 
 from .prompts import PromptState
-from .schedule import IDENTITY, Partition, SigmaWarp, add_noise, frame_sigma_table
+from .schedule import IDENTITY, Partition, SigmaWarp, add_noise, euler_step, frame_sigma_table
+from .velocity import geometry_of, placement
 
 __all__ = ["Streamer", "StreamState", "EmittedChunk", "StreamError"]
 
-VelocityModel = Callable[[Tensor, Tensor, Any], Tensor]
+VelocityFn = Callable[[Tensor, Tensor, Any], Tensor]  # model(x, sigma, text) -> v (see velocity.py)
 
 
 class StreamError(RuntimeError):
@@ -122,14 +123,6 @@ class StreamState:
         return held + ([] if self.source is None else [self.source])
 
 
-def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device, (p.dtype if p.dtype.is_floating_point else torch.float32)
-    return torch.device("cpu"), torch.float32
-
-
 class Streamer:
     """StreamDiT inference over a velocity model.
 
@@ -139,10 +132,11 @@ class Streamer:
         latent_shape: ``(C, H, W)`` of one latent frame.
         text: conditioning handed to the model (replace it with :meth:`set_text`).
         batch: streams sampled side by side.
-        warp: the sigma warp; default: the model's ``config.warp`` if it has one, else identity.
+        warp: the sigma warp; default: the model's geometry's, else identity.
         seed: seeds the stream's CPU generator.
-        device, dtype: of the buffer; default: the model's parameters', else CPU float32. A
-            low-precision model still gets a float32 buffer unless dtype says otherwise.
+        device, dtype: of the buffer; default: :func:`~streamdit_core.velocity.placement` (the
+            model's device, CPU float32 for a bare field; a low-precision model still gets a
+            float32 buffer unless dtype says otherwise).
 
     The buffer starts as pure noise at each chunk's level (a cold start: frames that begin in a
     lower band were never denoised from sigma 1, so the first ``N - 1`` chunks out are rough).
@@ -151,7 +145,7 @@ class Streamer:
 
     def __init__(
         self,
-        model: VelocityModel,
+        model: VelocityFn,
         partition: Partition,
         latent_shape: tuple[int, int, int],
         *,
@@ -169,12 +163,10 @@ class Streamer:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if warp is None:
-            config = getattr(model, "config", None)
-            warp = getattr(config, "warp", IDENTITY)
-        model_device, model_dtype = _model_device_dtype(model)
+            geometry = geometry_of(model)
+            warp = IDENTITY if geometry is None else geometry.warp
         self.model = model
-        self.device = torch.device(device) if device is not None else model_device
-        self.dtype = dtype or (model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32)
+        self.device, self.dtype = placement(model, device, dtype)
         self.latent_shape = tuple(int(n) for n in latent_shape)
         self.batch = batch
         empty = torch.empty(0)
@@ -188,7 +180,7 @@ class Streamer:
     # ---------------------------------------------------------------------------------- setup
 
     @classmethod
-    def resume(cls, model: VelocityModel, state: StreamState) -> "Streamer":
+    def resume(cls, model: VelocityFn, state: StreamState) -> "Streamer":
         """A streamer that continues ``state`` (which it then owns; clone it to keep a copy),
         its conditioning and any prompt switch in progress included."""
         C, H, W = state.x.shape[1], state.x.shape[3], state.x.shape[4]
@@ -310,7 +302,7 @@ class Streamer:
                 filled[:, :, lo:lo + P.c] = x[:, :, lo:lo + P.c]
             if k < last:
                 v = self._call(x, grid[k].expand(self.batch, P.B), text)
-                x = x - (grid[k] - grid[k + 1]) * v
+                x = euler_step(x, v, grid[k], grid[k + 1])
         filled[:, :, :P.K] = x[:, :, :P.K]
         st.generator = gen
         return self._restart(filled, 1.0, refs_are_frames=True)
@@ -386,9 +378,10 @@ class Streamer:
             self._check_admission()  # before the call: a stream that cannot shift stays as it is
         sigma_now, sigma_next = self._table[m], self._table[m + 1]  # [B], [B]
         v = self._call(st.x, sigma_now.expand(self.batch, P.B), self.conditioning())
-        d = (sigma_now - sigma_next)[P.K:].view(1, 1, -1, 1, 1)  # [1, 1, B-K, 1, 1]
         # Euler on the chunks; reference frames are copied, not stepped.
-        st.x = torch.cat([st.x[:, :, :P.K], st.x[:, :, P.K:] - d * v[:, :, P.K:]], dim=2)  # [b, C, B, H, W]
+        now, after = (t[P.K:].expand(self.batch, -1) for t in (sigma_now, sigma_next))  # [b, B-K] each
+        stepped = euler_step(st.x[:, :, P.K:], v[:, :, P.K:], now, after)  # [b, C, B-K, H, W]
+        st.x = torch.cat([st.x[:, :, :P.K], stepped], dim=2)  # [b, C, B, H, W]
         st.step = m + 1
         st.prompt.called()
         if st.step < P.s:

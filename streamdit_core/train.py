@@ -184,10 +184,10 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
     rank, world = _distributed()
     device = _device()
     cfg = config
-    B = model.config.buffer_frames
+    B = model.geometry.buffer_frames
     if objective is None:
         mix = MixedPartitions(B=B, chunk_sizes=cfg.chunk_sizes, uniform_ratio=cfg.uniform_ratio, K=cfg.reference_frames)
-        objective = FlowMatching(mix, model.config.warp, cfg.subject_weight)
+        objective = FlowMatching(mix, model.geometry.warp, cfg.subject_weight)
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))

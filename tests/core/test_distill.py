@@ -11,6 +11,7 @@ from streamdit_core import Partition, StreamDiTConfig, Streamer, load_checkpoint
 from streamdit_core.checkpoint import read_metadata
 from streamdit_core.distill import DistillConfig, SegmentDistillation, distill, teacher_target
 from streamdit_core.guidance import Guided
+from streamdit_core.velocity import CallCounter
 from streamdit_core.schedule import add_noise, frame_sigma_table
 
 MICRO = StreamDiTConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2, text_dim=8, window=(2, 4, 4),
@@ -49,18 +50,19 @@ def test_a_few_steps_bring_the_student_closer_to_the_teachers_multistep_result(t
 def test_calls_per_emitted_chunk_are_counted_one_for_the_student_2s_for_the_guided_teacher():
     teacher = randomized(MICRO, scale=0.3)
     text = encode_patterns(["one"])
-    guided = Guided(teacher, 3.0)
+    counted = CallCounter(teacher)
+    guided = Guided(counted, 3.0)
     slow = Streamer(guided, Partition.streamdit(4, 1, T=8), (4, 4, 4), text=text)
     fast = Streamer(teacher, Partition.streamdit(4, 1, s=1), (4, 4, 4), text=text)
     for stream in (slow, fast):
         stream.next_chunk()  # finish the first cycle
-    calls0, branches0 = slow.state.calls, guided.branches
+    calls0, branches0 = slow.state.calls, counted.samples
     fast0 = fast.state.calls
     for _ in range(5):
         slow.next_chunk()
         fast.next_chunk()
     assert (slow.state.calls - calls0) / 5 == 2  # s = 2 calls per chunk
-    assert (guided.branches - branches0) / 5 == 4  # each a batched call of two branches
+    assert (counted.samples - branches0) / 5 == 4  # each a batched call of two branches
     assert (fast.state.calls - fast0) / 5 == 1
 
 

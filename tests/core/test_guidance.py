@@ -5,6 +5,7 @@ import torch
 
 from helpers import random_text, randomized
 from streamdit_core.guidance import Guided
+from streamdit_core.velocity import CallCounter
 from streamdit_core.conditioning import TextEmbedding
 
 
@@ -26,10 +27,12 @@ def test_each_guided_step_is_one_batched_model_call():
     model = randomized()
     seen = []
     model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
-    g = Guided(model, 2.0)
+    counted = CallCounter(model)
+    g = Guided(counted, 2.0)
     with torch.no_grad():
         g(torch.randn(3, 4, 16, 8, 8), torch.rand(3, 16), random_text(batch=1))
-    assert seen == [6] and (g.calls, g.branches) == (1, 2)
+    assert seen == [6] and (counted.calls, counted.samples) == (1, 6)  # 3 streams, two branches each
+    assert g.geometry == model.geometry and g.config is model.config  # the wrapper forwards the contract
 
 
 def test_negative_scale_is_refused():

@@ -5,13 +5,14 @@ import torch
 
 from helpers import PIXEL_CONFIG, Words, randomized
 from streamdit_core.codec import PixelCodec
+from streamdit_core.velocity import ModelWrapper
 from streamdit_core.pipeline import Pipeline, PromptSchedule
 
 
-class Recorder(torch.nn.Module):
+class Recorder(ModelWrapper):
     def __init__(self, model):
-        super().__init__()
-        self.inner, self.config, self.texts = model, model.config, []
+        super().__init__(model)
+        self.texts = []
 
     def forward(self, x, sigma, text):
         self.texts.append(float(text.tokens[0, 0, 0]))

@@ -10,6 +10,7 @@ from helpers import PIXEL_CONFIG, Words, random_text, randomized
 from streamdit_core import FrameText, Partition, StreamDiTConfig, StreamError, Streamer
 from streamdit_core.codec import PixelCodec
 from streamdit_core.guidance import Guided
+from streamdit_core.velocity import ModelWrapper
 from streamdit_core.pipeline import Pipeline, PromptSwitch
 
 SHAPE = (4, 8, 8)
@@ -122,10 +123,10 @@ def test_immediate_switch_drops_a_pending_per_chunk_switch(tiny_model):
 # Sessions on a pipeline
 
 
-class TextLog(torch.nn.Module):
+class TextLog(ModelWrapper):
     def __init__(self, model):
-        super().__init__()
-        self.inner, self.config, self.seen = model, model.config, []
+        super().__init__(model)
+        self.seen = []
 
     def forward(self, x, sigma, text):
         self.seen.append(text)

@@ -94,7 +94,7 @@ def test_the_adapter_equals_the_models_own_prediction_at_a_uniform_sigma(comfy):
         denoised = comfy.model.model.apply_model(x, torch.full((2,), s), c_crossattn=text.tokens.expand(2, -1, -1))
         assert v.shape == x.shape and v.dtype == torch.float32
         torch.testing.assert_close(x - s * v, denoised, rtol=1e-5, atol=1e-5)
-    assert pipe.model.config.warp.value == comfy.model.model.model_sampling.shift == 8.0  # Wan's shift
+    assert pipe.model.geometry.warp.value == comfy.model.model.model_sampling.shift == 8.0  # Wan's shift
 
 
 def test_a_sigma_per_frame_reaches_the_model_per_frame(comfy):
@@ -140,7 +140,7 @@ def test_the_uniform_partition_reproduces_comfyuis_euler_sampling(comfy, guidanc
     while ours is None:
         ours = stream.step()
     assert stream.state.calls == 6
-    sigmas = frame_sigma_table(P, pipe.model.config.warp)[:, 0].contiguous()  # [7]: 1 ... 0
+    sigmas = frame_sigma_table(P, pipe.geometry.warp)[:, 0].contiguous()  # [7]: 1 ... 0
     assert sigmas[0] == 1 and sigmas[-1] == 0
     cond = [[comfy.clip.encode_from_tokens_scheduled(prompt)[0][0], {}]]
     uncond = [[comfy.clip.encode_from_tokens_scheduled(NEGATIVE)[0][0], {}]]

@@ -13,6 +13,7 @@ from nodes.models import EMBEDDED, EMBEDDED_TEACHER
 from streamdit_core import Partition
 from streamdit_core.metrics import detect
 from streamdit_core.pipeline import PromptSchedule
+from streamdit_core.velocity import ModelWrapper
 from streamdit_core.video import read_video
 
 RED = "a red circle moving right on a black background"
@@ -96,12 +97,12 @@ def test_video_to_video_is_aligned_one_to_one_at_the_input_size(model):
     assert float(own.max()) < 0.03 and bool((own[:-1] < next_).all())
 
 
-class _InterruptAfter(torch.nn.Module):
+class _InterruptAfter(ModelWrapper):
     """Wraps the model: asks the host to interrupt at a given call."""
 
     def __init__(self, model, calls):
-        super().__init__()
-        self.inner, self.config, self.left = model, model.config, calls
+        super().__init__(model)
+        self.left = calls
 
     def forward(self, *args):
         self.left -= 1
