@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from streamdit_core import Partition
-from streamdit_core.pipeline import SWITCH_MODES, FrameChunk, Pipeline, PromptSchedule, PromptSwitch, Session
-from streamdit_core.runtime import Runtime
+from streamdit_core import (SWITCH_MODES, FrameChunk, Partition, Pipeline, PromptSchedule, PromptSwitch, Runtime,
+                            Session)
 
 from . import host
 from .routes import LiveSession
@@ -159,14 +157,6 @@ def run_stream(session: Session, schedule: PromptSchedule, run: NodeRun, total: 
     """
     live = run.live
     runtime = Runtime(session, schedule, prompt_source=None if live is None else live.take_prompt)
-    head = [] if opening is None else [opening]
-    rest = runtime.run(frames=total - sum(c.frames.shape[0] for c in head),
-                       should_stop=None if live is None else (lambda: live.stopping))
-    made = 0
-    for chunk in itertools.chain(head, rest):
-        frames = chunk.frames[: total - made]
-        made += frames.shape[0]
-        run.emitted(frames, session.calls, session.prompts[0])
-        yield frames
-        if made >= total:
-            return
+    for chunk in runtime.video(total, opening, should_stop=None if live is None else (lambda: live.stopping)):
+        run.emitted(chunk.frames, session.calls, session.prompts[0])
+        yield chunk.frames

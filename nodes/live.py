@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from streamdit_core.pipeline import Pipeline, PromptSchedule
-from streamdit_core.video import open_writer
+from streamdit_core import Pipeline, PromptSchedule, open_writer
 
 from . import host
 from .common import (CATEGORY, MODEL_INPUT, PROMPTS, NodeRun, make_partition, new_session, partition_inputs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamdit_core.pipeline import DEFAULT_MODEL, EMBEDDED_MODELS, Pipeline, PromptSchedule
+from streamdit_core import DEFAULT_MODEL, EMBEDDED_MODELS, Pipeline, PromptSchedule
 
 from . import host
 from .common import CATEGORY, MODEL, PROMPTS

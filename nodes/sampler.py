@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from streamdit_core.pipeline import FrameChunk, Pipeline, PromptSchedule, Session, StreamSnapshot
+from streamdit_core import FrameChunk, Pipeline, PromptSchedule, Session, StreamSnapshot
 
 from .common import (CATEGORY, MODEL, MODEL_INPUT, PROMPTS, STREAM, NodeRun, from_image, make_partition,
                      new_session, partition_inputs, run_stream, stream_inputs, to_image)
@@ -159,7 +159,7 @@ class StreamDiTChunkDenoise:
         total = chunks * snap.partition.c * tf + (0 if opening is None else opening.shape[0])
         run = NodeRun(unique_id, total, model.fps)
         start = snap.frames_out * tf / model.fps  # this segment's first frame, in stream time
-        session = Session(model, prompts.at(0), snapshot=snap, before_call=run.before_call)
+        session = Session.resume(model, snap, prompts.at(0), before_call=run.before_call)
         first = None if opening is None else FrameChunk(opening, 0, 0)
         frames = _collect(session, prompts.starting_at(start), run, total, first)
         return to_image(frames), float(model.fps), StreamHandle(session.snapshot())

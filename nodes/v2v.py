@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from streamdit_core.pipeline import Pipeline, PromptSchedule
+from streamdit_core import Pipeline, PromptSchedule
 
 from .common import (CATEGORY, MODEL_INPUT, PROMPTS, NodeRun, from_image, make_partition, new_session,
                      partition_inputs, run_stream, stream_inputs, to_image)

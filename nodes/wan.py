@@ -31,10 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from streamdit_core.conditioning import FrameText, TextEmbedding
-from streamdit_core.pipeline import Pipeline
-from streamdit_core.schedule import SigmaWarp
-from streamdit_core.velocity import Geometry
+from streamdit_core import FrameText, Geometry, Pipeline, SigmaWarp, TextEmbedding
 
 from . import host
 from .common import CATEGORY, MODEL

@@ -426,8 +426,9 @@ def measure_variant(subject: Subject, variant: Variant, device: torch.device, ca
 def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: torch.device, frames: int,
                    threaded: bool | None) -> StreamResult:
     """A fresh stream through the runtime: warm start, ``frames`` video frames, decoded."""
-    from .pipeline import Pipeline, Session
+    from .pipeline import Pipeline
     from .runtime import Runtime
+    from .session import Session
 
     result = StreamResult(label)
     counter = CallCounter(velocity)  # every network evaluation, both branches of a guided call
@@ -453,7 +454,7 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     runtime = Runtime(session, threaded=threaded)
     result.threaded = runtime.threaded
     made = 0
-    for out in runtime.run(frames=frames):
+    for out in runtime.video(frames):
         if made == 0:
             result.first_frame_s = time.perf_counter() - t0
         made += out.frames.shape[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 from fractions import Fraction
 import sys
 import time
@@ -250,9 +249,7 @@ def _fast_path(choice: str, device: str):
 def _run_generate(args) -> int:
     from tqdm.auto import tqdm
 
-    from .pipeline import Pipeline, PromptSchedule, PromptSwitch
-    from .runtime import Runtime
-    from .video import open_writer
+    from . import Pipeline, PromptSchedule, PromptSwitch, Runtime, open_writer
 
     entries = [(0.0, args.prompt)]
     for seconds, prompt in args.switch:
@@ -289,16 +286,12 @@ def _run_generate(args) -> int:
     runtime = Runtime(session, schedule)  # denoising and decoding on their own threads
     with writer, tqdm(total=total, desc="generating", unit="frame") as bar:
         opening = session.start(not args.cold_start)
-        head = [] if opening is None else [opening]
-        for chunk in itertools.chain(head, runtime.run(frames=total - sum(c.frames.shape[0] for c in head))):
-            frames = chunk.frames[: total - written]
-            writer.write(frames)
-            written += frames.shape[0]
+        for chunk in runtime.video(total, opening):
+            writer.write(chunk.frames)
+            written += chunk.frames.shape[0]
             if first is None:
                 first = time.perf_counter() - t0
-            bar.update(frames.shape[0])
-            if written >= total:
-                break
+            bar.update(chunk.frames.shape[0])
     wall = time.perf_counter() - t0
     path = writer.close()
     stats = runtime.stats

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .data.world import FPS, Scene, World, held_out_scenes
 from .metrics import VideoScores, _heading, _majority, _steps, detect, score_video, summarize
-from .pipeline import Pipeline, PromptSchedule
+from .pipeline import Pipeline
+from .prompts import PromptSchedule
 from .schedule import Partition
 from .velocity import CallCounter
 
@@ -52,14 +53,9 @@ def _stream(pipe: Pipeline, schedules: list[PromptSchedule], partition: Partitio
     out = []
     for i in range(0, len(schedules), batch):
         group = schedules[i:i + batch]
-        got, parts = 0, []
-        for chunk in pipe.frames(group[0], partition, seed=seed + i, batch=len(group), schedules=group,
-                                 overlap=overlap, guidance=guidance):
-            f = chunk.frames if len(group) > 1 else chunk.frames[None]  # [b, t, 3, H, W]
-            parts.append(f[:, : frames - got])
-            got += parts[-1].shape[1]
-            if got >= frames:
-                break
+        parts = [chunk.frames if len(group) > 1 else chunk.frames[None]  # [b, t, 3, H, W]
+                 for chunk in pipe.frames(group[0], partition, seed=seed + i, batch=len(group), schedules=group,
+                                          overlap=overlap, guidance=guidance, frames=frames)]
         out.append(torch.cat(parts, 1))
     return torch.cat(out)
 
@@ -105,7 +101,7 @@ def _count_calls(pipe: Pipeline, P: Partition, frames: int, seed: int, guidance:
     counter = CallCounter(pipe.model)
     counting = Pipeline(counter, pipe.codec, pipe.text, pipe.fps, pipe.path)
     for chunk in counting.frames("a stream whose calls are counted", P, seed=seed, guidance=guidance):
-        got += chunk.frames.shape[0]
+        got += chunk.frames.shape[0]  # whole chunks: the calls made them all
         if got >= frames:
             break
     return counter.samples / got  # batch 1: one sample per branch

@@ -6,12 +6,10 @@ the embedded default model, offline, on the best available device. Two models ar
 default, a distilled student that makes one unguided call per chunk (``"embedded"``), and the
 guided multi-step teacher it was distilled from (``"embedded-teacher"``).
 
-:class:`Session` is one running stream: a :class:`~streamdit_core.stream.Streamer` plus
-seam-free chunk decoding, prompts that change while it runs (:class:`PromptSwitch`: immediate,
-blended, or per chunk), video-to-video fill, and snapshots another session continues exactly.
-:meth:`Pipeline.frames` is the loop ``generate`` and ``evaluate`` share: a session that follows a
-:class:`PromptSchedule` and yields frames ``[T, 3, H, W]`` as they are produced. The ComfyUI
-nodes drive sessions directly.
+A :class:`Pipeline` starts streams: :meth:`Pipeline.session` (a
+:class:`~streamdit_core.session.Session`, which the ComfyUI nodes drive), or
+:meth:`Pipeline.frames`, a session that follows a :class:`~streamdit_core.prompts.PromptSchedule`
+and yields decoded frames as they are produced.
 """
 
 from __future__ import annotations
@@ -19,24 +17,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
-from torch import Tensor
 
 from .accel import Accelerated, FastPath, accelerate
 from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metadata
-from .codec import ChunkDecoder, PixelCodec
-from .guidance import Guided
+from .codec import PixelCodec
 from .model import StreamDiT
-from .prompts import SWITCH_MODES, PromptSchedule, PromptSwitch
+from .prompts import PromptSchedule, PromptSwitch
+from .runtime import Runtime
 from .schedule import Partition
-from .stream import EmittedChunk, StreamState, Streamer
+from .session import FrameChunk, Session
 from .text import TextEncoder
-from .velocity import ModelWrapper, placement
+from .velocity import Geometry, placement
 
-__all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "FrameChunk", "Pipeline", "PromptSchedule",
-           "PromptSwitch", "Session", "StreamSnapshot", "SWITCH_MODES", "model_path", "resolve_device"]
+__all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "Pipeline", "model_path", "resolve_device"]
 
 _EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "embedded"
 DEFAULT_MODEL = _EMBEDDED_DIR / "model.safetensors"  # the distilled student: 1 unguided call per chunk
@@ -61,16 +57,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@dataclass(frozen=True)
-class FrameChunk:
-    """Decoded frames leaving the stream: ``frames [T, 3, H, W]`` in 0..1, the index of the
-    first one, and the model calls made so far."""
-
-    frames: Tensor
-    index: int
-    calls: int
 
 
 @dataclass
@@ -135,7 +121,7 @@ class Pipeline:
         return placement(self.model)[0]
 
     @property
-    def geometry(self):
+    def geometry(self) -> Geometry:
         """The model's :class:`~streamdit_core.velocity.Geometry` (buffer, channels, sizes, warp)."""
         return self.model.geometry
 
@@ -171,8 +157,8 @@ class Pipeline:
     def frames(self, schedule: PromptSchedule | str, partition: Partition | None = None, seed: int = 0,
                warm_start: bool = True, batch: int = 1, overlap: bool = True,
                schedules: Sequence[PromptSchedule] | None = None, guidance: float = 1.0,
-               switch: PromptSwitch | None = None) -> Iterator[FrameChunk]:
-        """Streams decoded frames for ever (stop iterating to stop the stream).
+               switch: PromptSwitch | None = None, frames: int | None = None) -> Iterator[FrameChunk]:
+        """Streams decoded frames: ``frames`` video frames, or for ever (stop iterating to stop).
 
         Args:
             schedule: the prompt schedule (or one prompt).
@@ -188,6 +174,7 @@ class Pipeline:
                 Immediate and blended switches start when the next frame to leave the buffer
                 reaches the switch time; a per-chunk switch conditions the frames from the
                 switch time on, from the moment they enter.
+            frames: video frames to make (the last chunk is cut to fit); None: endless.
         """
         if isinstance(schedule, str):
             schedule = PromptSchedule.single(schedule)
@@ -196,269 +183,7 @@ class Pipeline:
             raise ValueError(f"need {batch} prompt schedules, got {len(schedules)}")
         session = Session(self, [s.at(0) for s in schedules], partition, seed=seed, guidance=guidance,
                           batch=batch, overlap=overlap, switch=switch)
-        opening = session.start(warm_start)
-        if opening is not None:  # K > 0: the reference frames open the video
-            yield opening
-        while True:
-            session.follow(schedules)
-            chunk = session.step()
-            if chunk is not None:
-                yield chunk
+        opening = session.start(warm_start)  # K > 0: the reference frames open the video
+        yield from Runtime(session, schedules, threaded=False).video(frames, opening)
 
 
-@dataclass(frozen=True)
-class StreamSnapshot:
-    """A paused stream that a later :class:`Session` continues exactly (see :meth:`Session.snapshot`).
-
-    Attributes:
-        state: the buffer (a private copy).
-        prompts: the prompt per stream in force.
-        guidance, overlap, switch: the session's settings.
-        decoder_tail: the decoder's left context, so the continued video has no seam.
-    """
-
-    state: StreamState
-    prompts: tuple[str, ...]
-    guidance: float
-    overlap: bool
-    switch: PromptSwitch
-    decoder_tail: Tensor | None
-
-    @property
-    def partition(self) -> Partition:
-        return self.state.partition
-
-    @property
-    def frames_out(self) -> int:
-        """Latent frames the stream has emitted so far."""
-        K = self.state.partition.K
-        return int(self.state.frame_index[K])
-
-
-class Session:
-    """One stream on a :class:`Pipeline`: prompts that can change while it runs, decoding, counters.
-
-    Args:
-        pipe: the model, codec and text encoder.
-        prompt: one prompt, or one per stream when ``batch > 1``.
-        partition: default :meth:`Pipeline.default_partition`.
-        seed: seeds all of the stream's noise.
-        guidance: classifier-free guidance scale (default: the checkpoint's recommended scale).
-        batch: streams side by side.
-        overlap: seam-free chunk decoding.
-        switch: how :meth:`set_prompt` takes effect.
-        snapshot: continue a :class:`StreamSnapshot` instead of starting a new buffer (its
-            partition, guidance, overlap and switch then apply unless given here).
-        size: ``(H, W)`` of the video frames (default: the model's own size); multiples of the
-            codec's spatial factor times the patch size.
-        before_call: called with no arguments before every model call, warm start included
-            (a host's progress and interrupt check: an exception it raises stops the stream
-            before the call, leaving it where it was).
-
-    Frames come out as :class:`FrameChunk` (``frames [T, 3, H, W]``, ``[b, T, 3, H, W]`` when
-    ``batch > 1``); a model error or an interrupt leaves the stream where it was.
-    """
-
-    def __init__(self, pipe: Pipeline, prompt: str | Sequence[str], partition: Partition | None = None, *,
-                 seed: int = 0, guidance: float | None = None, batch: int = 1, overlap: bool | None = None,
-                 switch: PromptSwitch | None = None, snapshot: StreamSnapshot | None = None,
-                 size: tuple[int, int] | None = None, before_call: Callable[[], None] | None = None):
-        self.pipe = pipe
-        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != batch:
-            raise ValueError(f"need {batch} prompts (one per stream), got {len(prompts)}")
-        self.batch = batch
-        if snapshot is not None:
-            partition = partition or snapshot.partition
-            guidance = snapshot.guidance if guidance is None else guidance
-            overlap = snapshot.overlap if overlap is None else overlap
-            switch = switch or snapshot.switch
-        self.switch = switch or PromptSwitch()
-        guidance = pipe.guidance if guidance is None else float(guidance)
-        if guidance < 0:
-            raise ValueError(f"guidance must be at least 0, got {guidance}")
-        self.guidance = guidance
-        self.overlap = True if overlap is None else overlap
-        self.model = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
-        if before_call is not None:
-            self.model = _Hooked(self.model, before_call)
-        self.prompts = prompts
-        if snapshot is not None:
-            if snapshot.state.x.shape[0] != batch:
-                raise ValueError(f"the snapshot holds {snapshot.state.x.shape[0]} streams, not batch={batch}")
-            if partition != snapshot.partition:
-                raise ValueError(f"a snapshot continues with its own partition {snapshot.partition}, not {partition}")
-            self.stream = Streamer.resume(self.model, snapshot.state.clone())  # its prompt state included
-            tail = snapshot.decoder_tail
-            self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap, tail=None if tail is None else tail.clone())
-            self.prompts = list(snapshot.prompts)
-            self.set_prompt(prompts)  # a new prompt switches as asked; the same one changes nothing
-        else:
-            text = pipe.encode(prompts)
-            partition = partition or pipe.default_partition()
-            device, dtype = placement(pipe.model)
-            self.stream = Streamer(self.model, partition, (pipe.geometry.in_channels, *self._latent_size(size)),
-                                   text=text, batch=batch, seed=seed, device=device, dtype=dtype)
-            self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap)
-
-    # ------------------------------------------------------------------------------- clocks
-
-    @property
-    def partition(self) -> Partition:
-        return self.stream.partition
-
-    @property
-    def calls(self) -> int:
-        """Model calls made by this stream (a guided call counts once)."""
-        return self.stream.state.calls
-
-    @property
-    def seconds_out(self) -> float:
-        """Video time of the next frame to leave the buffer."""
-        st = self.stream.state
-        return int(st.frame_index[self.partition.K]) * self.pipe.frames_per_latent / self.pipe.fps
-
-    @property
-    def seconds_in(self) -> float:
-        """Video time of the next frame to enter the buffer."""
-        return self.stream.state.next_index * self.pipe.frames_per_latent / self.pipe.fps
-
-    # ------------------------------------------------------------------------------- starts
-
-    @torch.inference_mode()
-    def start(self, warm: bool = True) -> FrameChunk | None:
-        """Warm start (the uniform trajectory; paper Fig. 13) or keep the cold noise buffer.
-
-        Returns the opening reference frames when ``K > 0``.
-        """
-        if not warm:
-            return None
-        opening = self.stream.warm_start()
-        return None if opening is None else self._decoded(opening)
-
-    @torch.inference_mode()
-    def fill_video(self, video: Tensor, strength: float) -> FrameChunk | None:
-        """Video-to-video: ``video [T, 3, H, W]`` (or ``[b, T, 3, H, W]``) in 0..1 at the model's
-        size becomes the buffer and the queued source; frame i comes out as frame i.
-
-        Frames beyond the buffer are queued; the clip is padded with its last frame so every
-        source frame leaves the stream (take ``T`` frames out).
-        """
-        if video.dim() == 4:
-            video = video[None]
-        H, W = self.frame_size
-        if video.dim() != 5 or video.shape[2] != 3 or tuple(video.shape[-2:]) != (H, W):
-            raise ValueError(f"video must be frames [T, 3, H={H}, W={W}] in 0..1, got {list(video.shape)}")
-        P, tf = self.partition, self.pipe.frames_per_latent
-        need = max(P.B * tf, -(-video.shape[1] // tf) * tf) + P.N * P.c * tf  # whole latents, then a flush
-        pad = video[:, -1:].expand(-1, need - video.shape[1], -1, -1, -1)
-        clip = torch.cat([video, pad], 1).to(self.pipe.device)  # [b, T', 3, H, W]
-        latents = self.pipe.codec.encode(clip.transpose(1, 2).float())  # [b, C, F, h, w]
-        opening = self.stream.fill_video(latents, strength)
-        return None if opening is None else self._decoded(opening)
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        """(H, W) of the video frames this stream makes."""
-        f = getattr(self.pipe.codec, "space_factor", 1)
-        return self.stream.latent_shape[1] * f, self.stream.latent_shape[2] * f
-
-    def _latent_size(self, size: tuple[int, int] | None) -> tuple[int, int]:
-        cfg = self.pipe.geometry
-        if size is None:
-            return tuple(cfg.latent_size)
-        step = getattr(self.pipe.codec, "space_factor", 1) * cfg.patch_size
-        H, W = (int(n) for n in size)
-        if H < step or W < step or H % step or W % step:
-            native = tuple(n * step // cfg.patch_size for n in cfg.latent_size)
-            raise ValueError(f"frame size {H}x{W} must be positive multiples of {step} for this model "
-                             f"(its own size is {native[0]}x{native[1]})")
-        return H * cfg.patch_size // step, W * cfg.patch_size // step
-
-    # ------------------------------------------------------------------------------ prompts
-
-    def set_prompt(self, prompt: str | Sequence[str]) -> None:
-        """A new prompt (one per stream), taking effect as :attr:`switch` says."""
-        prompts = [prompt] * self.batch if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != self.batch or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ValueError(f"need {self.batch} non-empty prompt(s), got {prompt!r}")
-        if prompts == self.prompts:
-            return
-        mode = self.switch.mode
-        self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
-                             blend_calls=self.switch.blend_calls if mode == "blend" else 0)
-        self.prompts = prompts
-
-    def follow(self, schedule: PromptSchedule | Sequence[PromptSchedule]) -> None:
-        """Switches to the prompt ``schedule`` (one per stream, or one for all) says is due.
-
-        Immediate and blended switches are due when the next frame to leave the buffer reaches
-        the switch time; a per-chunk switch when the next frame to enter does, so the frames from
-        the switch time on are the ones conditioned on the new prompt.
-        """
-        schedules = [schedule] * self.batch if isinstance(schedule, PromptSchedule) else list(schedule)
-        seconds = self.seconds_in if self.switch.mode == "chunk" else self.seconds_out
-        wanted = [s.at(seconds) for s in schedules]
-        if wanted != self.prompts:
-            self.set_prompt(wanted)
-
-    # ---------------------------------------------------------------------------- streaming
-
-    def step(self) -> FrameChunk | None:
-        """One model call; the decoded frames that left the buffer, if any."""
-        chunk = self.step_latents()
-        return None if chunk is None else self.decode(chunk)
-
-    @torch.inference_mode()
-    def step_latents(self) -> EmittedChunk | None:
-        """One model call; the latents that left the buffer, if any (decode them in order with
-        :meth:`decode`, possibly on another thread: see :mod:`streamdit_core.runtime`)."""
-        return self.stream.step()
-
-    @torch.inference_mode()
-    def decode(self, chunk: EmittedChunk) -> FrameChunk:
-        """Decodes emitted latents seam-free (chunks must come in the order they left)."""
-        return self._decoded(chunk)
-
-    def next_chunk(self) -> FrameChunk:
-        """Model calls until frames leave (``s`` calls, fewer mid-cycle)."""
-        while True:
-            chunk = self.step()
-            if chunk is not None:
-                return chunk
-
-    def snapshot(self) -> StreamSnapshot:
-        """A copy of where the stream stands, for a later :class:`Session` to continue."""
-        tail = self.decoder.tail
-        return StreamSnapshot(self.stream.state.clone(), tuple(self.prompts), self.guidance, self.overlap,
-                              self.switch, None if tail is None else tail.clone())
-
-    def _decoded(self, chunk) -> FrameChunk:
-        video = self.decoder.decode(chunk.latents)  # [b, 3, T, H, W]
-        frames = to_host(video.permute(0, 2, 1, 3, 4))  # [b, T, 3, H, W]
-        tf = self.pipe.frames_per_latent
-        return FrameChunk(frames[0] if self.batch == 1 else frames, chunk.index * tf, chunk.calls)
-
-
-def to_host(t: Tensor) -> Tensor:
-    """``t`` as float32 on the CPU. From a GPU it goes through pinned (page-locked) memory in one
-    asynchronous copy, and only the current stream is waited for, not the whole device."""
-    if t.device.type != "cuda":
-        return t.float().cpu()
-    src = t.float().contiguous()
-    host = torch.empty(src.shape, dtype=torch.float32, pin_memory=True)
-    host.copy_(src, non_blocking=True)
-    torch.cuda.current_stream(t.device).synchronize()
-    return host
-
-
-class _Hooked(ModelWrapper):
-    """A velocity model that runs ``hook()`` before each call."""
-
-    def __init__(self, model, hook: Callable[[], None]):
-        super().__init__(model)
-        self.hook = hook
-
-    def forward(self, x: Tensor, sigma: Tensor, text: Any) -> Tensor:
-        self.hook()
-        return self.inner(x, sigma, text)

@@ -18,20 +18,28 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
+import itertools
 import queue
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .pipeline import FrameChunk, PromptSchedule, Session
+from .prompts import PromptSchedule
+from .session import FrameChunk, Session
 
 __all__ = ["Runtime", "RuntimeStats"]
 
 _END = object()
+
+
+def _count(chunk: FrameChunk) -> int:
+    """Video frames in a chunk (``[T, 3, H, W]``, or ``[b, T, 3, H, W]`` for a batch)."""
+    return chunk.frames.shape[-4]
 _DECODE_STREAMS: dict[str, Any] = {}
 
 
@@ -93,7 +101,8 @@ class Runtime:
     Args:
         session: a started session (warm-started or filled; its opening frames, if any, are the
             caller's to output first).
-        schedule: prompts over stream time, followed by the denoiser (None: keep the prompt).
+        schedule: prompts over stream time, followed by the denoiser (one per stream, or one for
+            all; None: keep the prompt).
         prompt_source: polled before every model call; a string it returns becomes the prompt
             from then on (a live prompt box), replacing the schedule.
         queue_chunks: chunks each queue holds before its producer waits.
@@ -105,7 +114,7 @@ class Runtime:
             its own and frames reach the CPU through pinned memory.
     """
 
-    def __init__(self, session: Session, schedule: PromptSchedule | None = None,
+    def __init__(self, session: Session, schedule: PromptSchedule | Sequence[PromptSchedule] | None = None,
                  prompt_source: Callable[[], str | None] | None = None, queue_chunks: int = 4,
                  threaded: bool | None = None):
         if queue_chunks < 1:
@@ -116,6 +125,26 @@ class Runtime:
         self.prompt_source = prompt_source
         self.queue_chunks = queue_chunks
         self.stats = RuntimeStats()
+
+    def video(self, frames: int | None = None, opening: FrameChunk | None = None,
+              should_stop: Callable[[], bool] | None = None) -> Iterator[FrameChunk]:
+        """The stream's video in order: ``opening`` first (the reference frames a start
+        returned, if any), then the chunks :meth:`run` makes, the last one cut so that exactly
+        ``frames`` video frames come out (endless when None). Every way of streaming a video to
+        its end (the CLI, the nodes, evaluation, the benchmark) goes through here."""
+        head = [] if opening is None else [opening]
+        rest = self.run(None if frames is None else max(0, frames - sum(_count(c) for c in head)), should_stop)
+        made = 0
+        try:
+            for chunk in itertools.chain(head, rest):
+                if frames is not None and _count(chunk) > frames - made:
+                    chunk = dataclasses.replace(chunk, frames=chunk.frames.narrow(-4, 0, frames - made))
+                made += _count(chunk)
+                yield chunk
+                if frames is not None and made >= frames:
+                    return
+        finally:
+            rest.close()  # stops and joins the threads however the video ends
 
     def run(self, frames: int | None = None, should_stop: Callable[[], bool] | None = None) -> Iterator[FrameChunk]:
         """Yields decoded chunks in order until ``frames`` video frames came out (endless when
@@ -229,7 +258,7 @@ class Runtime:
         stats = self.stats
         if stats.first_frame is None:
             stats.first_frame = time.perf_counter() - start
-        stats.frames += item.frames.shape[-4]
+        stats.frames += _count(item)
         stats.wall = time.perf_counter() - start
 
     def _inline(self, frames: int | None, should_stop: Callable[[], bool] | None) -> Iterator[FrameChunk]:

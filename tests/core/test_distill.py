@@ -109,7 +109,7 @@ def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():
     4-step stream than the teacher's own one unguided call per chunk does (same scenes and noise)."""
     from streamdit_core.data import held_out_scenes
     from streamdit_core.evaluate import _stream
-    from streamdit_core.pipeline import Pipeline, PromptSchedule
+    from streamdit_core import Pipeline, PromptSchedule
 
     student, teacher = Pipeline.load(device="cpu"), Pipeline.load("embedded-teacher", device="cpu")
     assert student.default_partition() == Partition(K=0, N=4, c=2, s=1) and student.guidance == 1.0

@@ -6,7 +6,7 @@ import torch
 from helpers import PIXEL_CONFIG, Words, randomized
 from streamdit_core.codec import PixelCodec
 from streamdit_core.velocity import ModelWrapper
-from streamdit_core.pipeline import Pipeline, PromptSchedule
+from streamdit_core import Pipeline, PromptSchedule
 
 
 class Recorder(ModelWrapper):

@@ -8,7 +8,7 @@ import torch
 from helpers import PIXEL_CONFIG, Words, randomized
 from streamdit_core import Partition
 from streamdit_core.codec import PixelCodec
-from streamdit_core.pipeline import Pipeline, PromptSchedule, PromptSwitch
+from streamdit_core import Pipeline, PromptSchedule, PromptSwitch
 from streamdit_core.runtime import Runtime
 
 P = Partition(K=1, N=3, c=1, s=2)
@@ -92,3 +92,20 @@ def test_stopping_early_joins_the_threads():
     calls = session.calls
     time.sleep(0.2)
     assert session.calls == calls  # nothing runs after the caller stopped
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_video_opens_with_the_reference_frames_and_cuts_to_the_exact_length(batch):
+    """``Runtime.video`` is the one loop every caller streams a video through: the opening
+    reference frames first, then chunks, the last one cut so exactly the asked frames come out."""
+    pipe = _pipe()
+    whole = pipe.session(["ab"] * batch, P, seed=3, batch=batch)
+    opening = whole.start()
+    expected = [opening.frames] + [whole.next_chunk().frames for _ in range(6)]
+    expected = torch.cat(expected, dim=-4)  # [(b,) 1 + 6, 3, H, W]
+    for frames in (1, 4, 5):
+        session = pipe.session(["ab"] * batch, P, seed=3, batch=batch)
+        got = list(Runtime(session, threaded=False).video(frames, session.start()))
+        video = torch.cat([c.frames for c in got], dim=-4)
+        assert video.shape[-4] == frames and torch.equal(video, expected.narrow(-4, 0, frames))
+        assert got[0].index == 0 and session.calls == 6 + 2 * (frames - 1)  # no call past the last frame

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from helpers import PIXEL_CONFIG, Words, random_text, randomized
-from streamdit_core import FrameText, Partition, StreamDiTConfig, StreamError, Streamer
+from streamdit_core import FrameText, Partition, Session, StreamDiTConfig, StreamError, Streamer
 from streamdit_core.codec import PixelCodec
 from streamdit_core.guidance import Guided
 from streamdit_core.velocity import ModelWrapper
-from streamdit_core.pipeline import Pipeline, PromptSwitch
+from streamdit_core import Pipeline, PromptSwitch
 
 SHAPE = (4, 8, 8)
 
@@ -160,7 +160,7 @@ def test_a_snapshot_continues_the_stream_exactly():
     got = [first.next_chunk().frames for _ in range(3)]
     snap = first.snapshot()
     first.next_chunk()  # the first session going on does not disturb the snapshot
-    second = pipe.session("a prompt", snapshot=snap)
+    second = Session.resume(pipe, snap, "a prompt")
     got += [second.next_chunk().frames for _ in range(4)]
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
     assert second.calls == whole.calls and snap.frames_out == 3 + P.K
@@ -191,7 +191,7 @@ def test_a_snapshot_taken_during_a_prompt_switch_continues_it_exactly(mode, call
     expected_text = pipe.model.seen[mark:]
 
     cut = opened()
-    second = pipe.session("aaaaaa", snapshot=cut.snapshot())
+    second = Session.resume(pipe, cut.snapshot(), "aaaaaa")
     mark = len(pipe.model.seen)
     got = [second.next_chunk().frames for _ in range(3)]
     got_text = pipe.model.seen[mark:]
@@ -212,7 +212,7 @@ def test_a_snapshot_resumed_with_a_new_prompt_switches_per_chunk():
     first = pipe.session("aa", P, switch=PromptSwitch("chunk"))
     first.start()
     first.next_chunk()
-    second = pipe.session("aaaa", snapshot=first.snapshot())
+    second = Session.resume(pipe, first.snapshot(), "aaaa")
     second.step()  # the old prompt's frames fill the buffer; the new prompt's first chunk enters
     second.step()
     seen = pipe.model.seen[-1]
@@ -257,7 +257,7 @@ def test_embedded_model_per_chunk_switch_changes_only_frames_entering_after_it()
 
 
 def test_schedules_for_segments_and_frame_sizes():
-    from streamdit_core.pipeline import PromptSchedule
+    from streamdit_core import PromptSchedule
 
     story = PromptSchedule(((0.0, "a"), (2.0, "b")))
     later = story.starting_at(3.0)  # a segment starting at 3 s of stream time

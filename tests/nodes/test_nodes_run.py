@@ -12,7 +12,7 @@ from nodes.common import make_partition
 from nodes.models import EMBEDDED, EMBEDDED_TEACHER
 from streamdit_core import Partition
 from streamdit_core.metrics import detect
-from streamdit_core.pipeline import PromptSchedule
+from streamdit_core import PromptSchedule
 from streamdit_core.velocity import ModelWrapper
 from streamdit_core.video import read_video
 
