@@ -7,7 +7,7 @@ which streams, trains nothing and is called exactly like the model. What it chan
   ``fp8`` matmuls (:class:`Fp8Linear`: e4m3 weights and activations with per-tensor scales,
   ``torch._scaled_mm``) in the blocks' attention and FFN projections;
 - **attention kernel**: flex_attention with a block mask for the shifted (masked) windows
-  instead of a dense mask (see :class:`~streamdit_core.model.WindowSelfAttention`);
+  instead of a dense mask (see :class:`~streamdit_core.attention.WindowSelfAttention`);
 - **compilation**: ``torch.compile`` of the network (:meth:`StreamDiT.denoise`);
 - **CUDA graphs**: the fixed-shape call captured once and replayed, so a call costs one launch.
 
@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from .conditioning import FrameText, TextEmbedding
-from .model import ATTENTION_BACKENDS, Conditioning, StreamDiT
+from .attention import ATTENTION_BACKENDS
+from .model import Conditioning, StreamDiT
 
 __all__ = ["FastPath", "Accelerated", "Fp8Linear", "accelerate", "fp8_supported", "to_fp8"]
 

@@ -9,8 +9,9 @@ Shape glossary (used in every shape comment below):
     Lt  text tokens                 Dt  text encoder width
     nW  windows                     Wt  tokens per window (Fw * Hw * Ww)
 
-The file reads in the order data flows: embedders, attention, the block, the final layer, the
-model, presets. A block is modulate -> window self-attention -> gate -> cross-attention to text
+The file reads in the order data flows: config and presets, embedders, cross-attention, the
+block, the final layer, the model. Window self-attention (3D windows, Swin shift masks, the sdpa
+and flex_attention kernels) lives in :mod:`~streamdit_core.attention`. A block is modulate -> window self-attention -> gate -> cross-attention to text
 -> modulate -> FFN -> gate, with the shift, scale and gate computed per frame from that frame's
 sigma, so one buffer can hold frames at many noise levels.
 """
@@ -28,11 +29,12 @@ import torch.nn.functional as F_
 from einops import rearrange
 from torch import Tensor, nn
 
+from .attention import ATTENTION_BACKENDS, WindowSelfAttention
 from .conditioning import FrameText, TextEmbedding
 from .schedule import SigmaWarp
 from .velocity import Geometry
 
-__all__ = ["StreamDiT", "StreamDiTConfig", "Conditioning", "PRESETS", "ATTENTION_BACKENDS"]
+__all__ = ["StreamDiT", "StreamDiTConfig", "Conditioning", "PRESETS"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,176 +254,8 @@ def sincos_3d(grid: tuple[int, int, int], dim: int, device=None) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Attention
+# Cross-attention
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WindowLayout:
-    """How a token grid splits into windows for one block.
-
-    Attributes:
-        grid: ``(F, h, w)`` tokens.
-        window: ``(Fw, Hw, Ww)``, each clipped to the grid.
-        padded: the grid rounded up to whole windows; padding tokens are never attended to.
-        shift: cyclic shift per axis: half a window in shifted blocks, 0 where the window covers
-            the whole axis (shifting it would only cut the axis in two).
-    """
-
-    grid: tuple[int, int, int]
-    window: tuple[int, int, int]
-    padded: tuple[int, int, int]
-    shift: tuple[int, int, int]
-
-    @classmethod
-    def build(cls, grid: tuple[int, int, int], window: tuple[int, int, int] | None, shifted: bool) -> "WindowLayout":
-        grid = tuple(grid)
-        win = grid if window is None else tuple(min(wi, gi) for wi, gi in zip(window, grid))
-        padded = tuple(-(-g // wi) * wi for g, wi in zip(grid, win))
-        shift = tuple(wi // 2 if shifted and wi < g else 0 for wi, g in zip(win, grid))
-        return cls(grid, win, padded, shift)
-
-    @property
-    def needs_mask(self) -> bool:
-        """Whether some token may not see every token of its window (shifted or padded)."""
-        return any(self.shift) or self.padded != self.grid
-
-    @property
-    def tokens_per_window(self) -> int:
-        return self.window[0] * self.window[1] * self.window[2]
-
-    def regions(self, device) -> tuple[Tensor, Tensor]:
-        """Per token, in rolled window order: its side of every wrap (int64 ``[nW, Wt]``) and
-        whether it is a real token rather than padding (bool ``[nW, Wt]``).
-
-        After the cyclic roll, the last window along a shifted axis holds tokens from both ends
-        of the grid; a token attends only to tokens from its own side of that wrap (Swin's mask),
-        and never to padding.
-        """
-        region = torch.zeros(self.padded, dtype=torch.int64, device=device)  # [F', h', w']
-        valid = torch.ones(self.padded, dtype=torch.bool, device=device)  # [F', h', w']
-        for axis, (g, gp, sh) in enumerate(zip(self.grid, self.padded, self.shift)):
-            view = [-1 if a == axis else 1 for a in range(3)]
-            pos = torch.arange(gp, device=device)  # [gp], rolled position
-            region = region + ((pos >= gp - sh).long() << axis).view(view)
-            valid = valid & ((pos + sh) % gp < g).view(view)  # original position inside the grid
-        fw, hw, ww = self.window
-        region, valid = (
-            rearrange(t, "(nf fw) (nh hw) (nw ww) -> (nf nh nw) (fw hw ww)", fw=fw, hw=hw, ww=ww)  # [nW, Wt]
-            for t in (region, valid)
-        )
-        return region, valid
-
-    def mask(self, device) -> Tensor | None:
-        """Which keys each query may see, in rolled window order: bool ``[nW, Wt, Wt]``, or None
-        when every token sees its whole window. Every token may see itself, so no row is empty."""
-        if not self.needs_mask:
-            return None
-        region, valid = self.regions(device)  # [nW, Wt]
-        eye = torch.eye(region.shape[1], dtype=torch.bool, device=device)  # [Wt, Wt]
-        return (region[:, :, None] == region[:, None, :]) & valid[:, None, :] | eye  # [nW, Wt, Wt]
-
-    def block_mask(self, device):
-        """The same rule as :meth:`mask` as a flex_attention ``BlockMask`` over the windows laid
-        end to end (``nW * Wt`` tokens): only blocks inside a window are ever computed, and no
-        dense mask is built."""
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        region, valid = (t.flatten() for t in self.regions(device))  # [nW*Wt]
-        wt = self.tokens_per_window
-
-        def mask_mod(b, h, q, kv):
-            same = (q // wt == kv // wt) & (region[q] == region[kv]) & valid[kv]
-            return same | (q == kv)
-
-        return create_block_mask(mask_mod, None, None, region.numel(), region.numel(), device=device)
-
-
-ATTENTION_BACKENDS = ("sdpa", "flex")
-_compiled_flex = None
-
-
-def _flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
-    """flex_attention, compiled once per process when called eagerly (its eager form is a slow
-    reference implementation); inside a compiled model the compiler fuses it in place."""
-    global _compiled_flex
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask)
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask)
-
-
-class WindowSelfAttention(nn.Module):
-    """Multi-head self-attention inside 3D windows, optionally shifted by half a window.
-
-    Two kernels compute the same attention (``backend``):
-
-    - ``sdpa`` (default): windows are folded into the head axis, so one
-      ``scaled_dot_product_attention`` call covers them all; unshifted, unpadded layouts need no
-      mask (the fast kernels apply), shifted or padded ones a dense ``[nW, Wt, Wt]`` mask.
-    - ``flex``: layouts that need a mask run flex_attention with a block mask instead (no dense
-      mask; GPU kernels skip the masked blocks). Unmasked layouts still take sdpa.
-    """
-
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int, int] | None, shifted: bool, qk_norm: bool):
-        super().__init__()
-        self.num_heads = num_heads
-        self.window = window
-        self.shifted = shifted
-        self.backend = "sdpa"
-        head = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head, eps=1e-6) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-        self._masks: dict[tuple, Any] = {}
-
-    def layout(self, grid: tuple[int, int, int]) -> WindowLayout:
-        return WindowLayout.build(grid, self.window, self.shifted)
-
-    def _mask(self, layout: WindowLayout, device, flex: bool):
-        key = (layout.grid, str(device), flex)
-        if key not in self._masks:
-            if flex:
-                mask = layout.block_mask(device)
-            else:
-                mask = layout.mask(device)  # [nW, Wt, Wt]
-                if mask is not None:  # [1, nW * n, Wt, Wt] to match windows folded into heads
-                    mask = mask[:, None].expand(-1, self.num_heads, -1, -1).reshape(1, -1, *mask.shape[1:])
-            self._masks[key] = mask
-        return self._masks[key]
-
-    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
-        """x ``[B, L, D]`` with ``L = F * h * w`` -> ``[B, L, D]``."""
-        B, L, D = x.shape
-        lay = self.layout(grid)
-        (F, h, w), (Fp, hp, wp), (fw, hw, ww) = lay.grid, lay.padded, lay.window
-        x = x.view(B, F, h, w, D)  # [B, F, h, w, D]
-        if lay.padded != lay.grid:
-            x = F_.pad(x, (0, 0, 0, wp - w, 0, hp - h, 0, Fp - F))  # [B, F', h', w', D]
-        if any(lay.shift):
-            x = torch.roll(x, shifts=tuple(-s for s in lay.shift), dims=(1, 2, 3))
-        x = rearrange(x, "b (nf fw) (nh hw) (nw ww) d -> b (nf nh nw) (fw hw ww) d", fw=fw, hw=hw, ww=ww)  # [B, nW, Wt, D]
-        if self.backend == "flex" and lay.needs_mask:
-            q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b n (w t) d", k=3, n=self.num_heads)  # 3 x [B, n, nW*Wt, d]
-            q, k, v = self.q_norm(q), self.k_norm(k), v.contiguous()  # whole 4D tensors, as the compiled kernel needs
-            o = _flex_attention(q, k, v, self._mask(lay, x.device, flex=True))  # [B, n, nW*Wt, d]
-            o = rearrange(o, "b n (w t) d -> b w t (n d)", t=fw * hw * ww)  # [B, nW, Wt, D]
-        else:
-            q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b w n t d", k=3, n=self.num_heads)  # 3 x [B, nW, n, Wt, d]
-            q, k = self.q_norm(q), self.k_norm(k)
-            q, k, v = (rearrange(t, "b w n t d -> b (w n) t d") for t in (q, k, v))  # [B, nW*n, Wt, d]
-            o = F_.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(lay, x.device, flex=False))  # [B, nW*n, Wt, d]
-            o = rearrange(o, "b (w n) t d -> b w t (n d)", n=self.num_heads)  # [B, nW, Wt, D]
-        o = self.proj(o)
-        o = rearrange(o, "b (nf nh nw) (fw hw ww) d -> b (nf fw) (nh hw) (nw ww) d",
-                      nf=Fp // fw, nh=hp // hw, fw=fw, hw=hw, ww=ww)  # [B, F', h', w', D]
-        if any(lay.shift):
-            o = torch.roll(o, shifts=lay.shift, dims=(1, 2, 3))
-        return o[:, :F, :h, :w].reshape(B, L, D)  # [B, L, D]
-
 
 class CrossAttention(nn.Module):
     """Video tokens attend to text tokens; padded text tokens are masked out."""

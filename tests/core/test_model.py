@@ -9,7 +9,8 @@ from torch import nn
 
 from helpers import random_text, randomized
 from streamdit_core import PRESETS, StreamDiT, StreamDiTConfig, TextEmbedding
-from streamdit_core.model import Conditioning, WindowSelfAttention
+from streamdit_core.attention import WindowSelfAttention
+from streamdit_core.model import Conditioning
 
 NO_TEXT = Conditioning(None, None, None, None)
 
