@@ -69,65 +69,23 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    import dataclasses
-
     import torch
 
-    from .checkpoint import load_codec, read_metadata, save_checkpoint
-    from .codec import VideoAutoencoder
-    from .data import FPS, World
-    from .data.pool import LatentPool
-    from .model import StreamDiT
-    from .text import TextEncoder
-    from .train import CodecTrainConfig, TrainConfig, train, train_codec
+    from .train import TrainConfig, train_world
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.guidance < 0:
         raise SystemExit(f"--guidance must be at least 0, got {args.guidance}")
     torch.manual_seed(args.seed)
-    world = World()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    codec_file = args.codec or out / "codec.safetensors"
-    t0 = time.perf_counter()
-    if codec_file.exists():
-        codec = load_codec(codec_file)
-        print(f"codec: {codec_file}")
-    else:
-        codec_cfg = CodecTrainConfig(seed=args.seed, **({"steps": args.codec_steps} if args.codec_steps else {}))
-        codec = VideoAutoencoder()
-        mse = train_codec(codec, world, codec_cfg)
-        save_checkpoint(codec, codec_file, {"train_config": str(dataclasses.asdict(codec_cfg)),
-                                            "reconstruction_mse": f"{mse:.6f}",
-                                            "train_seconds": f"{time.perf_counter() - t0:.1f}"})
-        print(f"codec: reconstruction MSE {mse:.5f} on fresh clips -> {codec_file}")
-    model = StreamDiT.from_preset(args.preset)
-    B = model.config.buffer_frames
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk_sizes=args.chunk_sizes,
                        uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight)
-    config = TrainConfig(seed=args.seed, **overrides)
-    shipped = out / "model.safetensors"
-    if args.resume and shipped.exists() and read_metadata(shipped).get("step") == str(config.steps):
-        print(f"StreamDiT: {shipped} already has its {config.steps} steps")
-    else:
-        pool = LatentPool(world, codec, clips=args.clips, frames=B, clip_frames=B + 4, seed=args.seed + 1)
-        encoder = TextEncoder()
-        codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
-        result = train(model, pool, encoder.encode, config, out=out, resume=args.resume,
-                       metadata={"codec": codec_name, "text_encoder": encoder.name, "fps": str(FPS),
-                                 "world": "shapes-64", "guidance": f"{args.guidance:g}"})
-        print(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
-    meta = read_metadata(codec_file)
-    if args.decoder_steps > 0 and "decoder_refined_steps" not in meta:
-        t1 = time.perf_counter()
-        refine = CodecTrainConfig(steps=args.decoder_steps, lr=1e-3, seed=args.seed)
-        mse = train_codec(codec, world, refine, decoder_only=True)
-        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "class", "config")}
-        save_checkpoint(codec, codec_file, {**extra, "decoder_refined_steps": str(args.decoder_steps),
-                                            "decoder_refined_seconds": f"{time.perf_counter() - t1:.1f}",
-                                            "refined_reconstruction_mse": f"{mse:.6f}"})
-        print(f"codec: decoder refined for {args.decoder_steps} steps, reconstruction MSE {mse:.5f} -> {codec_file}")
+    try:
+        config = TrainConfig(seed=args.seed, **overrides)
+    except ValueError as err:
+        raise SystemExit(f"bad training settings: {err}") from None
+    train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
+                decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume)
     return 0
 
 
@@ -159,42 +117,23 @@ def _add_distill(sub) -> None:
 
 
 def _run_distill(args) -> int:
-    import shutil
-
     import torch
 
     from .checkpoint import read_metadata
-    from .data import World
-    from .data.pool import LatentPool
-    from .distill import DistillConfig, distill
-    from .pipeline import Pipeline
+    from .distill import DistillConfig, distill_checkpoint
+    from .pipeline import model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    teacher = Pipeline.load(args.teacher, device="cpu", fast=None)
-    guidance = teacher.guidance if args.guidance is None else args.guidance
+    teacher = model_path(args.teacher)
+    guidance = float(read_metadata(teacher).get("guidance", "1")) if args.guidance is None else args.guidance
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=args.teacher_steps,
                        chunk_sizes=args.chunk_sizes)
-    try:
-        config = DistillConfig(guidance=guidance, seed=args.seed, **overrides)
-    except ValueError as err:
-        raise SystemExit(f"bad distillation settings: {err}") from None
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    meta = read_metadata(teacher.path)
-    codec_file = teacher.path.parent / meta["codec"] if "codec" in meta else None
-    if codec_file is not None and not (out / codec_file.name).exists():
-        shutil.copyfile(codec_file, out / codec_file.name)  # the student's folder stands alone
-    B = teacher.model.config.buffer_frames
-    pool = LatentPool(World(), teacher.codec, clips=args.clips, frames=B, clip_frames=B + 4, seed=args.seed + 1)
-    keep = {k: meta[k] for k in ("text_encoder", "fps", "world") if k in meta}
-    if codec_file is not None:
-        keep["codec"] = codec_file.name
     t0 = time.perf_counter()
     try:
-        _, result = distill(teacher.model, pool, teacher.text.encode, config, out=out, resume=args.resume,
-                            metadata={**keep, "teacher": str(teacher.path.name)})
+        config = DistillConfig(guidance=guidance, seed=args.seed, **overrides)
+        result = distill_checkpoint(teacher, args.out, config, clips=args.clips, resume=args.resume)
     except ValueError as err:
         raise SystemExit(f"bad distillation settings: {err}") from None
     print(f"student: {result.step} steps in {time.perf_counter() - t0:.0f} s, loss {result.loss:.5f} -> {result.checkpoint}")
@@ -313,7 +252,7 @@ _TABLE_KEYS = [("color", "color"), ("shape", "shape"), ("direction", "direction"
 
 
 def _add_evaluate(sub) -> None:
-    from .evaluate import SCHEMES
+    from .world.evaluate import SCHEMES
 
     p = sub.add_parser("evaluate", help="score a model on the held-out combinations of the synthetic world",
                        description="Stream every held-out scene with each inference scheme and print adherence "
@@ -341,9 +280,9 @@ def _run_evaluate(args) -> int:
     import dataclasses
     import json
 
-    from .data import held_out_scenes
-    from .evaluate import SCHEMES, compare_schemes, drift, prompt_switch, seams
     from .pipeline import Pipeline
+    from .world import held_out_scenes
+    from .world.evaluate import SCHEMES, compare_schemes, drift, prompt_switch, seams
 
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     unknown = [s for s in schemes if s not in SCHEMES]
@@ -437,9 +376,43 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> int:
-    from .bench import main as bench
+    import torch
 
-    return bench(args)
+    from .bench import (checkpoint_subject, default_variants, format_comparison, format_decoder, format_report,
+                        measure_decoder, parse_variant, preset_subject, run_bench)
+    from .pipeline import resolve_device
+    from .schedule import Partition
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        variants = [parse_variant(v) for v in args.variants.split(",")] if args.variants else default_variants(device)
+        partition = Partition(*args.partition) if args.partition else None
+        if args.model:
+            subjects = [checkpoint_subject(m, device, partition, args.guidance) for m in args.model]
+        else:
+            subjects = [preset_subject(args.preset, device, partition)]
+            if args.guidance is not None:
+                subjects[0].guidance = args.guidance
+        reports = []
+        for subject in subjects:
+            if args.decoder_only:
+                print(format_decoder(subject.name, device, measure_decoder(subject, device, args.calls)))
+                continue
+            reports.append(run_bench(subject, device, variants, calls=args.calls, warmup=args.warmup,
+                                     stream_frames=args.stream_frames, threaded=args.threaded,
+                                     log=lambda line: print(line, file=sys.stderr, flush=True)))
+    except ValueError as err:
+        raise SystemExit(f"bench: {err}") from None
+    print("\n\n".join(format_report(r) for r in reports))
+    if len(reports) > 1:
+        print("\n" + format_comparison(reports))
+    if args.json and reports:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(reports[0].to_json() if len(reports) == 1 else
+                             "[" + ",\n".join(r.to_json() for r in reports) + "]")
+    return 0
 
 # --------------------------------------------------------------------------------------------
 

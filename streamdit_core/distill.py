@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -35,7 +37,7 @@ from .model import StreamDiT
 from .schedule import Partition, SigmaWarp, add_noise, euler_step, frame_sigma_table
 from .train import TrainConfig, TrainResult, _device, train
 
-__all__ = ["DistillConfig", "SegmentDistillation", "distill", "teacher_target"]
+__all__ = ["DistillConfig", "SegmentDistillation", "distill", "distill_checkpoint", "teacher_target"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,31 @@ def distill(teacher: StreamDiT, data, encode_text: Callable[[list[str]], TextEmb
     result = train(student, data, encode_text, config.train_config(), out, resume, record, progress,
                    objective=objective, desc="distilling")
     return student, result
+
+
+def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, config: DistillConfig,
+                       clips: int = 4096, resume: bool = False) -> TrainResult:
+    """Distils a teacher checkpoint (a path, or ``"embedded-teacher"``) on its own synthetic
+    world into ``out/model.safetensors``; the teacher's codec is copied beside the student, so
+    the folder stands alone, and the student's metadata names its teacher. ``config.guidance``
+    is the teacher's scale (see :meth:`~streamdit_core.pipeline.Pipeline.load` for the
+    checkpoint's recommendation)."""
+    from .checkpoint import read_metadata
+    from .pipeline import Pipeline
+    from .world import LatentPool, World
+
+    pipe = Pipeline.load(teacher, device="cpu", fast=None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = read_metadata(pipe.path)
+    codec_file = pipe.path.parent / meta["codec"] if "codec" in meta else None
+    if codec_file is not None and not (out / codec_file.name).exists():
+        shutil.copyfile(codec_file, out / codec_file.name)
+    B = pipe.geometry.buffer_frames
+    pool = LatentPool(World(), pipe.codec, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1)
+    keep = {k: meta[k] for k in ("text_encoder", "fps", "world") if k in meta}
+    if codec_file is not None:
+        keep["codec"] = codec_file.name
+    _, result = distill(pipe.model, pool, pipe.text.encode, config, out=out, resume=resume,
+                        metadata={**keep, "teacher": str(pipe.path.name)})
+    return result

@@ -13,6 +13,10 @@ and shows the progress bar. On CUDA the forward runs under bf16 autocast.
 Files in the output folder: ``model.safetensors`` (EMA weights, with the training record in the
 metadata), ``train_state.pt`` (raw weights, EMA, optimizer, step, generator: what ``resume``
 needs). Both are written atomically, so an interrupted run resumes from its last checkpoint.
+
+:func:`train_world` is the whole recipe of the embedded model on the synthetic world (the codec,
+the StreamDiT, then the decoder refined on the frozen latent space), as ``python -m
+streamdit_core train`` runs it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from .model import StreamDiT
 from .schedule import MixedPartitions, add_noise, velocity_target
 
 __all__ = ["TrainConfig", "CodecTrainConfig", "FlowMatching", "Objective", "flow_matching_loss", "train",
-           "train_codec", "TrainResult"]
+           "train_codec", "train_world", "TrainResult", "WorldRun"]
 
 
 @dataclass(frozen=True)
@@ -330,3 +334,82 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
         if not decoder_only:
             codec.calibrate(video)
         return float((codec.decode(codec.encode(video)) - video).square().mean())
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded model's recipe
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class WorldRun:
+    """What :func:`train_world` wrote: the model and codec files, and what each stage did."""
+
+    model: Path
+    codec: Path
+    result: TrainResult | None  # None when the model already had its steps (a resumed, finished run)
+    codec_mse: float | None  # reconstruction MSE of a codec trained (or refined) by this run
+
+
+def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "embedded",
+                codec: str | os.PathLike | None = None, codec_steps: int | None = None, decoder_steps: int = 3000,
+                clips: int = 4096, guidance: float = 1.0, resume: bool = False,
+                log: Callable[[str], None] = print) -> WorldRun:
+    """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
+    names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
+    ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
+    frozen (0 skips it). Each stage that already finished in ``out`` is kept, so rerunning with
+    ``resume`` after an interrupt continues where the run stopped.
+
+    Args:
+        guidance: the classifier-free guidance scale the checkpoint recommends (1: none).
+    """
+    from .checkpoint import load_codec, read_metadata
+    from .codec import VideoAutoencoder
+    from .model import StreamDiT
+    from .text import TextEncoder
+    from .world import FPS, LatentPool, World
+
+    if guidance < 0:
+        raise ValueError(f"guidance must be at least 0, got {guidance}")
+    world = World()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    codec_file = Path(codec) if codec is not None else out / "codec.safetensors"
+    t0 = time.perf_counter()
+    codec_mse = None
+    if codec_file.exists():
+        autoencoder = load_codec(codec_file)
+        log(f"codec: {codec_file}")
+    else:
+        codec_cfg = CodecTrainConfig(seed=config.seed, **({"steps": codec_steps} if codec_steps else {}))
+        autoencoder = VideoAutoencoder()
+        codec_mse = train_codec(autoencoder, world, codec_cfg)
+        save_checkpoint(autoencoder, codec_file, {"train_config": str(asdict(codec_cfg)),
+                                                  "reconstruction_mse": f"{codec_mse:.6f}",
+                                                  "train_seconds": f"{time.perf_counter() - t0:.1f}"})
+        log(f"codec: reconstruction MSE {codec_mse:.5f} on fresh clips -> {codec_file}")
+    model = StreamDiT.from_preset(preset)
+    B = model.geometry.buffer_frames
+    shipped = out / "model.safetensors"
+    result = None
+    if resume and shipped.exists() and read_metadata(shipped).get("step") == str(config.steps):
+        log(f"StreamDiT: {shipped} already has its {config.steps} steps")
+    else:
+        pool = LatentPool(world, autoencoder, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1)
+        encoder = TextEncoder()
+        codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
+        result = train(model, pool, encoder.encode, config, out=out, resume=resume,
+                       metadata={"codec": codec_name, "text_encoder": encoder.name, "fps": str(FPS),
+                                 "world": "shapes-64", "guidance": f"{guidance:g}"})
+        log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
+    meta = read_metadata(codec_file)
+    if decoder_steps > 0 and "decoder_refined_steps" not in meta:
+        t1 = time.perf_counter()
+        refine = CodecTrainConfig(steps=decoder_steps, lr=1e-3, seed=config.seed)
+        codec_mse = train_codec(autoencoder, world, refine, decoder_only=True)
+        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "class", "config")}
+        save_checkpoint(autoencoder, codec_file, {**extra, "decoder_refined_steps": str(decoder_steps),
+                                                  "decoder_refined_seconds": f"{time.perf_counter() - t1:.1f}",
+                                                  "refined_reconstruction_mse": f"{codec_mse:.6f}"})
+        log(f"codec: decoder refined for {decoder_steps} steps, reconstruction MSE {codec_mse:.5f} -> {codec_file}")
+    return WorldRun(shipped, codec_file, result, codec_mse)

@@ -107,8 +107,8 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
 def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():
     """One unguided call per chunk of the embedded default lands nearer the embedded teacher's guided
     4-step stream than the teacher's own one unguided call per chunk does (same scenes and noise)."""
-    from streamdit_core.data import held_out_scenes
-    from streamdit_core.evaluate import _stream
+    from streamdit_core.world import held_out_scenes
+    from streamdit_core.world.evaluate import _stream
     from streamdit_core import Pipeline, PromptSchedule
 
     student, teacher = Pipeline.load(device="cpu"), Pipeline.load("embedded-teacher", device="cpu")

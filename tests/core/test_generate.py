@@ -54,7 +54,7 @@ def test_generate_rejects_bad_input_with_a_clear_message(tmp_path):
 
 
 def test_generate_switches_per_chunk_on_request(tmp_path):
-    from streamdit_core.metrics import detect
+    from streamdit_core.world import detect
 
     out = tmp_path / "cut.gif"
     run = _generate("--prompt", "a red circle moving right on a black background", "--seconds", "2",

@@ -236,7 +236,7 @@ def test_embedded_model_per_chunk_switch_changes_only_frames_entering_after_it()
     """On the embedded model, a color switch made when frame 16 enters the buffer: per chunk,
     every frame before 16 keeps the old color and every frame from 16 on has the new one; an
     immediate switch at the same moment also recolors frames already in the buffer."""
-    from streamdit_core.metrics import detect
+    from streamdit_core.world import detect
 
     pipe = Pipeline.load()
     colors = {}

@@ -188,7 +188,7 @@ def test_live_prompt_change_and_interrupt(server):
     assert [e["state"] for e in events["live"]] == ["running", "ended"]
     recordings = sorted((server["output"] / "streamdit").glob("live_*.mp4"))
     assert recordings and recordings[-1].stat().st_size > 0  # kept after the interrupt
-    from streamdit_core.metrics import detect
+    from streamdit_core.world import detect
     from streamdit_core.video import read_video
 
     colors = detect(read_video(recordings[-1])).color  # the prompt sent took effect in the video

@@ -11,7 +11,7 @@ from nodes import host, routes
 from nodes.common import make_partition
 from nodes.models import EMBEDDED, EMBEDDED_TEACHER
 from streamdit_core import Partition
-from streamdit_core.metrics import detect
+from streamdit_core.world import detect
 from streamdit_core import PromptSchedule
 from streamdit_core.velocity import ModelWrapper
 from streamdit_core.video import read_video

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from streamdit_core.data import Scene, World
-from streamdit_core.metrics import detect, score_video, summarize
+from streamdit_core.world import Scene, World
+from streamdit_core.world import detect, score_video, summarize
 
 SCENE = Scene("purple", "triangle", "up-right", "white")
 

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from streamdit_core.data import COLORS, DIRECTIONS, SHAPES, BACKGROUNDS, Scene, World, all_scenes, held_out_scenes, parse_caption
-from streamdit_core.metrics import detect, score_video
+from streamdit_core.world import COLORS, DIRECTIONS, SHAPES, BACKGROUNDS, Scene, World, all_scenes, held_out_scenes, parse_caption
+from streamdit_core.world import detect, score_video
 
 
 def test_same_seed_same_clip_and_different_seed_different_clip():

@@ -2,7 +2,7 @@
 
 - :func:`compare_schemes`: one model, several inference schemes (our version of the paper's
   Table 2): every held-out scene streamed for the same length with each scheme, scored by
-  :mod:`~streamdit_core.metrics`.
+  :mod:`~streamdit_core.world.metrics`.
 - :func:`drift`: a long stream per scene; adherence and pixel statistics of its first and last
   ten seconds.
 - :func:`prompt_switch`: a scene switched mid-stream to one that differs in one attribute; how
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .data.world import FPS, Scene, World, held_out_scenes
+from .scenes import FPS, Scene, World, held_out_scenes
 from .metrics import VideoScores, _heading, _majority, _steps, detect, score_video, summarize
-from .pipeline import Pipeline
-from .prompts import PromptSchedule
-from .schedule import Partition
-from .velocity import CallCounter
+from ..pipeline import Pipeline
+from ..prompts import PromptSchedule
+from ..schedule import Partition
+from ..velocity import CallCounter
 
 __all__ = ["SCHEMES", "scheme_partition", "compare_schemes", "drift", "prompt_switch", "seams", "SchemeResult"]
 
@@ -119,7 +119,7 @@ class SeamResult:
 def seams(pipe: Pipeline, scenes: list[Scene], partition: Partition | None = None, seconds: float = 4.0,
           seed: int = 0, guidance: float = 1.0) -> SeamResult:
     """Streams the same latents twice, decoded with and without overlap, and measures seams."""
-    from .codec import seam_ratio
+    from ..codec import seam_ratio
 
     P = partition or pipe.default_partition()
     frames = int(seconds * pipe.fps)

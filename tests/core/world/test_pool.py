@@ -3,9 +3,9 @@
 import torch
 
 from streamdit_core.codec import PixelCodec
-from streamdit_core.data import World
-from streamdit_core.data.pool import LatentPool, subject_cover
-from streamdit_core.data.world import Scene
+from streamdit_core.world import World
+from streamdit_core.world import LatentPool, subject_cover
+from streamdit_core.world import Scene
 
 
 def test_subject_cover_is_where_the_shape_is_at_latent_resolution():

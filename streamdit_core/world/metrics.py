@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from .data.world import BACKGROUNDS, COLORS, DIRECTIONS, Scene
+from .scenes import BACKGROUNDS, COLORS, DIRECTIONS, Scene
 
 __all__ = ["FrameDetection", "VideoScores", "detect", "score_video", "summarize"]
 
@@ -111,7 +111,7 @@ def detect(frames: Tensor) -> FrameDetection:
 
 def _best_template(mask: Tensor, centre: tuple[float, float]) -> str:
     """The shape whose template of the same area, at the same centre, overlaps ``mask`` most."""
-    from .data.world import SHAPES, _sdf
+    from .scenes import SHAPES, _sdf
 
     H, W = mask.shape
     area = float(mask.sum())

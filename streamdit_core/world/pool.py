@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .world import World
+from .scenes import World
 
 __all__ = ["LatentBatch", "LatentPool", "subject_cover"]
 

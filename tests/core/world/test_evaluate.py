@@ -6,8 +6,8 @@ import torch
 from helpers import randomized
 from streamdit_core import StreamDiTConfig, TextEmbedding
 from streamdit_core.codec import PixelCodec
-from streamdit_core.data import held_out_scenes
-from streamdit_core.evaluate import compare_schemes, drift, prompt_switch, scheme_partition, seams
+from streamdit_core.world import held_out_scenes
+from streamdit_core.world.evaluate import compare_schemes, drift, prompt_switch, scheme_partition, seams
 from streamdit_core.pipeline import Pipeline
 
 CONFIG = StreamDiTConfig(in_channels=3, patch_size=8, hidden_size=32, depth=1, num_heads=2, text_dim=4,
