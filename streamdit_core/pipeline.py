@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
@@ -26,11 +26,12 @@ from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metad
 from .codec import PixelCodec
 from .model import StreamDiT
 from .prompts import PromptSchedule, PromptSwitch
-from .runtime import Runtime
 from .schedule import Partition
-from .session import FrameChunk, Session
 from .text import TextEncoder
 from .velocity import Geometry, placement
+
+if TYPE_CHECKING:
+    from .session import FrameChunk, Session
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "Pipeline", "model_path", "resolve_device"]
 
@@ -151,7 +152,9 @@ class Pipeline:
         return self.text.encode(prompts).to(self.device)
 
     def session(self, prompt: str | Sequence[str], partition: Partition | None = None, **kwargs) -> "Session":
-        """A :class:`Session` on this model (see there for the arguments)."""
+        """A :class:`~streamdit_core.session.Session` on this model (see there for the arguments)."""
+        from .session import Session  # sessions sit above the loader; this is a shortcut down to them
+
         return Session(self, prompt, partition, **kwargs)
 
     def frames(self, schedule: PromptSchedule | str, partition: Partition | None = None, seed: int = 0,
@@ -176,6 +179,9 @@ class Pipeline:
                 switch time on, from the moment they enter.
             frames: video frames to make (the last chunk is cut to fit); None: endless.
         """
+        from .runtime import Runtime
+        from .session import Session
+
         if isinstance(schedule, str):
             schedule = PromptSchedule.single(schedule)
         schedules = list(schedules) if schedules is not None else [schedule] * batch

@@ -135,3 +135,23 @@ def test_subject_weight_needs_batches_with_subject_cover():
               progress=False)
     with pytest.raises(ValueError, match="subject_weight must be at least 0"):
         TrainConfig(subject_weight=-1.0)
+
+
+def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(tmp_path, capsys):
+    """``train`` with a given codec: the StreamDiT is trained on world clips and ships with the
+    codec's path and the recommended guidance; a resumed rerun of a finished run trains nothing."""
+    from streamdit_core.cli import main
+    from streamdit_core.pipeline import DEFAULT_MODEL
+
+    codec = DEFAULT_MODEL.parent / "codec.safetensors"
+    args = ["train", "--out", str(tmp_path), "--codec", str(codec), "--steps", "2", "--batch-size", "2",
+            "--clips", "4", "--decoder-steps", "0", "--guidance", "3"]
+    assert main(args) == 0
+    meta = read_metadata(tmp_path / "model.safetensors")
+    assert meta["step"] == "2" and meta["codec"] == str(codec) and meta["guidance"] == "3"
+    assert meta["world"] == "shapes-64" and load_checkpoint(tmp_path / "model.safetensors").config.buffer_frames == 8
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "already has its 2 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="guidance must be at least 0"):
+        main(args[:-1] + ["-1"])
