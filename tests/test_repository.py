@@ -5,6 +5,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def test_the_readme_library_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert blocks
     for code in blocks:
+        code = textwrap.dedent(code)  # a block inside a list item is indented
         result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
 
@@ -71,3 +73,28 @@ def test_the_readme_run_command_runs():
     assert result.returncode == 0, result.stderr
     assert "law of 32 Euler steps" in result.stdout and "ms per call" in result.stdout
     assert "python -m streamdit_core.demo" in (ROOT / "README.md").read_text()
+
+
+def test_the_nodes_use_only_names_the_core_exports():
+    """The nodes import from ``streamdit_core`` itself, never from its modules, and every name
+    they take is in its ``__all__``."""
+    import streamdit_core
+
+    for path in sorted((ROOT / "nodes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("streamdit_core"):
+                assert node.module == "streamdit_core", f"{path.name} imports from {node.module}"
+                missing = [a.name for a in node.names if a.name not in streamdit_core.__all__]
+                assert not missing, f"{path.name} imports {missing}, which streamdit_core does not export"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("streamdit_core.") for a in node.names), path.name
+
+
+def test_architecture_names_every_core_module():
+    """docs/ARCHITECTURE.md lists every module of the core, so the room list stays true."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    core = ROOT / "streamdit_core"
+    for path in sorted(core.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        assert re.search(rf"\b{re.escape(path.stem)}\.py\b", text), f"docs/ARCHITECTURE.md does not name {path.relative_to(ROOT)}"
