@@ -64,8 +64,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 class Pipeline:
     """What a stream needs, on one device."""
 
-    model: StreamDiT
-    codec: object
+    model: StreamDiT  # or any velocity model that states its Geometry (velocity.VelocityModel)
+    codec: object  # a velocity.Codec
     text: TextEncoder
     fps: int
     path: Path | None = None
