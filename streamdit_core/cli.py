@@ -3,21 +3,55 @@
 from __future__ import annotations
 
 import argparse
-from fractions import Fraction
+import math
+import signal
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 __all__ = ["main"]
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, a container or a service manager sends), raised where the
+    program is, as Ctrl-C raises KeyboardInterrupt: what was made so far is kept."""
+
+
 def _positive(kind):
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
         return value
     return parse
+
+
+def _device(text: str) -> str:
+    """``--device``: checked to be usable here before any model loads."""
+    from .pipeline import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _seconds(text: str) -> float:
+    """A time in seconds of video: ``4``, ``4.5`` or ``4s`` (the Prompt Schedule's notation)."""
+    value = text.strip()
+    value = value[:-1] if value.endswith("s") else value
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time; write seconds of video, e.g. 4 or 4.5s") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a finite time")
+    return seconds
 
 
 def _chunk_sizes(text: str) -> tuple[int, ...]:
@@ -150,7 +184,7 @@ def _add_generate(sub) -> None:
                                    "of numbered PNGs.")
     p.add_argument("--prompt", required=True, help='e.g. "a red circle moving left on a black background"')
     p.add_argument("--switch", nargs=2, action="append", default=[], metavar=("SECONDS", "PROMPT"),
-                   help="switch to PROMPT at SECONDS of video (repeatable)")
+                   help="switch to PROMPT at SECONDS of video, e.g. 4 or 4.5s (repeatable)")
     p.add_argument("--switch-mode", choices=("immediate", "blend", "chunk"), default="immediate",
                    help="immediate: every buffered frame sees the new prompt at once (the paper); blend: over "
                         "--blend-calls model calls; chunk: only frames from SECONDS on (a sharp cut)")
@@ -166,7 +200,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--cold-start", action="store_true", help="start from a noise buffer instead of a warm start")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--fast", choices=("auto", "compile", "off"), default="auto",
                    help="auto: bf16 with CUDA graphs on a GPU, the plain model on a CPU; compile: auto plus "
                         "torch.compile (slower start, see BENCHMARKS.md); off: the plain fp32 model")
@@ -193,9 +227,9 @@ def _run_generate(args) -> int:
     entries = [(0.0, args.prompt)]
     for seconds, prompt in args.switch:
         try:
-            t = float(seconds)
-        except ValueError:
-            raise SystemExit(f"--switch {seconds!r} {prompt!r}: SECONDS must be a number") from None
+            t = _seconds(seconds)
+        except ValueError as err:
+            raise SystemExit(f"--switch {seconds} {prompt!r}: {err}") from None
         if not 0 < t < args.seconds:
             raise SystemExit(f"--switch {seconds} {prompt!r}: the time must be inside the video (0, {args.seconds:g}) s")
         entries.append((t, prompt))
@@ -207,10 +241,16 @@ def _run_generate(args) -> int:
         writer = open_writer(args.out, 16)  # checks the path before any work; fps is set below
     except ValueError as err:
         raise SystemExit(f"--out: {err}") from None
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise SystemExit(f"--guidance must be a finite number >= 0, got {args.guidance}")
     pipe = Pipeline.load(args.model, device=args.device, fast=_fast_path(args.fast, args.device))
     guidance = pipe.guidance if args.guidance is None else args.guidance
-    if guidance < 0:
-        raise SystemExit(f"--guidance must be at least 0, got {guidance}")
+    for _, prompt in schedule.entries:
+        unknown = pipe.unknown_words(prompt)
+        if unknown:
+            print(f"warning: this model never saw the words {', '.join(repr(w) for w in unknown)} (in {prompt!r}); "
+                  "the embedded model knows one small world: 'a <color> <shape> moving <direction> on a "
+                  "<background> background' (see its model card)", file=sys.stderr)
     writer.fps = Fraction(pipe.fps)  # the container opens on the first frame
     try:
         partition = pipe.default_partition(args.chunk, args.steps)
@@ -223,14 +263,23 @@ def _run_generate(args) -> int:
     session = pipe.session(schedule.at(0), partition, seed=args.seed, guidance=guidance,
                            switch=PromptSwitch(args.switch_mode, args.blend_calls))
     runtime = Runtime(session, schedule)  # denoising and decoding on their own threads
-    with writer, tqdm(total=total, desc="generating", unit="frame") as bar:
-        opening = session.start(not args.cold_start)
-        for chunk in runtime.video(total, opening):
-            writer.write(chunk.frames)
-            written += chunk.frames.shape[0]
-            if first is None:
-                first = time.perf_counter() - t0
-            bar.update(chunk.frames.shape[0])
+    try:
+        with writer, tqdm(total=total, desc="generating", unit="frame") as bar:
+            opening = session.start(not args.cold_start)
+            for chunk in runtime.video(total, opening):
+                writer.write(chunk.frames)
+                written += chunk.frames.shape[0]
+                if first is None:
+                    first = time.perf_counter() - t0
+                bar.update(chunk.frames.shape[0])
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the writer has finished the file
+        how = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        if written == 0:
+            print(f"generate: stopped by {how} before the first frame; nothing was written", file=sys.stderr)
+        else:
+            print(f"generate: stopped by {how}; wrote {written} frames ({written / pipe.fps:.2f} s at {pipe.fps} fps) "
+                  f"to {writer.path}", file=sys.stderr)
+        return 143 if isinstance(stop, Stopped) else 130
     wall = time.perf_counter() - t0
     path = writer.close()
     stats = runtime.stats
@@ -271,7 +320,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch", type=_positive(int), default=32, help="streams run side by side")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     p.set_defaults(run=_run_evaluate)
 
@@ -367,7 +416,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: none for presets, the checkpoint's otherwise)")
     p.add_argument("--threaded", action=argparse.BooleanOptionalAction, default=None,
                    help="run the stream's decoder on its own thread (default: on CUDA only)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
     p.add_argument("--decoder-only", action="store_true",
                    help="time only the codec, --calls chunks in a row (the decoder-cost line; no model is built)")
@@ -432,10 +481,30 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    previous = _on_sigterm()
     try:
         return args.run(args)
     except CheckpointError as err:  # a missing or foreign model file: say which and how to fix it
         raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt as stop:  # what a command keeps is on disk (train: --resume continues)
+        how = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        print(f"{args.command}: stopped by {how}", file=sys.stderr)
+        return 143 if isinstance(stop, Stopped) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm():
+    """SIGTERM raises :class:`Stopped` in the main thread; returns the handler it replaced
+    (None when this is not the main thread, where handlers cannot be set)."""
+    def stop(signum, frame):
+        raise Stopped()
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ and yields decoded frames as they are produced.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -54,10 +55,25 @@ def model_path(model: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto": CUDA when present, else CPU."""
+    """``None``/"auto": CUDA when present, else CPU; otherwise the device named, checked to be
+    usable here (a ValueError that says why not and what to use instead)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this torch build ({torch.__version__}) has no CUDA support; "
+                             "use --device cpu (or auto), or install the torch build for your CUDA")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible to torch; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu (or auto)")
+    return dev
 
 
 @dataclass
@@ -72,6 +88,15 @@ class Pipeline:
     guidance: float = 1.0  # the checkpoint's recommended classifier-free guidance scale
     accelerated: Accelerated | None = None  # the model on a fast path (see accelerate), or None
     steps_per_chunk: int | None = None  # a distilled student's micro steps per chunk (None: not distilled)
+    vocabulary: frozenset[str] | None = None  # every word the model was trained on, when it is known
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The words of ``prompt`` the model never saw in training, in order (empty when its
+        vocabulary is not known)."""
+        if self.vocabulary is None:
+            return []
+        words = re.findall(r"[a-z]+(?:-[a-z]+)*", prompt.lower())
+        return list(dict.fromkeys(w for w in words if w not in self.vocabulary))
 
     @property
     def velocity(self):
@@ -105,7 +130,8 @@ class Pipeline:
             codec = load_codec(codec_path, device=dev)
         text = TextEncoder()  # the only encoder shipped; other folders can be passed to TextEncoder
         pipe = cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
-                   steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None)
+                   steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None,
+                   vocabulary=_vocabulary(meta))
         if fast == "auto":
             fast = FastPath.auto(dev) if dev.type == "cuda" else None
         return pipe.accelerate(fast) if fast is not None else pipe
@@ -193,3 +219,15 @@ class Pipeline:
         yield from Runtime(session, schedules, threaded=False).video(frames, opening)
 
 
+
+
+def _vocabulary(meta: dict[str, str]) -> frozenset[str] | None:
+    """The words a checkpoint was trained on: its ``vocabulary`` metadata (words separated by
+    spaces), or the synthetic world's words for a model of that world; None when unknown."""
+    if "vocabulary" in meta:
+        return frozenset(meta["vocabulary"].split())
+    if meta.get("world") == "shapes-64":
+        from .world import VOCABULARY
+
+        return VOCABULARY
+    return None

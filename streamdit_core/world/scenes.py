@@ -40,6 +40,7 @@ __all__ = [
     "DIRECTIONS",
     "FPS",
     "SHAPES",
+    "VOCABULARY",
     "Clip",
     "Scene",
     "World",
@@ -79,6 +80,9 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "down-left": (-_S, _S),
     "down-right": (_S, _S),
 }
+
+# Every word a caption of this world uses: a model trained on it knows these and no others.
+VOCABULARY = frozenset({"a", "moving", "on", "background", *COLORS, *SHAPES, *DIRECTIONS, *BACKGROUNDS})
 
 _HELD_OUT_FILE = Path(__file__).with_name("held_out.json")
 

@@ -227,3 +227,17 @@ def test_module_imports_without_av(monkeypatch):
     assert module.SUPPORTED == SUPPORTED
     with pytest.raises(ImportError):
         module.read_video(__file__)
+
+
+def test_an_mp4_being_written_plays_up_to_its_last_second(tmp_path):
+    """The file on disk is playable while it is written (a fragment per second of video), so a
+    process killed mid-stream leaves a video of what it wrote."""
+    writer = VideoWriter(tmp_path / "live.mp4", fps=8)
+    frames = torch.rand(1, 3, 16, 16).expand(8, -1, -1, -1)
+    for second in range(3):
+        writer.write(frames * (second + 1) / 3)
+    snapshot = tmp_path / "copy.mp4"
+    snapshot.write_bytes(writer.partial_path.read_bytes())  # what a kill would leave now
+    assert read_video(snapshot).shape[0] >= 16  # every complete second is on disk
+    writer.close()
+    assert read_video(tmp_path / "live.mp4").shape[0] == 24
