@@ -145,9 +145,9 @@ def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
     try:
         worker.start()
         deadline = time.time() + 60
-        while not routes._sessions and time.time() < deadline:
+        while not routes.session_ids() and time.time() < deadline:
             time.sleep(0.05)
-        (session_id,) = list(routes._sessions)
+        (session_id,) = routes.session_ids()
         time.sleep(1.0)
         assert routes.handle_prompt(session_id, b'{"prompt": "' + BLUE.encode() + b'"}').status == 200
         time.sleep(2.0)
@@ -155,7 +155,7 @@ def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
         worker.join(60)
     finally:
         host.set_output_directory(None)
-    assert not worker.is_alive() and not routes._sessions
+    assert not worker.is_alive() and not routes.session_ids()
     out = result["out"]
     video, path, fps = out["result"]
     saved = out["ui"]["images"][0]

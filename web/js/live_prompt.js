@@ -27,7 +27,7 @@ function liveBox(node) {
 
   async function post(action, body) {
     if (!node.streamditSession) {
-      status.textContent = "not running: press Queue first";
+      status.textContent = "not running: press Run first";
       return;
     }
     try {
