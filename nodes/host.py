@@ -82,6 +82,31 @@ def output_directory() -> Path:
     return Path(tempfile.gettempdir()) / "streamdit-output"
 
 
+def save_path(prefix: str, extension: str, width: int = 0, height: int = 0) -> tuple[Path, str, str]:
+    """A new output file for ``prefix`` named as ComfyUI's own savers name theirs
+    (``<output>/<subfolder>/<name>_<NNNNN>_.<ext>``, the counter one past the highest there):
+    ComfyUI's ``folder_paths.get_save_image_path`` does it (``%date%``-style fields, and a refusal
+    of a path outside the output folder); outside ComfyUI the same rule runs here. Returns
+    ``(path, subfolder, filename)``."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None and _output_override is None:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            prefix, folder_paths.get_output_directory(), width, height)
+        filename = f"{name}_{counter:05}_.{extension}"
+        return Path(folder) / filename, subfolder, filename
+    root = output_directory().resolve()
+    subfolder, _, name = os.path.normpath(prefix).rpartition(os.sep)
+    folder = (root / subfolder).resolve()
+    if name in ("", ".", "..") or os.path.commonpath((root, folder)) != str(root):
+        raise ValueError(f"filename_prefix {prefix!r} leaves the output folder; use a name like 'streamdit/live'")
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len(name) + 1:len(name) + 6]) for p in folder.iterdir()
+             if p.name.startswith(name + "_") and p.name[len(name) + 1:len(name) + 6].isdigit()
+             and p.name[len(name) + 6:len(name) + 7] == "_"]
+    filename = f"{name}_{max(taken, default=0) + 1:05}_.{extension}"
+    return folder / filename, subfolder, filename
+
+
 # ------------------------------------------------------------------------------------- device
 
 def device() -> torch.device:

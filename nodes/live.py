@@ -3,7 +3,7 @@ and records the stream to a video file as it goes."""
 
 from __future__ import annotations
 
-import re
+import math
 from pathlib import Path
 
 from streamdit_core import Pipeline, PromptSchedule, open_writer
@@ -13,27 +13,14 @@ from .common import (CATEGORY, MODEL_INPUT, PROMPTS, NodeRun, make_partition, ne
                      run_stream, stream_inputs)
 from .routes import close_session, open_session
 
-LIVE_EVENT = "streamdit.live"  # JSON {node, session, state: "running" | "ended"}
+LIVE_EVENT = "streamdit.live"  # JSON {node, session, state: "running" | "ended", recording (when ended)}
 FORMATS = ("mp4", "webm", "gif")
-_PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 
 
-def recording_path(prefix: str, extension: str) -> tuple[Path, str, str]:
-    """A new file ``<output>/<prefix>_<NNNNN>.<ext>`` -> (path, subfolder, filename).
-
-    The prefix is letters, digits, ``_``, ``-`` and ``/`` between folder names, so the file stays
-    inside the output folder.
-    """
-    if not _PREFIX.match(prefix):
-        raise ValueError(f"filename_prefix {prefix!r}: use letters, digits, _ and -, with / between folders "
-                         "(e.g. 'streamdit/live')")
-    folder, _, name = prefix.rpartition("/")
-    directory = host.output_directory() / folder
-    directory.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for p in directory.glob(f"{name}_*.{extension}")
-             if (m := re.fullmatch(re.escape(name) + r"_(\d{5})\." + extension, p.name))]
-    filename = f"{name}_{max(taken, default=0) + 1:05d}.{extension}"
-    return directory / filename, folder, filename
+def recording_path(prefix: str, extension: str, width: int = 0, height: int = 0) -> tuple[Path, str, str]:
+    """A new recording in the output folder named as Save Video names its files
+    (``<prefix>_<NNNNN>_.<ext>``) -> (path, subfolder, filename); see :func:`host.save_path`."""
+    return host.save_path(prefix, extension, width, height)
 
 
 class StreamDiTLive:
@@ -48,6 +35,12 @@ class StreamDiTLive:
                        "The recording's path on the server.", "The frame rate.")
     OUTPUT_NODE = True
     FUNCTION = "stream"
+
+    @classmethod
+    def IS_CHANGED(cls, **inputs):
+        """A live stream is never the same twice: Run always streams anew (NaN equals nothing,
+        so ComfyUI never reuses a cached result)."""
+        return math.nan
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -73,7 +66,9 @@ class StreamDiTLive:
         partition = make_partition(model, reference_frames, chunks, chunk_frames, steps_per_chunk)
         if format not in FORMATS:
             raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
-        path, subfolder, filename = recording_path(filename_prefix, format)
+        height, width = model.frame_size
+        path, subfolder, filename = recording_path(filename_prefix, format, width, height)
+        saved = {"filename": filename, "subfolder": subfolder, "type": "output", "format": format}
         live = open_session(unique_id)
         total = max(1, round(max_seconds * model.fps))
         run = NodeRun(unique_id, total, model.fps, kind="live", live=live)
@@ -83,11 +78,12 @@ class StreamDiTLive:
                 session = new_session(model, prompts, partition, run, seed, guidance, switch_mode, blend_calls)
                 for frames in run_stream(session, prompts, run, total, session.start(True)):
                     writer.write(frames)  # chunk by chunk: memory stays flat however long it runs
-        finally:  # stop, time limit, error or interrupt
+        finally:  # stop, time limit, error or interrupt: the node shows what was recorded
             close_session(live)
-            host.send_event(LIVE_EVENT, {"node": unique_id, "session": live.id, "state": "ended"})
+            kept = path.exists()
+            host.send_event(LIVE_EVENT, {"node": unique_id, "session": live.id, "state": "ended",
+                                         "recording": saved if kept else None, "frames": run.frames})
         if run.frames == 0:
             raise RuntimeError("the live stream was stopped before its first frame; nothing was recorded")
-        saved = {"filename": filename, "subfolder": subfolder, "type": "output", "format": format}
         return {"ui": {"images": [saved], "animated": (True,)},
                 "result": (host.video_output(path), str(path), float(model.fps))}

@@ -153,6 +153,12 @@ class Pipeline:
         return self.model.geometry
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the video frames at the model's own size."""
+        f = getattr(self.codec, "space_factor", 1)
+        return tuple(n * f for n in self.geometry.latent_size)
+
+    @property
     def frames_per_latent(self) -> int:
         return self.codec.time_factor
 

@@ -118,7 +118,9 @@ def test_interrupting_the_sampler_raises_the_hosts_interruption(model, monkeypat
     host.check_interrupt()  # the request was consumed: nothing left pending
 
 
-def test_an_interrupted_live_stream_keeps_its_recording(model, monkeypatch, tmp_path):
+def test_an_interrupted_live_stream_keeps_its_recording_and_shows_it(model, monkeypatch, tmp_path):
+    events = []
+    monkeypatch.setattr(host, "send_event", lambda name, data: events.append((name, data)) or True)
     host.set_output_directory(tmp_path)
     monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 15))  # 15 chunks of 2 frames
     try:
@@ -130,6 +132,9 @@ def test_an_interrupted_live_stream_keeps_its_recording(model, monkeypatch, tmp_
     (path,) = (tmp_path / "streamdit").glob("live_*.mp4")
     frames = read_video(path)
     assert 8 <= frames.shape[0] < 64  # what streamed before the interrupt, playable
+    ended = [e for name, e in events if name == "streamdit.live" and e["state"] == "ended"]
+    assert ended and ended[-1]["recording"]["filename"] == path.name  # the node shows the partial recording
+    assert ended[-1]["frames"] == frames.shape[0]
 
 
 def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
@@ -165,20 +170,29 @@ def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
     assert colors[:8] == ["red"] * 8 and colors[-8:] == ["blue"] * 8  # the posted prompt took over
 
 
-def test_recording_names_stay_in_the_output_folder(tmp_path):
+def test_recording_names_follow_save_video_and_stay_in_the_output_folder(tmp_path):
     from nodes.live import recording_path
 
     host.set_output_directory(tmp_path)
     try:
         path, sub, name = recording_path("clips/live", "webm")
-        assert path == tmp_path / "clips" / "live_00001.webm" and sub == "clips"
+        assert path == tmp_path / "clips" / "live_00001_.webm" and sub == "clips"  # Save Video's naming
         path.write_bytes(b"x")
-        assert recording_path("clips/live", "webm")[2] == "live_00002.webm"
-        for bad in ("../escape", "/abs", "a//b", "a/../b", ""):
+        (tmp_path / "clips" / "live_00007_.mp4").write_bytes(b"x")  # the counter spans formats, as ComfyUI's
+        assert recording_path("clips/live", "webm")[2] == "live_00008_.webm"
+        for bad in ("../escape", "a/../../b", ""):
             with pytest.raises(ValueError, match="filename_prefix"):
                 recording_path(bad, "mp4")
     finally:
         host.set_output_directory(None)
+
+
+def test_the_live_node_streams_anew_on_every_run():
+    """ComfyUI reuses a node's cached result while its fingerprint compares equal: the live
+    node's never does, so Run on an unchanged graph streams again."""
+    live = NODES["StreamDiTLive"]
+    first, second = live.IS_CHANGED(seed=0), live.IS_CHANGED(seed=0)
+    assert first != second and first != first
 
 
 def test_prompt_schedule_node_parses_times():

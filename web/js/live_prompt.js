@@ -50,6 +50,18 @@ function liveBox(node) {
   return { box, status, text };
 }
 
+// The recording the stream kept, shown as the node's output preview. A stopped or timed-out run
+// also gets it from ComfyUI's "executed" message; a cancelled one only from here.
+function showRecording(node, recording, frames) {
+  const output = { images: [recording], animated: [true] };
+  try {
+    if (app.nodeOutputs) app.nodeOutputs[node.id] = output;
+  } catch (err) { /* an older frontend without a writable output store */ }
+  node.onExecuted?.(output);
+  node.streamditLive.status.textContent = `ended: ${frames} frames recorded in ${recording.filename}`;
+  app.graph?.setDirtyCanvas(true, true);
+}
+
 app.registerExtension({
   name: "streamdit.live_prompt",
   async setup() {
@@ -60,6 +72,7 @@ app.registerExtension({
       const running = detail.state === "running";
       node.streamditSession = running ? detail.session : null;
       node.streamditLive.status.textContent = running ? "live: type a prompt and Send" : "ended";
+      if (!running && detail.recording) showRecording(node, detail.recording, detail.frames);
     });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
