@@ -1,8 +1,9 @@
-"""ComfyUI-StreamDiT: ComfyUI entry point.
+"""ComfyUI-StreamDiT: ComfyUI entry point (the V3 schema: ``comfy_entrypoint``).
 
-ComfyUI imports this package from ``custom_nodes/`` and reads the three names below. The node
-classes live in ``nodes/``; the torch library they wrap is ``streamdit_core/``; the canvas
-extension (live player, live prompt box) is ``web/``.
+ComfyUI imports this package from ``custom_nodes/``, reads ``WEB_DIRECTORY`` and calls
+``comfy_entrypoint()`` for the extension (the node list; the models folder and the live routes
+are registered then). The node classes live in ``nodes/``; the torch library they wrap is
+``streamdit_core/``; the canvas extension (live player, live prompt box) is ``web/``.
 """
 
 import os
@@ -16,11 +17,14 @@ if _HERE not in sys.path:
 
 WEB_DIRECTORY = "./web"
 
-if __package__:  # loaded by ComfyUI (as a package named after this folder)
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, setup_host
+
+async def comfy_entrypoint():
+    """The pack's ComfyExtension (ComfyUI awaits this once, when it loads the folder); the models
+    folder and the live routes are registered with the host here."""
+    from .nodes import StreamDiTExtension, setup_host
 
     setup_host()
-else:  # read as a lone file (a test collector walking the folder): nothing to register
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+    return StreamDiTExtension()
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -1,7 +1,8 @@
-"""ComfyUI nodes: thin adapters over streamdit_core (classic V1 node API).
+"""ComfyUI nodes: thin adapters over streamdit_core on ComfyUI's V3 node schema.
 
-``host.py`` is the only module that touches ComfyUI services; everything here also imports and
-runs without ComfyUI (tests call the nodes' functions directly).
+``host.py`` is the only module that touches ComfyUI; inside ComfyUI the nodes are
+``comfy_api.latest.io.ComfyNode`` classes, outside it they run on the stand-ins of
+``standalone_io.py`` (tests call ``execute`` directly).
 """
 
 from . import host
@@ -12,27 +13,20 @@ from .sampler import StreamDiTBufferInit, StreamDiTChunkDenoise, StreamDiTSample
 from .v2v import StreamDiTVideoToVideo
 from .wan import StreamDiTWanModel
 
-NODE_CLASS_MAPPINGS = {
-    "StreamDiTModelLoader": StreamDiTModelLoader,
-    "StreamDiTPromptSchedule": StreamDiTPromptSchedule,
-    "StreamDiTSampler": StreamDiTSampler,
-    "StreamDiTBufferInit": StreamDiTBufferInit,
-    "StreamDiTChunkDenoise": StreamDiTChunkDenoise,
-    "StreamDiTVideoToVideo": StreamDiTVideoToVideo,
-    "StreamDiTLive": StreamDiTLive,
-    "StreamDiTWanModel": StreamDiTWanModel,
-}
+NODES = [StreamDiTModelLoader, StreamDiTPromptSchedule, StreamDiTSampler, StreamDiTBufferInit, StreamDiTChunkDenoise,
+         StreamDiTVideoToVideo, StreamDiTLive, StreamDiTWanModel]
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "StreamDiTModelLoader": "StreamDiT Model Loader",
-    "StreamDiTPromptSchedule": "StreamDiT Prompt Schedule",
-    "StreamDiTSampler": "StreamDiT Stream Sampler",
-    "StreamDiTBufferInit": "StreamDiT Buffer Init",
-    "StreamDiTChunkDenoise": "StreamDiT Chunk Denoise",
-    "StreamDiTVideoToVideo": "StreamDiT Video to Video",
-    "StreamDiTLive": "StreamDiT Live Stream",
-    "StreamDiTWanModel": "StreamDiT Wan Model (MODEL + CLIP + VAE)",
-}
+
+def node_classes() -> dict[str, type]:
+    """``{node id: class}`` of every node, as ComfyUI registers them."""
+    return {node.define_schema().node_id: node for node in NODES}
+
+
+class StreamDiTExtension(host.ComfyExtension):
+    """The pack as ComfyUI's V3 loader takes it: its node list."""
+
+    async def get_node_list(self) -> list:
+        return list(NODES)
 
 
 def setup_host() -> None:

@@ -4,8 +4,8 @@ progress, interrupt and live preview, and IMAGE conversion."""
 from __future__ import annotations
 
 import base64
-import io
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Iterator
 
 import torch
@@ -18,45 +18,53 @@ from . import host
 from .routes import LiveSession
 
 CATEGORY = "StreamDiT"
-MODEL = "STREAMDIT_MODEL"
-PROMPTS = "STREAMDIT_PROMPTS"
-STREAM = "STREAMDIT_STREAM"
-MODEL_INPUT = (MODEL, {"tooltip": "From StreamDiT Model Loader."})
+io = host.io
+MODEL = io.Custom("STREAMDIT_MODEL")  # a Pipeline
+PROMPTS = io.Custom("STREAMDIT_PROMPTS")  # a PromptSchedule
+STREAM = io.Custom("STREAMDIT_STREAM")  # a paused stream (sampler.StreamHandle)
 FRAME_EVENT = "streamdit.frames"  # JSON: one emitted chunk's frames as JPEG, for the canvas player
 PREVIEW_JPEG_QUALITY = 85
 
 
-def partition_inputs() -> dict:
+def model_input(tooltip: str = "From StreamDiT Model Loader (or StreamDiT Wan Model).", name: str = "model"):
+    return MODEL.Input(name, tooltip=tooltip)
+
+
+def partition_inputs() -> list:
     """K, N, c, s widgets; the defaults fit the embedded model's 8-frame buffer (B = K + N c)."""
-    return {
-        "reference_frames": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
-                             "K: clean frames kept at the output end of the buffer as context."}),
-        "chunks": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
-                   "N: chunks in the buffer, each at its own noise band. K + N x c must equal the "
-                   "model's buffer (8 latent frames for the embedded model)."}),
-        "chunk_frames": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip":
-                         "c: latent frames per chunk; c frames leave the buffer at a time."}),
-        "steps_per_chunk": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
-                            "s: model calls per chunk shift (total steps T = s x N). 0 uses the model's own: "
-                            "1 for a distilled model (the embedded default), 16 / N otherwise."}),
-    }
+    return [
+        io.Int.Input("reference_frames", default=0, min=0, max=64, tooltip=
+                     "K: clean frames kept at the output end of the buffer as context."),
+        io.Int.Input("chunks", default=4, min=1, max=64, tooltip=
+                     "N: chunks in the buffer, each at its own noise band. K + N x c must equal the "
+                     "model's buffer (8 latent frames for the embedded model)."),
+        io.Int.Input("chunk_frames", default=2, min=1, max=64, tooltip=
+                     "c: latent frames per chunk; c frames leave the buffer at a time."),
+        io.Int.Input("steps_per_chunk", default=0, min=0, max=64, tooltip=
+                     "s: model calls per chunk shift (total steps T = s x N). 0 uses the model's own: "
+                     "1 for a distilled model (the embedded default), 16 / N otherwise."),
+    ]
 
 
-def stream_inputs() -> dict:
+def stream_inputs() -> list:
     """Seed, guidance and prompt-switch widgets."""
-    return {
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
-                 "Seeds all of the stream's noise: the same seed gives the same video."}),
-        "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.5, "tooltip":
-                     "Classifier-free guidance scale. 0 uses the model's recommended scale "
-                     "(5 for the embedded model); 1 turns guidance off (half the work per call)."}),
-        "switch_mode": (list(SWITCH_MODES), {"default": "immediate", "tooltip":
-                        "How a new prompt takes over: immediate (every buffered frame at once, as "
-                        "in the paper), blend (the text moves over 'blend_calls' model calls), "
-                        "chunk (only frames entering after the switch: a sharp cut)."}),
-        "blend_calls": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip":
-                        "Model calls a blended prompt switch takes (switch_mode = blend)."}),
-    }
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip=
+                     "Seeds all of the stream's noise: the same seed gives the same video."),
+        io.Float.Input("guidance", default=0.0, min=0.0, max=20.0, step=0.5, tooltip=
+                       "Classifier-free guidance scale. 0 uses the model's recommended scale "
+                       "(none for the embedded default, 5 for its teacher); 1 turns guidance off."),
+        io.Combo.Input("switch_mode", options=list(SWITCH_MODES), default="immediate", tooltip=
+                       "How a new prompt takes over: immediate (every buffered frame at once, as "
+                       "in the paper), blend (the text moves over 'blend_calls' model calls), "
+                       "chunk (only frames entering after the switch: a sharp cut)."),
+        io.Int.Input("blend_calls", default=4, min=1, max=256, tooltip=
+                     "Model calls a blended prompt switch takes (switch_mode = blend)."),
+    ]
+
+
+FRAMES_OUT = [io.Image.Output("frames", tooltip="The video frames [frames, height, width, 3] in 0..1 (feed Create Video)."),
+              io.Float.Output("fps", tooltip="The frame rate of the video (frames per second).")]
 
 
 def make_partition(pipe: Pipeline, reference_frames: int, chunks: int, chunk_frames: int,
@@ -76,6 +84,8 @@ def make_partition(pipe: Pipeline, reference_frames: int, chunks: int, chunk_fra
 
 def new_session(model: Pipeline, prompts: PromptSchedule, partition: Partition, run: "NodeRun", seed: int,
                 guidance: float, switch_mode: str, blend_calls: int, **kwargs) -> Session:
+    if not isinstance(model, Pipeline):
+        raise TypeError(f"model must come from StreamDiT Model Loader or StreamDiT Wan Model, got {type(model).__name__}")
     """A session from the stream widgets (guidance 0 = the model's recommended scale), reporting
     every model call to ``run``."""
     return model.session(prompts.at(0), partition, seed=seed,
@@ -137,7 +147,7 @@ class NodeRun:
             return
         payload = []
         for image in (_jpeg(f) for f in frames):
-            buf = io.BytesIO()
+            buf = BytesIO()
             image.save(buf, format="JPEG", quality=PREVIEW_JPEG_QUALITY)
             payload.append(base64.b64encode(buf.getvalue()).decode("ascii"))
         host.send_event(FRAME_EVENT, {

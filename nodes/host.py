@@ -29,6 +29,19 @@ def _comfy(module: str):
     return sys.modules.get(module)
 
 
+def _node_schema():
+    """ComfyUI's V3 node schema (``comfy_api.latest``) inside ComfyUI, else the stand-ins of
+    :mod:`nodes.standalone_io` (the nodes then run without ComfyUI: tests, scripts)."""
+    if _comfy("comfy") is not None or _comfy("folder_paths") is not None:
+        from comfy_api.latest import ComfyExtension, io
+    else:
+        from .standalone_io import ComfyExtension, io
+    return ComfyExtension, io
+
+
+ComfyExtension, io = _node_schema()
+
+
 # ------------------------------------------------------------------------------------- folders
 
 def register_model_folder() -> None:

@@ -3,13 +3,13 @@ and records the stream to a video file as it goes."""
 
 from __future__ import annotations
 
-import math
+import uuid
 from pathlib import Path
 
 from streamdit_core import Pipeline, PromptSchedule, open_writer
 
 from . import host
-from .common import (CATEGORY, MODEL_INPUT, PROMPTS, NodeRun, make_partition, new_session, partition_inputs,
+from .common import (CATEGORY, PROMPTS, NodeRun, io, make_partition, model_input, new_session, partition_inputs,
                      run_stream, stream_inputs)
 from .routes import close_session, open_session
 
@@ -23,46 +23,47 @@ def recording_path(prefix: str, extension: str, width: int = 0, height: int = 0)
     return host.save_path(prefix, extension, width, height)
 
 
-class StreamDiTLive:
+class StreamDiTLive(io.ComfyNode):
     """An endless stream that plays in the node; type a prompt and press Send while it runs."""
 
-    DESCRIPTION = ("Streams until you press Stop (or the time limit), playing in the node; type a new prompt and "
-                   "press Send to steer it live. What was streamed is recorded to a video file in the output folder.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("VIDEO", "STRING", "FLOAT")
-    RETURN_NAMES = ("video", "path", "fps")
-    OUTPUT_TOOLTIPS = ("The recording, for Save Video or Get Video Components.",
-                       "The recording's path on the server.", "The frame rate.")
-    OUTPUT_NODE = True
-    FUNCTION = "stream"
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="StreamDiTLive", display_name="StreamDiT Live Stream", category=CATEGORY,
+            description="Streams until you press Stop (or the time limit), playing in the node; type a new prompt "
+                        "and press Send to steer it live. What was streamed is recorded to a video file in the "
+                        "output folder.",
+            inputs=[
+                model_input(),
+                PROMPTS.Input("prompts", tooltip="The starting prompts (a schedule works too, until a prompt is "
+                                                 "sent from the node)."),
+                io.Float.Input("max_seconds", default=60.0, min=1.0, max=3600.0, step=1.0, tooltip=
+                               "Stop after this many seconds of video if Stop was not pressed."),
+                *stream_inputs(),
+                *partition_inputs(),
+                io.String.Input("filename_prefix", default="streamdit/live", tooltip=
+                                "Recording name inside the output folder, as Save Video takes it; a number is "
+                                "appended."),
+                io.Combo.Input("format", options=list(FORMATS), default="mp4", tooltip="Container of the recording."),
+            ],
+            outputs=[io.Video.Output("video", tooltip="The recording, for Save Video or Get Video Components."),
+                     io.String.Output("path", tooltip="The recording's path on the server."),
+                     io.Float.Output("fps", tooltip="The frame rate.")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
 
     @classmethod
-    def IS_CHANGED(cls, **inputs):
-        """A live stream is never the same twice: Run always streams anew (NaN equals nothing,
-        so ComfyUI never reuses a cached result)."""
-        return math.nan
+    def fingerprint_inputs(cls, **inputs):
+        """A live stream is never the same twice: a new fingerprint every time, so Run always
+        streams anew instead of reusing a cached result."""
+        return uuid.uuid4().hex
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": MODEL_INPUT,
-                "prompts": (PROMPTS, {"tooltip": "The starting prompts (a schedule works too, until a prompt is "
-                                                 "sent from the node)."}),
-                "max_seconds": ("FLOAT", {"default": 60.0, "min": 1.0, "max": 3600.0, "step": 1.0, "tooltip":
-                                "Stop after this many seconds of video if Stop was not pressed."}),
-                **stream_inputs(),
-                **partition_inputs(),
-                "filename_prefix": ("STRING", {"default": "streamdit/live", "tooltip":
-                                    "Recording name inside the output folder; a number is appended."}),
-                "format": (list(FORMATS), {"default": "mp4", "tooltip": "Container of the recording."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
-
-    def stream(self, model: Pipeline, prompts: PromptSchedule, max_seconds, seed, guidance, switch_mode,
-               blend_calls, reference_frames, chunks, chunk_frames, steps_per_chunk, filename_prefix, format,
-               unique_id=None):
+    def execute(cls, model: Pipeline, prompts: PromptSchedule, max_seconds, seed, guidance, switch_mode,
+                blend_calls, reference_frames, chunks, chunk_frames, steps_per_chunk, filename_prefix,
+                format) -> io.NodeOutput:
+        unique_id = cls.hidden.unique_id
         partition = make_partition(model, reference_frames, chunks, chunk_frames, steps_per_chunk)
         if format not in FORMATS:
             raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
@@ -85,5 +86,5 @@ class StreamDiTLive:
                                          "recording": saved if kept else None, "frames": run.frames})
         if run.frames == 0:
             raise RuntimeError("the live stream was stopped before its first frame; nothing was recorded")
-        return {"ui": {"images": [saved], "animated": (True,)},
-                "result": (host.video_output(path), str(path), float(model.fps))}
+        return io.NodeOutput(host.video_output(path), str(path), float(model.fps),
+                             ui={"images": [saved], "animated": (True,)})

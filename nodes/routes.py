@@ -186,6 +186,8 @@ def register_routes(routes, web) -> bool:
     registry = _registry()
     with registry.lock:
         first, registry.routes_from = registry.routes_from, registry.routes_from or here
+    if first == here:  # this copy registered them already
+        return False
     if first is not None:
         log.warning("ComfyUI-StreamDiT is installed twice: %s and %s. The nodes of the copy loaded last run; "
                     "remove one of the folders from custom_nodes.", first, here)

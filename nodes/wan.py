@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from streamdit_core import FrameText, Geometry, Pipeline, SigmaWarp, TextEmbedding
 
 from . import host
-from .common import CATEGORY, MODEL
+from .common import CATEGORY, MODEL, io
 
 __all__ = ["ComfyText", "ComfyVelocity", "WanVideoCodec", "comfy_pipeline", "StreamDiTWanModel"]
 
@@ -215,46 +215,48 @@ def comfy_pipeline(model, clip, vae, *, width: int = 832, height: int = 480, buf
     return Pipeline(velocity, WanVideoCodec(vae, base.latent_format, context), text, int(fps), None, float(guidance))
 
 
-class StreamDiTWanModel:
+class StreamDiTWanModel(io.ComfyNode):
     """A ComfyUI Wan MODEL with its CLIP and VAE, for the StreamDiT stream nodes."""
 
-    DESCRIPTION = ("Streams a video model loaded by ComfyUI's own loaders (Wan 2.1 T2V 1.3B / 14B and Wan-format "
-                   "derivatives) with the StreamDiT moving buffer: each frame gets its own noise level. Feed the "
-                   "result to the Stream Sampler, Live Stream or Video to Video nodes.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
-    FUNCTION = "build"
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="StreamDiTWanModel", display_name="StreamDiT Wan Model (MODEL + CLIP + VAE)", category=CATEGORY,
+            description="Streams a video model loaded by ComfyUI's own loaders (Wan 2.1 T2V 1.3B / 14B and "
+                        "Wan-format derivatives) with the StreamDiT moving buffer: each frame gets its own noise "
+                        "level. Feed the result to the Stream Sampler, Live Stream or Video to Video nodes.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1 text-to-video model (Load Diffusion Model, from "
+                                                "models/diffusion_models/)."),
+                io.Clip.Input("clip", tooltip="Its text encoder, umt5_xxl (Load CLIP, type wan, from "
+                                              "models/text_encoders/)."),
+                io.Vae.Input("vae", tooltip="The Wan 2.1 VAE (Load VAE, from models/vae/)."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip=
+                             "Frame width in pixels (a multiple of 16)."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip=
+                             "Frame height in pixels (a multiple of 16)."),
+                io.Int.Input("buffer_frames", default=8, min=1, max=64, tooltip=
+                             "Latent frames in the moving buffer (4 video frames each): the stream nodes' "
+                             "K + N x c must equal it."),
+                io.Float.Input("guidance", default=5.0, min=1.0, max=20.0, step=0.5, tooltip=
+                               "Recommended guidance scale (the stream nodes' guidance 0 uses it): about 5 for "
+                               "base Wan models, 1 (none, half the work) for step-distilled ones."),
+                io.String.Input("negative_prompt", multiline=True, default="", tooltip=
+                                "What guidance steers away from (unused at guidance 1)."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=100.0, step=0.5, tooltip=
+                               "Sigma shift of the schedule; 0 uses the model's own (8 for Wan 2.1 in ComfyUI, or "
+                               "what ModelSamplingSD3 set)."),
+                io.Int.Input("fps", default=WAN_FPS, min=1, max=120, tooltip="Frame rate (16 for Wan 2.1)."),
+                io.Int.Input("decode_context", default=2, min=0, max=16, tooltip=
+                             "Latents of the previous chunk decoded again in front of each chunk: more hides the "
+                             "seams of Wan's causal VAE better and costs more decoding (0 = chunks alone)."),
+            ],
+            outputs=[MODEL.Output("model", tooltip="The Wan model as a StreamDiT model, for every stream node.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "A Wan 2.1 text-to-video model (Load Diffusion Model)."}),
-            "clip": ("CLIP", {"tooltip": "Its text encoder, umt5_xxl (Load CLIP, type wan)."}),
-            "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE (Load VAE)."}),
-            "width": ("INT", {"default": 832, "min": 16, "max": 4096, "step": 16, "tooltip":
-                      "Frame width in pixels (a multiple of 16)."}),
-            "height": ("INT", {"default": 480, "min": 16, "max": 4096, "step": 16, "tooltip":
-                       "Frame height in pixels (a multiple of 16)."}),
-            "buffer_frames": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip":
-                              "Latent frames in the moving buffer (4 video frames each): the stream nodes' "
-                              "K + N x c must equal it."}),
-            "guidance": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 20.0, "step": 0.5, "tooltip":
-                         "Recommended guidance scale (the stream nodes' guidance 0 uses it): about 5 for base "
-                         "Wan models, 1 (none, half the work) for step-distilled ones."}),
-            "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
-                                "What guidance steers away from (unused at guidance 1)."}),
-            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.5, "tooltip":
-                      "Sigma shift of the schedule; 0 uses the model's own (8 for Wan 2.1 in ComfyUI, or what "
-                      "ModelSamplingSD3 set)."}),
-            "fps": ("INT", {"default": WAN_FPS, "min": 1, "max": 120, "tooltip": "Frame rate (16 for Wan 2.1)."}),
-            "decode_context": ("INT", {"default": 2, "min": 0, "max": 16, "tooltip":
-                               "Latents of the previous chunk decoded again in front of each chunk: more hides "
-                               "the seams of Wan's causal VAE better and costs more decoding (0 = chunks alone)."}),
-        }}
-
-    def build(self, model, clip, vae, width, height, buffer_frames, guidance, negative_prompt, shift, fps,
-              decode_context=2):
-        return (comfy_pipeline(model, clip, vae, width=width, height=height, buffer_frames=buffer_frames,
-                               guidance=guidance, negative_prompt=negative_prompt, shift=shift, fps=fps,
-                               context=decode_context),)
+    def execute(cls, model, clip, vae, width, height, buffer_frames, guidance, negative_prompt, shift, fps,
+                decode_context=2) -> io.NodeOutput:
+        return io.NodeOutput(comfy_pipeline(model, clip, vae, width=width, height=height, buffer_frames=buffer_frames,
+                                            guidance=guidance, negative_prompt=negative_prompt, shift=shift, fps=fps,
+                                            context=decode_context))

@@ -91,3 +91,11 @@ def ddp_gradient_worker(rank: int, world: int, port: int, config, x0, sigma, eps
             torch.save({k: p.grad.clone() for k, p in model.named_parameters()}, out)
     finally:
         dist.destroy_process_group()
+
+
+def with_node_id(node: type, unique_id: str | None) -> type:
+    """A node class whose hidden ``unique_id`` is set, as ComfyUI sets it for one execution."""
+    from types import SimpleNamespace
+
+    return type(node.__name__, (node,), {"hidden": SimpleNamespace(unique_id=unique_id, prompt=None,
+                                                                     extra_pnginfo=None)})

@@ -21,10 +21,15 @@ def test_the_pack_root_is_a_comfyui_entry_point():
     sys.modules[spec.name] = pack
     try:
         spec.loader.exec_module(pack)
+        import asyncio
+
+        extension = asyncio.run(pack.comfy_entrypoint())
+        nodes = asyncio.run(extension.get_node_list())
     finally:
         del sys.modules[spec.name]
-    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
-    assert {"StreamDiTSampler", "StreamDiTLive", "StreamDiTVideoToVideo"} <= set(pack.NODE_CLASS_MAPPINGS)
+    ids = {node.define_schema().node_id for node in nodes}
+    assert {"StreamDiTSampler", "StreamDiTLive", "StreamDiTVideoToVideo", "StreamDiTWanModel"} <= ids
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # V3 only: ComfyUI would take a V1 mapping first
     assert (ROOT / pack.WEB_DIRECTORY).is_dir() and list((ROOT / pack.WEB_DIRECTORY).rglob("*.js"))
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import with_node_id
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -54,15 +56,24 @@ CORE_NODES = {
 }
 
 
-def object_info(mappings: dict) -> dict:
-    """``/object_info`` entries for node classes (as ComfyUI's server builds them), plus CORE_NODES."""
+def _v1(i) -> list:
+    """One V3 input as ``/object_info`` lists it: ``[type or options, {options}]``."""
+    options = {k: v for k, v in i.declared.items() if k != "options" and v is not None}
+    kind = list(i.options) if i.io_type == "COMBO" else i.io_type
+    return [kind, options]
+
+
+def object_info(nodes: dict) -> dict:
+    """``/object_info`` entries for V3 node classes (as ComfyUI's server builds them), plus CORE_NODES."""
     info = dict(CORE_NODES)
-    for name, cls in mappings.items():
-        spec = cls.INPUT_TYPES()
+    for name, cls in nodes.items():
+        schema = cls.define_schema()
+        sections = {"required": [i for i in schema.inputs if not i.optional],
+                    "optional": [i for i in schema.inputs if i.optional]}
         info[name] = {
-            "input": {k: {n: list(v) for n, v in spec.get(k, {}).items()} for k in ("required", "optional")},
-            "input_order": {k: list(spec.get(k, {})) for k in ("required", "optional")},
-            "output": list(cls.RETURN_TYPES),
+            "input": {k: {i.id: _v1(i) for i in v} for k, v in sections.items()},
+            "input_order": {k: [i.id for i in v] for k, v in sections.items()},
+            "output": [o.io_type for o in schema.outputs],
         }
     return info
 
@@ -143,10 +154,11 @@ def run_prompt(prompt: dict, overrides: dict, classes: dict) -> dict:
         for name, value in {**entry["inputs"], **overrides.get(entry["class_type"], {})}.items():
             kwargs[name] = run(value[0])[value[1]] if isinstance(value, list) else value
         cls = classes[entry["class_type"]]
-        if "unique_id" in getattr(cls, "INPUT_TYPES", dict)().get("hidden", {}):
-            kwargs["unique_id"] = key
-        out = getattr(cls(), getattr(cls, "FUNCTION", "run"))(**kwargs)
-        done[key] = out["result"] if isinstance(out, dict) else out
+        if hasattr(cls, "define_schema"):  # a V3 node: its hidden unique_id is the prompt key
+            out = with_node_id(cls, key).execute(**kwargs)
+            done[key] = out.result or ()
+        else:  # a stand-in for a ComfyUI node (its FUNCTION, or run)
+            done[key] = getattr(cls(), getattr(cls, "FUNCTION", "run"))(**kwargs)
         return done[key]
 
     for key in prompt:

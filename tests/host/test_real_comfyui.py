@@ -78,13 +78,18 @@ def server(tmp_path_factory):
 
 
 def test_object_info_lists_every_node(server):
-    from nodes import NODE_CLASS_MAPPINGS
+    from nodes import node_classes
 
-    for name, cls in NODE_CLASS_MAPPINGS.items():
+    for name, cls in node_classes().items():
         entry = server["info"].get(name)
         assert entry is not None, f"{name} missing from /object_info; log: {server['log'].read_text()[-2000:]}"
-        assert entry["category"] == "StreamDiT" and entry["output"] == list(cls.RETURN_TYPES)
-    assert "IMPORT FAILED" not in server["log"].read_text()
+        schema = cls.define_schema()
+        assert entry["category"] == "StreamDiT" and entry["output"] == [o.io_type for o in schema.outputs]
+        assert entry["display_name"] == schema.display_name
+        order = entry["input_order"]
+        assert order.get("required", []) + order.get("optional", []) == [i.id for i in schema.inputs]
+    failed = [line for line in server["log"].read_text().splitlines() if "IMPORT FAILED" in line]
+    assert not [line for line in failed if "StreamDiT" in line], failed  # other packs' failures are not ours
 
 
 async def _queue(session, url, prompt, client_id):
@@ -164,10 +169,14 @@ def test_live_prompt_change_and_interrupt(server):
             await asyncio.sleep(0.1)
         sid = events["live"][0]["session"]
         base = f"{url}/api/streamdit/live"
-        for name, target, body in [("unknown", "f" * 32, {"prompt": BLUE}), ("malformed", sid, "{nope"),
-                                   ("wrong type", sid, {"prompt": 7}), ("too long", sid, {"prompt": "x" * 5000})]:
+        json_type = {"Content-Type": "application/json"}
+        deep = "[" * 5000 + "]" * 5000
+        for name, target, body, headers in [
+                ("unknown", "f" * 32, {"prompt": BLUE}, json_type), ("malformed", sid, "{nope", json_type),
+                ("wrong type", sid, {"prompt": 7}, json_type), ("too long", sid, {"prompt": "x" * 5000}, json_type),
+                ("nested", sid, deep, json_type), ("plain text", sid, {"prompt": BLUE}, {"Content-Type": "text/plain"})]:
             data = body if isinstance(body, str) else json.dumps(body)
-            async with session.post(f"{base}/{target}/prompt", data=data) as r:
+            async with session.post(f"{base}/{target}/prompt", data=data, headers=headers) as r:
                 replies[name] = r.status
         async with session.post(f"{base}/{sid}/prompt", json={"prompt": BLUE}) as r:
             replies["ok"] = r.status
@@ -180,14 +189,16 @@ def test_live_prompt_change_and_interrupt(server):
         del aiohttp
 
     events = asyncio.run(_run(server["url"], prompt, during=control))
-    assert replies == {"unknown": 404, "malformed": 400, "wrong type": 400, "too long": 413, "ok": 200,
-                       "interrupt": 200}
+    assert replies == {"unknown": 404, "malformed": 400, "wrong type": 400, "too long": 413, "nested": 400,
+                       "plain text": 415, "ok": 200, "interrupt": 200}
     assert events["end"][0] == "execution_interrupted", events["end"]
     prompts = [f["prompt"] for f in events["frames"]]
     assert prompts[0] == RED and prompts[-1] == BLUE
     assert [e["state"] for e in events["live"]] == ["running", "ended"]
-    recordings = sorted((server["output"] / "streamdit").glob("live_*.mp4"))
-    assert recordings and recordings[-1].stat().st_size > 0  # kept after the interrupt
+    recording = events["live"][-1]["recording"]  # the canvas is told which partial recording was kept
+    kept = server["output"] / recording["subfolder"] / recording["filename"]
+    assert kept.stat().st_size > 0 and kept.name.startswith("live_") and kept.name.endswith("_.mp4")
+    recordings = [kept]
     from streamdit_core.world import detect
     from streamdit_core.video import read_video
 
@@ -202,10 +213,16 @@ def test_live_stop_button_ends_the_run_with_its_recording(server):
         while not events["live"] or len(events["frames"]) < 4:
             await asyncio.sleep(0.1)
         sid = events["live"][0]["session"]
-        async with session.post(f"{server['url']}/api/streamdit/live/{sid}/stop", data="{}") as r:
+        async with session.post(f"{server['url']}/api/streamdit/live/{sid}/stop", json={}) as r:
             assert r.status == 200
 
-    events = asyncio.run(_run(server["url"], _api(path, server["info"], max_seconds=600.0), during=stop))
-    assert events["end"][0] == "execution_success", events["end"]
-    (saved,) = [f for out in events["history"]["outputs"].values() for f in out.get("images", [])]
-    assert (server["output"] / saved["subfolder"] / saved["filename"]).stat().st_size > 0
+    prompt = _api(path, server["info"], max_seconds=600.0)
+    names = []
+    for _ in range(2):  # Run twice on the unchanged graph: the live node is never cached
+        events = asyncio.run(_run(server["url"], prompt, during=stop))
+        assert events["end"][0] == "execution_success", events["end"]
+        assert events["frames"], "the second run on an unchanged graph did not stream"
+        (saved,) = [f for out in events["history"]["outputs"].values() for f in out.get("images", [])]
+        assert (server["output"] / saved["subfolder"] / saved["filename"]).stat().st_size > 0
+        names.append(saved["filename"])
+    assert names[0] != names[1]  # two recordings

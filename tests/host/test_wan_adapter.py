@@ -175,19 +175,21 @@ def test_chunk_decoding_follows_the_first_frame_rule_and_shrinks_seams_with_cont
 
 
 def test_a_c2_n4_stream_runs_through_the_nodes(comfy):
-    from nodes import NODE_CLASS_MAPPINGS as NODES
+    from helpers import with_node_id
+    from nodes import node_classes
 
-    (pipe,) = NODES["StreamDiTWanModel"]().build(comfy.model, comfy.clip, comfy.vae, width=64, height=64,
+    NODES = {name: with_node_id(cls, "5") for name, cls in node_classes().items()}
+    (pipe,) = NODES["StreamDiTWanModel"].execute(comfy.model, comfy.clip, comfy.vae, width=64, height=64,
                                                  buffer_frames=8, guidance=3.0, negative_prompt=NEGATIVE,
                                                  shift=0.0, fps=16)
-    (prompts,) = NODES["StreamDiTPromptSchedule"]().parse("0s: a cat\n1s: a dog")
+    (prompts,) = NODES["StreamDiTPromptSchedule"].execute("0s: a cat\n1s: a dog")
     stream = dict(seed=0, guidance=0.0, switch_mode="chunk", blend_calls=4, reference_frames=0, chunks=4,
                   chunk_frames=2, steps_per_chunk=1)
     calls = pipe.model.calls
-    frames, fps = NODES["StreamDiTSampler"]().sample(pipe, prompts, seconds=2.0, warm_start=True, **stream)
+    frames, fps = NODES["StreamDiTSampler"].execute(pipe, prompts, seconds=2.0, warm_start=True, **stream)
     assert fps == 16.0 and frames.shape == (32, 64, 64, 3) and torch.isfinite(frames).all()
     assert pipe.model.calls > calls
-    again, _ = NODES["StreamDiTVideoToVideo"]().transform(pipe, frames[:16], prompts, strength=0.6, **stream)
+    again, _ = NODES["StreamDiTVideoToVideo"].execute(pipe, frames[:16], prompts, strength=0.6, **stream)
     assert again.shape == (16, 64, 64, 3) and torch.isfinite(again).all()  # VAE encoding, then the stream
 
 
@@ -203,7 +205,7 @@ def test_models_it_cannot_stream_are_refused_with_the_fix(comfy):
 
 
 def test_the_example_wan_workflow_runs_with_small_models_in_place_of_its_files(comfy):
-    from nodes import NODE_CLASS_MAPPINGS
+    from nodes import node_classes
     from workflow_tools import MODEL_FILES, ROOT, load, object_info, run_prompt, to_api
 
     asked, saved = {}, []
@@ -230,10 +232,10 @@ def test_the_example_wan_workflow_runs_with_small_models_in_place_of_its_files(c
             saved.append(video)
             return ()
 
-    classes = {**NODE_CLASS_MAPPINGS, "UNETLoader": loader("UNETLoader", "model"),
+    classes = {**node_classes(), "UNETLoader": loader("UNETLoader", "model"),
                "CLIPLoader": loader("CLIPLoader", "clip"), "VAELoader": loader("VAELoader", "vae"),
                "CreateVideo": CreateVideo, "SaveVideo": SaveVideo}
-    prompt = to_api(load(ROOT / "workflows" / "wan21_t2v_1_3b_stream.json"), object_info(NODE_CLASS_MAPPINGS))
+    prompt = to_api(load(ROOT / "workflows" / "wan21_t2v_1_3b_stream.json"), object_info(node_classes()))
     run_prompt(prompt, {"StreamDiTWanModel": {"width": 64, "height": 64},
                         "StreamDiTSampler": {"seconds": 1.0, "steps_per_chunk": 1}}, classes)
     files = MODEL_FILES["wan21_t2v_1_3b_stream"]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nodes import NODE_CLASS_MAPPINGS, host
+from nodes import host
+from nodes.models import StreamDiTModelLoader
 from nodes.models import EMBEDDED, EMBEDDED_TEACHER
 
 
@@ -45,7 +46,8 @@ def test_model_folder_is_merged_into_the_registry_and_listed(folder_paths):
     (default / "mine.safetensors").write_bytes(b"x")
     (user_dir / "theirs.safetensors").write_bytes(b"x")
     (user_dir / "notes.txt").write_text("not a model")
-    choices = NODE_CLASS_MAPPINGS["StreamDiTModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
+    (model_name,) = StreamDiTModelLoader.define_schema().inputs
+    choices = model_name.options
     assert choices == [EMBEDDED, EMBEDDED_TEACHER, "mine.safetensors", "theirs.safetensors"]
     assert host.model_path("theirs.safetensors") == user_dir / "theirs.safetensors"
 
@@ -53,4 +55,4 @@ def test_model_folder_is_merged_into_the_registry_and_listed(folder_paths):
 def test_a_missing_checkpoint_is_explained(folder_paths):
     host.register_model_folder()
     with pytest.raises(FileNotFoundError, match="'gone.safetensors' is not in models/streamdit/"):
-        NODE_CLASS_MAPPINGS["StreamDiTModelLoader"]().load("gone.safetensors")
+        StreamDiTModelLoader.execute("gone.safetensors")

@@ -1,53 +1,69 @@
-"""Every node as ComfyUI reads it: declarations, tooltips, types, callable signatures."""
+"""Every node as ComfyUI's V3 schema reads it: declarations, tooltips, types, execute signatures."""
 
 import inspect
 
 import pytest
 
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from nodes import NODES, node_classes
 
-BUILTIN_TYPES = {"MODEL", "CLIP", "VAE", "IMAGE", "FLOAT", "INT", "STRING", "BOOLEAN", "VIDEO", "MASK", "LATENT"}
-CLASSES = sorted(NODE_CLASS_MAPPINGS.items())
-
-
-def test_names_are_prefixed_and_displayed():
-    assert len(NODE_CLASS_MAPPINGS) >= 7
-    for name in NODE_CLASS_MAPPINGS:
-        assert name.startswith("StreamDiT") and NODE_DISPLAY_NAME_MAPPINGS[name].startswith("StreamDiT ")
+BUILTIN_TYPES = {"MODEL", "CLIP", "VAE", "IMAGE", "FLOAT", "INT", "STRING", "BOOLEAN", "VIDEO", "MASK", "LATENT", "COMBO"}
+SCHEMAS = sorted(((n.define_schema(), n) for n in NODES), key=lambda item: item[0].node_id)
 
 
-@pytest.mark.parametrize("name,cls", CLASSES, ids=[n for n, _ in CLASSES])
-def test_declarations_are_well_formed(name, cls):
-    assert cls.CATEGORY == "StreamDiT" and isinstance(cls.DESCRIPTION, str) and cls.DESCRIPTION
-    spec = cls.INPUT_TYPES()
-    assert set(spec) <= {"required", "optional", "hidden"} and spec["required"]
-    for section in ("required", "optional"):
-        for input_name, decl in spec.get(section, {}).items():
-            assert isinstance(decl, tuple) and 1 <= len(decl) <= 2, input_name
-            kind, options = decl[0], (decl[1] if len(decl) > 1 else {})
-            assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
-            if isinstance(kind, list):  # a combo
-                assert kind and options.get("default", kind[0]) in kind
-                continue
-            assert kind == kind.upper(), f"{name}.{input_name}: type {kind} must be upper case"
-            assert kind in BUILTIN_TYPES or kind.startswith("STREAMDIT_")
-            if kind in ("INT", "FLOAT"):
-                assert options["min"] <= options["default"] <= options["max"], input_name
-    assert isinstance(cls.RETURN_TYPES, tuple) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
-    if hasattr(cls, "OUTPUT_TOOLTIPS"):
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
-    assert all(t == t.upper() for t in cls.RETURN_TYPES)
-    # ComfyUI calls FUNCTION with every declared input by name
-    params = inspect.signature(getattr(cls(), cls.FUNCTION)).parameters
-    declared = [n for s in ("required", "optional", "hidden") for n in spec.get(s, {})]
-    assert set(declared) <= set(params), f"{name}.{cls.FUNCTION} lacks {set(declared) - set(params)}"
+def test_names_are_prefixed_displayed_and_unique():
+    ids = [schema.node_id for schema, _ in SCHEMAS]
+    assert len(ids) >= 8 and len(set(ids)) == len(ids) and set(node_classes()) == set(ids)
+    for schema, _ in SCHEMAS:
+        assert schema.node_id.startswith("StreamDiT") and schema.display_name.startswith("StreamDiT ")
+
+
+@pytest.mark.parametrize("schema,node", SCHEMAS, ids=[s.node_id for s, _ in SCHEMAS])
+def test_declarations_are_well_formed(schema, node):
+    assert schema.category == "StreamDiT" and schema.description
+    names = [i.id for i in schema.inputs]
+    assert len(set(names)) == len(names) and schema.inputs
+    for i in schema.inputs:
+        assert i.tooltip, f"{schema.node_id}.{i.id} has no tooltip"
+        kind = i.io_type
+        assert kind == kind.upper() and (kind in BUILTIN_TYPES or kind.startswith("STREAMDIT_")), kind
+        if kind == "COMBO":
+            assert i.options and (i.default is None or i.default in i.options)
+        if kind in ("INT", "FLOAT"):
+            assert i.min <= i.default <= i.max, i.id
+    for o in schema.outputs:
+        assert o.tooltip and o.io_type == o.io_type.upper() and (o.io_type in BUILTIN_TYPES
+                                                               or o.io_type.startswith("STREAMDIT_"))
+    # ComfyUI calls execute with every input by name; optional ones may be absent
+    params = inspect.signature(node.execute).parameters
+    assert set(names) <= set(params), f"{schema.node_id}.execute lacks {set(names) - set(params)}"
     required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
-    assert required <= set(spec["required"]), f"{name}: {required - set(spec['required'])} have no default"
+    assert required <= {i.id for i in schema.inputs if not i.optional}, schema.node_id
+
+
+def test_nodes_keep_the_inputs_old_workflows_saved():
+    """Workflows store widget values by input order: the V3 declarations keep the order the
+    nodes had, so graphs saved before still load and run unchanged."""
+    order = {s.node_id: [i.id for i in s.inputs] for s, _ in SCHEMAS}
+    stream = ["seed", "guidance", "switch_mode", "blend_calls", "reference_frames", "chunks", "chunk_frames",
+              "steps_per_chunk"]
+    assert order["StreamDiTSampler"] == ["model", "prompts", "seconds", *stream, "warm_start"]
+    assert order["StreamDiTBufferInit"] == ["model", "prompts", *stream, "width", "height", "warm_start", "images",
+                                            "strength"]
+    assert order["StreamDiTChunkDenoise"] == ["stream", "model", "prompts", "chunks"]
+    assert order["StreamDiTVideoToVideo"] == ["model", "images", "prompts", "strength", *stream]
+    assert order["StreamDiTLive"] == ["model", "prompts", "max_seconds", *stream, "filename_prefix", "format"]
+
+
+def test_only_the_live_node_is_never_cached():
+    nodes = node_classes()
+    live = nodes["StreamDiTLive"]
+    assert live.fingerprint_inputs(seed=1) != live.fingerprint_inputs(seed=1)
+    assert not any("fingerprint_inputs" in vars(n) for name, n in nodes.items() if name != "StreamDiTLive")
 
 
 def test_prompt_schedule_validation_names_the_bad_line():
-    cls = NODE_CLASS_MAPPINGS["StreamDiTPromptSchedule"]
-    assert cls.VALIDATE_INPUTS("0s: a\n4s: b") is True
-    assert cls.VALIDATE_INPUTS(None) is True  # linked: checked when run
-    message = cls.VALIDATE_INPUTS("0s: a red circle\nfour seconds: a blue circle")
+    cls = node_classes()["StreamDiTPromptSchedule"]
+    assert cls.validate_inputs("0s: a\n4s: b") is True
+    assert cls.validate_inputs(None) is True  # linked: checked when run
+    message = cls.validate_inputs("0s: a red circle\nfour seconds: a blue circle")
     assert "line 2" in message and "four seconds" in message and "'<seconds>s: <prompt>'" in message

@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from nodes import NODE_CLASS_MAPPINGS as NODES
-from nodes import host, routes
+from helpers import with_node_id
+from nodes import host, node_classes, routes
 from nodes.common import make_partition
 from nodes.models import EMBEDDED, EMBEDDED_TEACHER
 from streamdit_core import Partition
@@ -15,6 +15,8 @@ from streamdit_core.world import detect
 from streamdit_core import PromptSchedule
 from streamdit_core.velocity import ModelWrapper
 from streamdit_core.video import read_video
+
+NODES = node_classes()
 
 RED = "a red circle moving right on a black background"
 BLUE = "a blue circle moving right on a black background"
@@ -24,7 +26,7 @@ STREAM = dict(seed=0, guidance=0.0, switch_mode="immediate", blend_calls=4, refe
 
 @pytest.fixture(scope="module")
 def model():
-    (pipe,) = NODES["StreamDiTModelLoader"]().load(EMBEDDED)
+    (pipe,) = NODES["StreamDiTModelLoader"].execute(EMBEDDED)
     return pipe
 
 
@@ -33,11 +35,11 @@ def _colors(images):
 
 
 def _schedule(text):
-    return NODES["StreamDiTPromptSchedule"]().parse(text)[0]
+    return NODES["StreamDiTPromptSchedule"].execute(text)[0]
 
 
 def test_sampler_streams_comfyui_images(model):
-    frames, fps = NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=1.5, warm_start=True, **STREAM)
+    frames, fps = NODES["StreamDiTSampler"].execute(model, _schedule(RED), seconds=1.5, warm_start=True, **STREAM)
     assert fps == 16.0 and frames.shape == (24, 64, 64, 3) and frames.dtype == torch.float32
     assert 0 <= float(frames.min()) and float(frames.max()) <= 1
     assert _colors(frames).count("red") >= 22
@@ -45,53 +47,53 @@ def test_sampler_streams_comfyui_images(model):
 
 def test_per_chunk_switch_in_the_sampler_changes_only_frames_after_it(model):
     story = _schedule(f"0s: {RED}\n1s: {BLUE}")
-    frames, _ = NODES["StreamDiTSampler"]().sample(model, story, seconds=2.0, warm_start=True,
+    frames, _ = NODES["StreamDiTSampler"].execute(model, story, seconds=2.0, warm_start=True,
                                                    **{**STREAM, "switch_mode": "chunk"})
     assert _colors(frames) == ["red"] * 16 + ["blue"] * 16
 
 
 def test_chained_segments_equal_the_all_in_one_sampler(model):
     prompts = _schedule(RED)
-    whole, _ = NODES["StreamDiTSampler"]().sample(model, prompts, seconds=2.0, warm_start=True, **STREAM)
-    (stream,) = NODES["StreamDiTBufferInit"]().start(model, prompts, width=0, height=0, warm_start=True, **STREAM)
-    denoise = NODES["StreamDiTChunkDenoise"]()
-    first, _, stream2 = denoise.denoise(stream, model, prompts, chunks=8)
-    again, _, _ = denoise.denoise(stream, model, prompts, chunks=8)  # the input stream is not consumed
-    second, _, _ = denoise.denoise(stream2, model, prompts, chunks=8)
+    whole, _ = NODES["StreamDiTSampler"].execute(model, prompts, seconds=2.0, warm_start=True, **STREAM)
+    (stream,) = NODES["StreamDiTBufferInit"].execute(model, prompts, width=0, height=0, warm_start=True, **STREAM)
+    denoise = NODES["StreamDiTChunkDenoise"]
+    first, _, stream2 = denoise.execute(stream, model, prompts, chunks=8)
+    again, _, _ = denoise.execute(stream, model, prompts, chunks=8)  # the input stream is not consumed
+    second, _, _ = denoise.execute(stream2, model, prompts, chunks=8)
     assert torch.equal(first, again)
     assert torch.equal(torch.cat([first, second]), whole)
 
 
 def test_steps_per_chunk_zero_follows_the_model_and_the_teacher_stays_selectable(model):
-    (teacher,) = NODES["StreamDiTModelLoader"]().load(EMBEDDED_TEACHER)
+    (teacher,) = NODES["StreamDiTModelLoader"].execute(EMBEDDED_TEACHER)
     assert model.steps_per_chunk == 1 and model.guidance == 1.0 and teacher.guidance == 5.0
     assert teacher.path.name == "teacher.safetensors" and model.path.name == "model.safetensors"
     assert make_partition(model, 0, 4, 2, 0) == Partition(K=0, N=4, c=2, s=1)  # distilled: one call per chunk
     assert make_partition(teacher, 0, 4, 2, 0) == Partition(K=0, N=4, c=2, s=4)  # T = 16
     assert make_partition(teacher, 0, 8, 1, 0).s == 2 and make_partition(model, 0, 8, 1, 0).s == 1
     assert make_partition(model, 0, 4, 2, 3).s == 3  # an explicit value wins
-    frames, _ = NODES["StreamDiTSampler"]().sample(teacher, _schedule(RED), seconds=1.0, warm_start=True, **STREAM)
+    frames, _ = NODES["StreamDiTSampler"].execute(teacher, _schedule(RED), seconds=1.0, warm_start=True, **STREAM)
     assert _colors(frames).count("red") >= 14
 
 
 def test_partition_that_does_not_fit_the_model_is_explained(model):
     with pytest.raises(ValueError, match=r"0 \+ 3 x 2 = 6 latent frames, but this model's buffer holds 8.*N=4, c=2"):
-        NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=1.0, warm_start=True,
+        NODES["StreamDiTSampler"].execute(model, _schedule(RED), seconds=1.0, warm_start=True,
                                            **{**STREAM, "chunks": 3})
 
 
 def test_video_to_video_is_aligned_one_to_one_at_the_input_size(model):
-    clip, _ = NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=1.25, warm_start=True, **STREAM)
+    clip, _ = NODES["StreamDiTSampler"].execute(model, _schedule(RED), seconds=1.25, warm_start=True, **STREAM)
     clip = torch.nn.functional.interpolate(clip.permute(0, 3, 1, 2), size=(96, 80)).permute(0, 2, 3, 1)
-    v2v = NODES["StreamDiTVideoToVideo"]()
-    out, fps = v2v.transform(model, clip, _schedule(BLUE), strength=0.7, **STREAM)
+    v2v = NODES["StreamDiTVideoToVideo"]
+    out, fps = v2v.execute(model, clip, _schedule(BLUE), strength=0.7, **STREAM)
     assert out.shape == clip.shape == (20, 96, 80, 3) and fps == 16.0
     # Restyled: the frames that entered at the top of the buffer fully (the first buffer's worth
     # entered lower, at their chunk's level, and keep more of the source).
     assert _colors(out)[8:] == ["blue"] * 12
     # Frame i out is frame i in: at a low strength every frame stays close to its own source
     # frame, and further from its neighbours (the subject moves about 2 px a frame).
-    light, _ = v2v.transform(model, clip, _schedule(RED), strength=0.1, **STREAM)
+    light, _ = v2v.execute(model, clip, _schedule(RED), strength=0.1, **STREAM)
     own = (light - clip).abs().mean(dim=(1, 2, 3))  # [20]
     next_ = (light[:-1] - clip[1:]).abs().mean(dim=(1, 2, 3))  # [19]
     assert float(own.max()) < 0.03 and bool((own[:-1] < next_).all())
@@ -114,7 +116,7 @@ class _InterruptAfter(ModelWrapper):
 def test_interrupting_the_sampler_raises_the_hosts_interruption(model, monkeypatch):
     monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 30))
     with pytest.raises(host.interrupt_exception()):
-        NODES["StreamDiTSampler"]().sample(model, _schedule(RED), seconds=4.0, warm_start=True, **STREAM)
+        NODES["StreamDiTSampler"].execute(model, _schedule(RED), seconds=4.0, warm_start=True, **STREAM)
     host.check_interrupt()  # the request was consumed: nothing left pending
 
 
@@ -125,8 +127,8 @@ def test_an_interrupted_live_stream_keeps_its_recording_and_shows_it(model, monk
     monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 15))  # 15 chunks of 2 frames
     try:
         with pytest.raises(host.interrupt_exception()):
-            NODES["StreamDiTLive"]().stream(model, _schedule(RED), max_seconds=60.0, filename_prefix="streamdit/live",
-                                            format="mp4", unique_id="3", **STREAM)
+            with_node_id(NODES["StreamDiTLive"], "3").execute(model, _schedule(RED), max_seconds=60.0,
+                                                             filename_prefix="streamdit/live", format="mp4", **STREAM)
     finally:
         host.set_output_directory(None)
     (path,) = (tmp_path / "streamdit").glob("live_*.mp4")
@@ -142,9 +144,8 @@ def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
     result = {}
 
     def run():
-        result["out"] = NODES["StreamDiTLive"]().stream(model, _schedule(RED), max_seconds=120.0,
-                                                        filename_prefix="streamdit/live", format="mp4",
-                                                        unique_id="9", **STREAM)
+        result["out"] = with_node_id(NODES["StreamDiTLive"], "9").execute(
+            model, _schedule(RED), max_seconds=120.0, filename_prefix="streamdit/live", format="mp4", **STREAM)
 
     worker = threading.Thread(target=run)
     try:
@@ -162,8 +163,8 @@ def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
         host.set_output_directory(None)
     assert not worker.is_alive() and not routes.session_ids()
     out = result["out"]
-    video, path, fps = out["result"]
-    saved = out["ui"]["images"][0]
+    video, path, fps = out.result
+    saved = out.ui["images"][0]
     assert saved["subfolder"] == "streamdit" and path.endswith(saved["filename"]) and fps == 16.0
     colors = detect(read_video(path)).color
     assert 16 < len(colors) < 120 * 16  # stopped long before the limit
@@ -191,8 +192,7 @@ def test_the_live_node_streams_anew_on_every_run():
     """ComfyUI reuses a node's cached result while its fingerprint compares equal: the live
     node's never does, so Run on an unchanged graph streams again."""
     live = NODES["StreamDiTLive"]
-    first, second = live.IS_CHANGED(seed=0), live.IS_CHANGED(seed=0)
-    assert first != second and first != first
+    assert live.fingerprint_inputs(seed=0) != live.fingerprint_inputs(seed=0)
 
 
 def test_prompt_schedule_node_parses_times():

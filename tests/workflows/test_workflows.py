@@ -5,11 +5,12 @@ from fractions import Fraction
 import pytest
 import torch
 
-from nodes import NODE_CLASS_MAPPINGS, host
+from nodes import host, node_classes
 from workflow_tools import (EMBEDDED_WORKFLOWS, WORKFLOWS, check_value, load, object_info, run_prompt, to_api,
                             widget_values)
 
-INFO = object_info(NODE_CLASS_MAPPINGS)
+NODES = node_classes()
+INFO = object_info(NODES)
 NAMES = [p.stem for p in WORKFLOWS]
 
 
@@ -60,7 +61,7 @@ class SaveVideo:
 
 
 def execute(prompt: dict, overrides: dict) -> dict:
-    return run_prompt(prompt, overrides, {**NODE_CLASS_MAPPINGS, "CreateVideo": CreateVideo, "SaveVideo": SaveVideo})
+    return run_prompt(prompt, overrides, {**NODES, "CreateVideo": CreateVideo, "SaveVideo": SaveVideo})
 
 
 @pytest.mark.parametrize("path", EMBEDDED_WORKFLOWS, ids=[p.stem for p in EMBEDDED_WORKFLOWS])
