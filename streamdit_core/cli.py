@@ -420,6 +420,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
     p.add_argument("--decoder-only", action="store_true",
                    help="time only the codec, --calls chunks in a row (the decoder-cost line; no model is built)")
+    p.add_argument("--contention", action="store_true",
+                   help="measure the stream's CPU thread policies (auto, 1, 2 threads) on quiet cores and beside a "
+                        "competing 2-thread job started for the purpose, --stream-frames each, three times")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(run=_run_bench)
 
@@ -427,8 +430,9 @@ def _add_bench(sub) -> None:
 def _run_bench(args) -> int:
     import torch
 
-    from .bench import (checkpoint_subject, default_variants, format_comparison, format_decoder, format_report,
-                        measure_decoder, parse_variant, preset_subject, run_bench)
+    from .accel import FastPath, accelerate
+    from .bench import (checkpoint_subject, default_variants, format_comparison, format_contention, format_decoder,
+                        format_report, measure_contention, measure_decoder, parse_variant, preset_subject, run_bench)
     from .pipeline import resolve_device
     from .schedule import Partition
 
@@ -448,6 +452,15 @@ def _run_bench(args) -> int:
         for subject in subjects:
             if args.decoder_only:
                 print(format_decoder(subject.name, device, measure_decoder(subject, device, args.calls)))
+                continue
+            if args.contention:
+                if device.type != "cpu":
+                    raise ValueError("--contention measures CPU thread policies; run it with --device cpu")
+                velocity = accelerate(subject.build_model(subject.config, device), FastPath())
+                rows = measure_contention(subject, velocity, device, max(16, args.stream_frames),
+                                          log=lambda line: print(line, file=sys.stderr, flush=True))
+                print(f"{subject.name}: {max(16, args.stream_frames)} frames per stream, {torch.get_num_threads()} "
+                      f"torch threads by default\n" + format_contention(rows))
                 continue
             reports.append(run_bench(subject, device, variants, calls=args.calls, warmup=args.warmup,
                                      stream_frames=args.stream_frames, threaded=args.threaded,

@@ -31,8 +31,9 @@ import torch
 
 from .prompts import PromptSchedule
 from .session import FrameChunk, Session
+from .velocity import geometry_of
 
-__all__ = ["Runtime", "RuntimeStats"]
+__all__ = ["Runtime", "RuntimeStats", "SMALL_MODEL_FLOPS", "auto_cpu_threads", "call_flops"]
 
 _END = object()
 
@@ -67,6 +68,33 @@ def _decode_context(ready, chunk):
     return torch.cuda.stream(stream)
 
 
+SMALL_MODEL_FLOPS = 2e9  # per call: below this one CPU thread streams as fast as two, and far better when shared
+
+
+def call_flops(model: Any, batch: int = 1) -> float | None:
+    """About the FLOPs of one call of a model with parameters and a geometry: two per parameter
+    per token of the buffer (the matmuls), or None when that cannot be known (a host's adapter)."""
+    geometry = geometry_of(model)
+    params = getattr(model, "parameters", None)
+    if geometry is None or not callable(params):
+        return None
+    count = sum(p.numel() for p in params())
+    if count == 0:
+        return None
+    H, W = geometry.latent_size
+    tokens = geometry.buffer_frames * (H // geometry.patch_size) * (W // geometry.patch_size)
+    return 2.0 * count * tokens * batch
+
+
+def auto_cpu_threads(model: Any, batch: int = 1) -> int | None:
+    """The CPU thread count a stream over ``model`` runs with by default: one for a model too
+    small to gain from more (under :data:`SMALL_MODEL_FLOPS` per call), where two threads gained
+    nothing on quiet cores and lost 3x to 5x beside another job, against 1.5x for one thread
+    (BENCHMARKS.md); None (torch's own setting) otherwise."""
+    flops = call_flops(model, batch)
+    return 1 if flops is not None and flops < SMALL_MODEL_FLOPS else None
+
+
 @dataclass
 class RuntimeStats:
     """What a run measured (times in seconds unless the name says ms)."""
@@ -80,6 +108,7 @@ class RuntimeStats:
     denoise_stalls: int = 0  # latents ready but the decode queue full (decoding is the bottleneck)
     decode_stalls: int = 0  # frames ready but the output queue full (the consumer is the bottleneck)
     consumer_waits: int = 0  # the consumer found no frames ready (generation is the bottleneck)
+    threads: int | None = None  # CPU threads the run used (inline on a CPU)
 
     @property
     def fps(self) -> float:
@@ -112,11 +141,15 @@ class Runtime:
             compete for the same cores (2-core CPU, embedded model: 18.4 frames/s threaded
             against 28.9 inline, BENCHMARKS.md). On CUDA the decoder runs on a CUDA stream of
             its own and frames reach the CPU through pinned memory.
+        cpu_threads: for a stream on the CPU run inline: ``"auto"`` (default) is
+            :func:`auto_cpu_threads` (one thread for a small model, torch's count otherwise); an
+            integer fixes the count for the run; None leaves torch's setting alone. torch's own
+            count is restored when the run ends.
     """
 
     def __init__(self, session: Session, schedule: PromptSchedule | Sequence[PromptSchedule] | None = None,
                  prompt_source: Callable[[], str | None] | None = None, queue_chunks: int = 4,
-                 threaded: bool | None = None):
+                 threaded: bool | None = None, cpu_threads: int | str | None = "auto"):
         if queue_chunks < 1:
             raise ValueError(f"queue_chunks must be at least 1, got {queue_chunks}")
         self.threaded = session.pipe.device.type == "cuda" if threaded is None else bool(threaded)
@@ -124,6 +157,9 @@ class Runtime:
         self.schedule = schedule
         self.prompt_source = prompt_source
         self.queue_chunks = queue_chunks
+        if not (cpu_threads is None or cpu_threads == "auto" or (isinstance(cpu_threads, int) and cpu_threads >= 1)):
+            raise ValueError(f"cpu_threads must be 'auto', a count >= 1 or None, got {cpu_threads!r}")
+        self.cpu_threads = cpu_threads
         self.stats = RuntimeStats()
 
     def video(self, frames: int | None = None, opening: FrameChunk | None = None,
@@ -265,6 +301,13 @@ class Runtime:
         start = time.perf_counter()
         tf = self.session.pipe.frames_per_latent
         made = 0
+        before = torch.get_num_threads()
+        threads = self.cpu_threads
+        if threads == "auto":
+            branches = 1 if self.session.guidance == 1 else 2  # guidance evaluates both in one call
+            threads = auto_cpu_threads(self.session.pipe.velocity, self.session.batch * branches)
+        if threads is not None and self.session.pipe.device.type == "cpu":
+            torch.set_num_threads(threads)
         try:
             while frames is None or made < frames:
                 if should_stop is not None and should_stop():
@@ -278,3 +321,5 @@ class Runtime:
                 yield item
         finally:
             self.stats.wall = time.perf_counter() - start
+            self.stats.threads = torch.get_num_threads()
+            torch.set_num_threads(before)

@@ -23,13 +23,13 @@ The package: ``rows`` (the shapes benched, the table's rows, the results), ``mea
 measurements), ``report`` (the text report); the command line is in :mod:`streamdit_core.cli`.
 """
 
-from .measure import (RandomText, Subject, checkpoint_subject, count_flops, matmul_peak, measure_decoder,
-                      measure_stream, measure_variant, preset_subject, run_bench)
-from .report import format_comparison, format_decoder, format_report
+from .measure import (ContentionRow, RandomText, Subject, checkpoint_subject, count_flops, matmul_peak, measure_decoder,
+                      measure_contention, measure_stream, measure_variant, preset_subject, run_bench)
+from .report import format_comparison, format_contention, format_decoder, format_report
 from .rows import (BENCH_PRESETS, BenchPreset, BenchReport, DecoderResult, StreamResult, Variant, VariantResult,
                    default_variants, parse_variant)
 
-__all__ = ["BENCH_PRESETS", "BenchPreset", "BenchReport", "DecoderResult", "RandomText", "StreamResult", "Subject",
+__all__ = ["ContentionRow", "format_contention", "measure_contention", "BENCH_PRESETS", "BenchPreset", "BenchReport", "DecoderResult", "RandomText", "StreamResult", "Subject",
            "Variant", "VariantResult", "checkpoint_subject", "count_flops", "default_variants", "format_comparison",
            "format_decoder", "format_report", "matmul_peak", "measure_decoder", "measure_stream", "measure_variant",
            "parse_variant", "preset_subject", "run_bench"]

@@ -24,8 +24,8 @@ from ..schedule import Partition, frame_sigma_table
 from ..velocity import CallCounter
 from .rows import BENCH_PRESETS, BenchReport, DecoderResult, StreamResult, Variant, VariantResult
 
-__all__ = ["RandomText", "Subject", "checkpoint_subject", "count_flops", "matmul_peak", "measure_decoder",
-           "measure_stream", "measure_variant", "preset_subject", "run_bench"]
+__all__ = ["ContentionRow", "RandomText", "Subject", "checkpoint_subject", "count_flops", "matmul_peak",
+           "measure_contention", "measure_decoder", "measure_stream", "measure_variant", "preset_subject", "run_bench"]
 
 
 def _sync(device: torch.device) -> None:
@@ -213,8 +213,9 @@ def measure_variant(subject: Subject, variant: Variant, device: torch.device, ca
 
 
 def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: torch.device, frames: int,
-                   threaded: bool | None) -> StreamResult:
-    """A fresh stream through the runtime: warm start, ``frames`` video frames, decoded."""
+                   threaded: bool | None, cpu_threads: int | str | None = "auto") -> StreamResult:
+    """A fresh stream through the runtime: warm start, ``frames`` video frames, decoded
+    (``cpu_threads``: the runtime's CPU thread policy, see :class:`~streamdit_core.runtime.Runtime`)."""
     from ..pipeline import Pipeline
     from ..runtime import Runtime
     from ..session import Session
@@ -240,7 +241,7 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     _sync(device)
     result.warm_start_s = time.perf_counter() - t0
     before = counter.samples
-    runtime = Runtime(session, threaded=threaded)
+    runtime = Runtime(session, threaded=threaded, cpu_threads=cpu_threads)
     result.threaded = runtime.threaded
     made = 0
     for out in runtime.video(frames):
@@ -253,6 +254,7 @@ def measure_stream(subject: Subject, velocity: Accelerated, label: str, device: 
     result.branches = counter.samples - before
     result.call_ms = runtime.stats.median_call_ms
     result.decode_ms = runtime.stats.median_decode_ms
+    result.threads = runtime.stats.threads
     if device.type == "cuda":
         result.peak_memory, result.memory_kind = torch.cuda.max_memory_allocated(device), "CUDA allocated"
     else:
@@ -307,3 +309,52 @@ def run_bench(subject: Subject, device: torch.device, variants: Sequence[Variant
     return BenchReport(subject.name, subject.about, f"{device} ({name}, {torch.get_num_threads()} threads)"
                        if device.type == "cpu" else f"{device} ({name})", torch.__version__, P, _frame_size(subject),
                        P.c * tf / P.s, tokens, params, subject.guidance, calls, results, stream, peaks)
+
+
+# A competing job: a 2-thread float32 matmul loop, what a second heavy process on the cores does.
+_COMPETITOR = ("import sys, torch; torch.set_num_threads(2); a = torch.randn(1024, 1024); print('ready', flush=True)\n"
+               "while True: a @ a")
+
+
+@dataclass
+class ContentionRow:
+    """One thread policy's stream, quiet and beside the competing job (video FPS with decoding)."""
+
+    policy: str
+    quiet_fps: list[float]
+    contended_fps: list[float]
+    threads_used: list[int | None]  # CPU threads at the end of each contended run
+
+    @property
+    def slowdown(self) -> float:
+        """Median quiet FPS over median contended FPS (1: no slowdown)."""
+        return statistics.median(self.quiet_fps) / max(1e-9, statistics.median(self.contended_fps))
+
+
+def measure_contention(subject: Subject, velocity, device: torch.device, frames: int,
+                       policies: Sequence[int | str] = ("auto", 1, 2), repeats: int = 3,
+                       log: Callable[[str], None] = lambda line: None) -> list[ContentionRow]:
+    """Streams ``frames`` frames ``repeats`` times per CPU thread policy, first on quiet cores,
+    then beside a competing 2-thread matmul job started here (and stopped after)."""
+    import subprocess
+    import sys
+
+    rows = [ContentionRow(str(p), [], [], []) for p in policies]
+    for contended in (False, True):
+        job = None
+        if contended:
+            job = subprocess.Popen([sys.executable, "-c", _COMPETITOR], stdout=subprocess.PIPE, text=True)
+            job.stdout.readline()  # running
+        try:
+            for _ in range(repeats):
+                for row, policy in zip(rows, policies):
+                    result = measure_stream(subject, velocity, row.policy, device, frames, False, policy)
+                    (row.contended_fps if contended else row.quiet_fps).append(result.fps)
+                    if contended:
+                        row.threads_used.append(result.threads)
+                    log(f"{'contended' if contended else 'quiet'} {row.policy}: {result.fps:.1f} FPS")
+        finally:
+            if job is not None:
+                job.kill()
+                job.wait()
+    return rows

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from .rows import BenchReport, DecoderResult
 
-__all__ = ["format_comparison", "format_decoder", "format_report"]
+__all__ = ["format_comparison", "format_contention", "format_decoder", "format_report"]
 
 
 def format_report(report: BenchReport) -> str:
@@ -70,3 +70,17 @@ def format_decoder(name: str, device, d: DecoderResult) -> str:
     return (f"decoder of {name} on {device}: {H}x{W}, {d.frames_per_chunk} frames per chunk, "
             f"median {d.median_ms:.1f} ms per chunk (p10-p90 {q[0]:.1f}-{q[-1]:.1f}, {len(d.decode_ms)} chunks), "
             f"{d.flops / 1e9:.1f} GFLOP per chunk, {d.fps:.1f} video frames/s for the decoder alone")
+
+
+def format_contention(rows) -> str:
+    """The thread-policy table of ``bench --contention``: video FPS with decoding, quiet and beside
+    a competing 2-thread job (medians, with every run's figure)."""
+    lines = ["| CPU thread policy | quiet FPS | contended FPS | quiet / contended | threads at the end (contended) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        quiet = ", ".join(f"{v:.1f}" for v in r.quiet_fps)
+        busy = ", ".join(f"{v:.1f}" for v in r.contended_fps)
+        lines.append(f"| {r.policy} | {statistics.median(r.quiet_fps):.1f} ({quiet}) | "
+                     f"{statistics.median(r.contended_fps):.1f} ({busy}) | {r.slowdown:.2f}x | "
+                     f"{', '.join(str(t) for t in r.threads_used)} |")
+    return "\n".join(lines)

@@ -162,6 +162,7 @@ class StreamResult:
     threaded: bool = False
     peak_memory: int = 0
     memory_kind: str = ""
+    threads: int | None = None  # CPU threads the stream ran with (the runtime's thread policy)
 
     @property
     def fps(self) -> float:

@@ -109,3 +109,30 @@ def test_video_opens_with_the_reference_frames_and_cuts_to_the_exact_length(batc
         video = torch.cat([c.frames for c in got], dim=-4)
         assert video.shape[-4] == frames and torch.equal(video, expected.narrow(-4, 0, frames))
         assert got[0].index == 0 and session.calls == 6 + 2 * (frames - 1)  # no call past the last frame
+
+
+def test_a_small_model_streams_on_one_cpu_thread_and_torch_keeps_its_setting():
+    """On shared cores, spinning OpenMP threads of a model too small to gain from them collapse
+    the stream (BENCHMARKS.md): the runtime streams such a model on one thread, a larger one on
+    torch's count, and gives torch its own setting back."""
+    from streamdit_core.runtime import SMALL_MODEL_FLOPS, auto_cpu_threads, call_flops
+
+    pipe = _pipe()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        session = pipe.session("ab", P, seed=3)
+        runtime = Runtime(session, threaded=False)
+        list(runtime.video(6, session.start()))
+        assert runtime.stats.threads == 1 and torch.get_num_threads() == 2
+        fixed = Runtime(pipe.session("ab", P, seed=3), threaded=False, cpu_threads=2)
+        list(fixed.video(4))
+        assert fixed.stats.threads == 2
+    finally:
+        torch.set_num_threads(before)
+    assert call_flops(pipe.model) < SMALL_MODEL_FLOPS and auto_cpu_threads(pipe.model) == 1
+    big = call_flops(pipe.model, batch=int(SMALL_MODEL_FLOPS / call_flops(pipe.model)) + 1)
+    assert big > SMALL_MODEL_FLOPS
+    assert call_flops(lambda x, sigma, text: x) is None  # a bare field (or a host adapter): torch decides
+    with pytest.raises(ValueError, match="cpu_threads"):
+        Runtime(pipe.session("ab", P), cpu_threads=0)
