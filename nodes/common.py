@@ -163,10 +163,12 @@ def run_stream(session: Session, schedule: PromptSchedule, run: NodeRun, total: 
     the real-time :class:`~streamdit_core.runtime.Runtime`.
 
     ``schedule`` is in the stream's own time; a prompt posted to a live session replaces it from
-    then on.
+    then on. A live stream is paced to its frame rate (see :meth:`Runtime.video`), so what it
+    shows is what it computes now.
     """
     live = run.live
     runtime = Runtime(session, schedule, prompt_source=None if live is None else live.take_prompt)
-    for chunk in runtime.video(total, opening, should_stop=None if live is None else (lambda: live.stopping)):
-        run.emitted(chunk.frames, session.calls, session.prompts[0])
+    stop = None if live is None else (lambda: live.stopping)
+    for chunk in runtime.video(total, opening, should_stop=stop, realtime=live is not None):  # live: paced to play
+        run.emitted(chunk.frames, session.calls, session.prompt_at(chunk.index)[0])
         yield chunk.frames

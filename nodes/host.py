@@ -132,10 +132,34 @@ def device() -> torch.device:
 
 def load_models(models: list) -> None:
     """Has ComfyUI's model management load ComfyUI models (ModelPatchers) to its device,
-    offloading others as memory requires; nothing outside ComfyUI."""
+    offloading others as memory requires; models it holds loaded already cost only the check
+    (so a stream's model is loaded once, not on every call); nothing outside ComfyUI."""
     mm = _comfy("comfy.model_management")
-    if mm is not None and models:
-        mm.load_models_gpu(models)
+    if mm is None or not models:
+        return
+    loaded = mm.loaded_models(only_currently_used=False)
+    missing = [m for m in models if not any(m is held for held in loaded)]
+    if missing:
+        mm.load_models_gpu(missing)
+
+
+def wan_text_to_video_problem(model) -> str | None:
+    """Why a ComfyUI MODEL is not a Wan 2.1-architecture text-to-video model (said for the
+    artist, with the fix), or None when it is one: read from ComfyUI's own model class, not from
+    tensor shapes."""
+    model_base = _comfy("comfy.model_base")
+    base = getattr(model, "model", None)
+    if model_base is None or base is None or not hasattr(base, "diffusion_model"):
+        return ("the MODEL input is not a ComfyUI video diffusion model; load a Wan 2.1 text-to-video model "
+                "with Load Diffusion Model")
+    if not isinstance(base, model_base.WAN21):
+        return (f"the MODEL is a {type(base).__name__} model, not Wan 2.1; load a Wan 2.1 text-to-video model "
+                "(wan2.1_t2v_1.3B or 14B) with Load Diffusion Model")
+    if type(base) is not model_base.WAN21 or getattr(base, "image_to_video", False):
+        kind = "image-to-video" if getattr(base, "image_to_video", False) else type(base).__name__
+        return (f"the MODEL is a Wan {kind} model, which needs conditioning a text stream does not have; use a "
+                "text-to-video model (wan2.1_t2v_1.3B or 14B)")
+    return None
 
 
 # ----------------------------------------------------------------------------------- interrupt

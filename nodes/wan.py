@@ -185,18 +185,15 @@ def comfy_pipeline(model, clip, vae, *, width: int = 832, height: int = 480, buf
         fps: frame rate of the video.
         context: latents decoded again in front of each chunk (seams of the causal VAE).
     """
-    base = getattr(model, "model", None)
-    dm = getattr(base, "diffusion_model", None)
-    if dm is None or not hasattr(dm, "patch_embedding") or not hasattr(base, "model_sampling"):
-        raise ValueError("the MODEL input is not a ComfyUI video diffusion model; load a Wan 2.1 text-to-video "
-                         "model with Load Diffusion Model")
+    problem = host.wan_text_to_video_problem(model)
+    if problem is not None:
+        raise ValueError(problem)
+    base = model.model
+    dm = base.diffusion_model
     if getattr(getattr(base, "model_type", None), "name", "") != "FLOW":
         raise ValueError(f"the MODEL is a {getattr(base.model_type, 'name', '?')} model; StreamDiT streams flow "
                          "(rectified-flow) models such as Wan 2.1")
     channels = int(base.latent_format.latent_channels)
-    if dm.patch_embedding.weight.shape[1] != channels:
-        raise ValueError(f"the MODEL takes {dm.patch_embedding.weight.shape[1]} input channels, not its {channels} "
-                         "latent channels: it is an image-to-video (or control) model; use a text-to-video model")
     if getattr(vae, "latent_channels", None) != channels or getattr(vae, "upscale_index_formula", (0,))[0] != 4:
         raise ValueError(f"the VAE is not a Wan 2.1 video VAE ({channels} latent channels, 4x time); load "
                          "wan_2.1_vae.safetensors with Load VAE")

@@ -163,18 +163,28 @@ class Runtime:
         self.stats = RuntimeStats()
 
     def video(self, frames: int | None = None, opening: FrameChunk | None = None,
-              should_stop: Callable[[], bool] | None = None) -> Iterator[FrameChunk]:
+              should_stop: Callable[[], bool] | None = None, realtime: bool = False,
+              lead: float = 0.5) -> Iterator[FrameChunk]:
         """The stream's video in order: ``opening`` first (the reference frames a start
         returned, if any), then the chunks :meth:`run` makes, the last one cut so that exactly
         ``frames`` video frames come out (endless when None). Every way of streaming a video to
-        its end (the CLI, the nodes, evaluation, the benchmark) goes through here."""
+        its end (the CLI, the nodes, evaluation, the benchmark) goes through here.
+
+        With ``realtime`` the video is paced to its frame rate: a chunk is handed over no more
+        than ``lead`` seconds of video ahead of the wall clock, so a live stream that computes
+        faster than it plays neither piles up frames nor answers a new prompt late."""
         head = [] if opening is None else [opening]
         rest = self.run(None if frames is None else max(0, frames - sum(_count(c) for c in head)), should_stop)
         made = 0
+        fps = self.session.pipe.fps
+        start = time.perf_counter()
         try:
             for chunk in itertools.chain(head, rest):
                 if frames is not None and _count(chunk) > frames - made:
                     chunk = dataclasses.replace(chunk, frames=chunk.frames.narrow(-4, 0, frames - made))
+                ahead = made / fps - lead - (time.perf_counter() - start)
+                if realtime and ahead > 0:
+                    time.sleep(ahead)
                 made += _count(chunk)
                 yield chunk
                 if frames is not None and made >= frames:

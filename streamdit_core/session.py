@@ -100,6 +100,7 @@ class Session:
         prompts = _prompt_list(prompt, batch)
         self._setup(pipe, batch, guidance, overlap, switch, before_call)
         self.prompts = prompts
+        self._labels: list[tuple[int, list[str]]] = [(0, prompts)]  # (first latent frame, prompts)
         partition = partition or pipe.default_partition()
         device, dtype = placement(pipe.model)
         self.stream = Streamer(self.model, partition, (pipe.geometry.in_channels, *self._latent_size(size)),
@@ -125,6 +126,7 @@ class Session:
         self._setup(pipe, batch, snapshot.guidance if guidance is None else guidance,
                     snapshot.overlap if overlap is None else overlap, switch or snapshot.switch, before_call)
         self.prompts = list(snapshot.prompts)
+        self._labels = [(0, list(snapshot.prompts))]
         self.stream = Streamer.resume(self.model, snapshot.state.clone())  # its prompt state included
         tail = snapshot.decoder_tail
         self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap, tail=None if tail is None else tail.clone())
@@ -229,7 +231,24 @@ class Session:
         mode = self.switch.mode
         self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
                              blend_calls=self.switch.blend_calls if mode == "blend" else 0)
+        st = self.stream.state
+        first = st.next_index if mode == "chunk" else int(st.frame_index[self.partition.K])
+        self._labels = [(f, p) for f, p in self._labels if f < first] + [(first, prompts)]
+        gone = int(st.frame_index[self.partition.K]) - 2 * self.partition.B  # frames long decoded
+        while len(self._labels) > 1 and self._labels[1][0] <= gone:
+            self._labels.pop(0)
         self.prompts = prompts
+
+    def prompt_at(self, frame: int) -> list[str]:
+        """The prompts (one per stream) of video frame ``frame``: the prompt in force when it left
+        the buffer, or, after a per-chunk switch, the one it entered with. A player labels a frame
+        with it, so the label changes with the picture."""
+        latent = frame // self.pipe.frames_per_latent
+        found = self._labels[0][1]
+        for first, prompts in self._labels:
+            if first <= latent:
+                found = prompts
+        return list(found)
 
     def follow(self, schedule: PromptSchedule | Sequence[PromptSchedule]) -> None:
         """Switches to the prompt ``schedule`` (one per stream, or one for all) says is due.

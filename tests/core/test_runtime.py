@@ -136,3 +136,15 @@ def test_a_small_model_streams_on_one_cpu_thread_and_torch_keeps_its_setting():
     assert call_flops(lambda x, sigma, text: x) is None  # a bare field (or a host adapter): torch decides
     with pytest.raises(ValueError, match="cpu_threads"):
         Runtime(pipe.session("ab", P), cpu_threads=0)
+
+
+def test_a_realtime_video_is_paced_to_its_frame_rate():
+    """A live stream that computes faster than it plays is held to its frame rate (at most the
+    lead ahead of the wall clock), with the same frames as an unpaced one."""
+    pipe = _pipe()  # 4 fps, one latent frame per chunk
+    fast = list(Runtime(pipe.session("ab", P, seed=3), threaded=False).video(6))
+    t0 = time.perf_counter()
+    paced = list(Runtime(pipe.session("ab", P, seed=3), threaded=False).video(6, realtime=True, lead=0.25))
+    wall = time.perf_counter() - t0
+    assert wall >= 5 / 4 - 0.25 - 0.05  # the sixth frame is due 1.25 s into the video
+    assert all(torch.equal(a.frames, b.frames) for a, b in zip(fast, paced))

@@ -266,3 +266,19 @@ def test_schedules_for_segments_and_frame_sizes():
     assert pipe.session("x", Partition(K=0, N=2, c=2, s=1), size=(6, 10)).frame_size == (6, 10)
     with pytest.raises(ValueError, match=r"frame size 7x10 must be positive multiples of 2 .*own size is 8x8"):
         pipe.session("x", Partition(K=0, N=2, c=2, s=1), size=(7, 10))
+
+
+@pytest.mark.parametrize("mode", ["chunk", "immediate"])
+def test_each_frame_is_labelled_with_the_prompt_that_made_it(mode):
+    """A player labels frames with ``Session.prompt_at``: after a per-chunk switch, the frames
+    already in the buffer keep the old prompt's label; after an immediate one, every frame that
+    leaves from then on has the new one."""
+    pipe = _pipe()
+    P = Partition(K=0, N=2, c=2, s=1)
+    session = pipe.session("aa", P, switch=PromptSwitch(mode))
+    session.start()
+    session.next_chunk()  # frames 0-1 out; 2-5 in the buffer
+    session.set_prompt("bbbb")
+    first_new = 6 if mode == "chunk" else 2
+    labels = [session.prompt_at(f)[0] for f in range(10)]
+    assert labels == ["aa"] * first_new + ["bbbb"] * (10 - first_new)

@@ -67,3 +67,16 @@ def test_prompt_schedule_validation_names_the_bad_line():
     assert cls.validate_inputs(None) is True  # linked: checked when run
     message = cls.validate_inputs("0s: a red circle\nfour seconds: a blue circle")
     assert "line 2" in message and "four seconds" in message and "'<seconds>s: <prompt>'" in message
+
+
+@pytest.mark.parametrize("schema,node", SCHEMAS, ids=[s.node_id for s, _ in SCHEMAS])
+def test_every_node_has_a_help_page_that_names_its_inputs(schema, node):
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "web" / "docs" / f"{schema.node_id}.md"
+    assert page.is_file(), f"web/docs/{schema.node_id}.md is missing"
+    text = page.read_text()
+    assert text.startswith(f"# {schema.display_name}\n")
+    widgets = [i.id for i in schema.inputs if i.io_type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+    named = [w for w in widgets if w in text]
+    assert len(named) >= min(3, len(widgets)), f"{page.name} names none of {widgets}"

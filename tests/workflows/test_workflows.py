@@ -79,3 +79,13 @@ def test_workflow_runs_on_the_embedded_model(path, tmp_path):
     assert SaveVideo.saved or list(tmp_path.rglob("*.mp4")), "the workflow saved nothing"
     assert produced or list(tmp_path.rglob("*.mp4"))
 
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=NAMES)
+def test_every_workflow_has_its_thumbnail_for_the_template_browser(path):
+    from PIL import Image
+
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.is_file(), f"{thumbnail.name} is missing: run python workflows/make_thumbnails.py"
+    with Image.open(thumbnail) as image:
+        assert image.format == "JPEG" and image.size == (512, 256)

@@ -3,8 +3,8 @@
 // session the node is running).
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
-
-const LIVE_NODE = "StreamDiTLive";
+import { LIVE_NODE, chain, findNode } from "./common.js";
+import { playerOf } from "./stream_player.js";
 
 function liveBox(node) {
   const box = document.createElement("div");
@@ -59,15 +59,23 @@ function showRecording(node, recording, frames) {
   } catch (err) { /* an older frontend without a writable output store */ }
   node.onExecuted?.(output);
   node.streamditLive.status.textContent = `ended: ${frames} frames recorded in ${recording.filename}`;
-  app.graph?.setDirtyCanvas(true, true);
+  fitLater(node);
+}
+
+// Grows the node to hold what was added to it (the recording's preview), never shrinking it.
+function fitLater(node) {
+  requestAnimationFrame(() => {
+    const [w, h] = node.computeSize?.() ?? node.size;
+    if (h > node.size[1] || w > node.size[0]) node.setSize([Math.max(w, node.size[0]), Math.max(h, node.size[1])]);
+    app.graph?.setDirtyCanvas(true, true);
+  });
 }
 
 app.registerExtension({
   name: "streamdit.live_prompt",
   async setup() {
     api.addEventListener("streamdit.live", ({ detail }) => {
-      const key = String(detail.node ?? "").split(":").pop();
-      const node = app.graph?.getNodeById(Number(key)) ?? app.graph?.getNodeById(key);
+      const node = findNode(detail.node);
       if (!node || node.comfyClass !== LIVE_NODE || !node.streamditLive) return;
       const running = detail.state === "running";
       node.streamditSession = running ? detail.session : null;
@@ -77,15 +85,16 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== LIVE_NODE) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
+    chain(nodeType.prototype, "onNodeCreated", function () {
+      playerOf(this); // the player first, whichever extension loaded first: a fixed widget order
       this.streamditLive = liveBox(this);
       const widget = this.addDOMWidget("streamdit_live_prompt", "streamdit_live_prompt", this.streamditLive.box, {
         serialize: false, hideOnZoom: false, getMinHeight: () => 80,
       });
       widget.serialize = false; // typed live, never saved into the workflow
-      return result;
-    };
+    });
+    chain(nodeType.prototype, "onExecuted", function () {
+      fitLater(this); // the recording's preview fits inside the node
+    });
   },
 });
