@@ -27,3 +27,24 @@ export function streams(nodeData) {
 }
 
 export const LIVE_NODE = "StreamDiTLive";
+
+// Widget values kept by name as well as by position: a workflow saved with one input order
+// still restores every value to the widget of that name after the node's inputs change.
+const NAMED = "streamdit_widgets";
+
+export function keepWidgetsByName(prototype) {
+  chain(prototype, "onSerialize", function (data) {
+    const named = {};
+    for (const w of this.widgets ?? []) {
+      if (w.serialize !== false && w.options?.serialize !== false && w.name) named[w.name] = w.value;
+    }
+    data.properties = { ...(data.properties ?? {}), [NAMED]: named };
+  });
+  chain(prototype, "onConfigure", function (data) {
+    const named = data?.properties?.[NAMED];
+    if (!named) return;
+    for (const w of this.widgets ?? []) {
+      if (w.name in named && w.value !== named[w.name]) w.value = named[w.name];
+    }
+  });
+}

@@ -3,7 +3,7 @@
 // chunk) at the stream's frame rate, with a status line of what is measured.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
-import { chain, findNode, streams } from "./common.js";
+import { chain, findNode, keepWidgetsByName, streams } from "./common.js";
 
 const MAX_QUEUE = 256; // frames waiting to play; older ones are dropped when the player falls behind
 const WINDOW_MS = 3000; // rates are measured over the last three seconds
@@ -130,6 +130,7 @@ app.registerExtension({
     });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.category === "StreamDiT") keepWidgetsByName(nodeType.prototype);
     if (!streams(nodeData)) return;
     chain(nodeType.prototype, "onNodeCreated", function () {
       playerOf(this); // the live prompt box (live_prompt.js) always goes below it
