@@ -62,13 +62,16 @@ function showRecording(node, recording, frames) {
   fitLater(node);
 }
 
-// Grows the node to hold what was added to it (the recording's preview), never shrinking it.
+// Grows the node to hold what was added to it (the recording's preview), never shrinking it;
+// again as the video loads and takes its height.
 function fitLater(node) {
-  requestAnimationFrame(() => {
-    const [w, h] = node.computeSize?.() ?? node.size;
-    if (h > node.size[1] || w > node.size[0]) node.setSize([Math.max(w, node.size[0]), Math.max(h, node.size[1])]);
-    app.graph?.setDirtyCanvas(true, true);
-  });
+  for (const delay of [0, 250, 1000, 2500]) {
+    setTimeout(() => requestAnimationFrame(() => {
+      const [w, h] = node.computeSize?.() ?? node.size;
+      if (h > node.size[1] || w > node.size[0]) node.setSize([Math.max(w, node.size[0]), Math.max(h, node.size[1])]);
+      app.graph?.setDirtyCanvas(true, true);
+    }), delay);
+  }
 }
 
 app.registerExtension({
