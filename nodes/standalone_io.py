@@ -32,10 +32,6 @@ class _Input:
         for name, value in options.items():
             setattr(self, name, value)
 
-    def as_dict(self) -> dict:
-        extra = {k: v for k, v in self.declared.items() if v is not None}
-        return {"tooltip": self.tooltip, **({"optional": True} if self.optional else {}), **extra}
-
 
 class _Output:
     io_type = "*"
@@ -108,9 +104,6 @@ class ComfyNode:
 
 
 class ComfyExtension:
-    async def on_load(self) -> None:
-        """Called when ComfyUI loads the extension."""
-
     async def get_node_list(self) -> list[type[ComfyNode]]:
         raise NotImplementedError
 

@@ -88,9 +88,9 @@ def call_flops(model: Any, batch: int = 1) -> float | None:
 
 def auto_cpu_threads(model: Any, batch: int = 1) -> int | None:
     """The CPU thread count a stream over ``model`` runs with by default: one for a model too
-    small to gain from more (under :data:`SMALL_MODEL_FLOPS` per call), where two threads gained
-    nothing on quiet cores and lost 3x to 5x beside another job, against 1.5x for one thread
-    (BENCHMARKS.md); None (torch's own setting) otherwise."""
+    small to gain from more (under :data:`SMALL_MODEL_FLOPS` per call): for the embedded models two
+    threads gained at most 10% on quiet cores and lost 6.6x to 7.5x beside another job, against
+    1.1x to 1.3x for one thread (BENCHMARKS.md); None (torch's own setting) otherwise."""
     flops = call_flops(model, batch)
     return 1 if flops is not None and flops < SMALL_MODEL_FLOPS else None
 

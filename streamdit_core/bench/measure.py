@@ -312,7 +312,7 @@ def run_bench(subject: Subject, device: torch.device, variants: Sequence[Variant
 
 
 # A competing job: a 2-thread float32 matmul loop, what a second heavy process on the cores does.
-_COMPETITOR = ("import sys, torch; torch.set_num_threads(2); a = torch.randn(1024, 1024); print('ready', flush=True)\n"
+_COMPETITOR = ("import torch; torch.set_num_threads(2); a = torch.randn(1024, 1024); print('ready', flush=True)\n"
                "while True: a @ a")
 
 
