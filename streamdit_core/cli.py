@@ -297,7 +297,8 @@ def _run_generate(args) -> int:
 _TABLE_KEYS = [("color", "color"), ("shape", "shape"), ("direction", "direction"), ("background", "backgr."),
                ("subject_consistency", "subject cons."), ("background_consistency", "backgr. cons."),
                ("temporal_flickering", "temp. flicker"), ("motion_smoothness", "motion smooth."),
-               ("dynamic_degree", "dynamic deg.")]
+               ("dynamic_degree", "dynamic deg."), ("speed", "speed"), ("mean_speed", "px/frame"),
+               ("one_subject", "one subject"), ("teleports", "teleports"), ("noisy_frames", "noisy frames")]
 
 
 def _add_evaluate(sub) -> None:
@@ -312,10 +313,15 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seconds", type=_positive(float), default=4.0, help="video per scene and scheme (default 4)")
     p.add_argument("--steps", type=_positive(int), default=None,
                    help="denoising steps per frame T (default: one per chunk for a distilled student, else 16)")
-    p.add_argument("--scenes", type=_positive(int), default=None, help="use the first N held-out scenes (default all)")
+    p.add_argument("--scenes", type=_positive(int), default=None,
+                   help="use N held-out scenes, stratified over the attributes (default all 96)")
     p.add_argument("--drift-seconds", type=float, default=120.0, help="long-stream length; 0 skips the drift check")
     p.add_argument("--drift-scenes", type=int, default=8, help="scenes in the drift check")
     p.add_argument("--switch-scenes", type=int, default=24, help="scenes per switched attribute; 0 skips")
+    p.add_argument("--switch-modes", default="immediate,blend,chunk",
+                   help="prompt switch modes to check (comma-separated, from immediate, blend, chunk)")
+    p.add_argument("--codec-scenes", type=int, default=24,
+                   help="scenes in the codec round trip (source clips encoded and decoded); 0 skips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=_positive(int), default=32, help="streams run side by side")
     p.add_argument("--guidance", type=float, default=None,
@@ -331,7 +337,8 @@ def _run_evaluate(args) -> int:
 
     from .pipeline import Pipeline
     from .world import held_out_scenes
-    from .world.evaluate import SCHEMES, compare_schemes, drift, prompt_switch, seams
+    from .prompts import SWITCH_MODES, PromptSwitch
+    from .world.evaluate import SCHEMES, codec_round_trip, compare_schemes, drift, prompt_switch, seams
 
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     unknown = [s for s in schemes if s not in SCHEMES]
@@ -339,7 +346,11 @@ def _run_evaluate(args) -> int:
         raise SystemExit(f"unknown schemes {unknown}; choose from {', '.join(SCHEMES)}")
     pipe = Pipeline.load(args.model, device=args.device)
     g = pipe.guidance if args.guidance is None else args.guidance
-    scenes = held_out_scenes()[: args.scenes]
+    modes = [m.strip() for m in args.switch_modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in SWITCH_MODES]
+    if bad:
+        raise SystemExit(f"unknown switch modes {bad}; choose from {', '.join(SWITCH_MODES)}")
+    scenes = held_out_scenes(args.scenes)
     report: dict = {"model": str(pipe.path), "scenes": len(scenes), "seconds": args.seconds, "steps": args.steps,
                     "guidance": g}
     steps = "the model's" if args.steps is None else args.steps
@@ -354,24 +365,35 @@ def _run_evaluate(args) -> int:
         print(f"| {r.name} | {P.K},{P.N},{P.c},{P.s} | {r.calls_per_frame:.2f} | {cells} |")
     report["schemes"] = [{"name": r.name, "partition": dataclasses.asdict(r.partition),
                           "calls_per_frame": r.calls_per_frame, "seconds": r.seconds, **r.summary} for r in results]
-    seam = seams(pipe, scenes[:16], seed=args.seed, guidance=g)
+    seam = seams(pipe, held_out_scenes(min(16, len(scenes))), seed=args.seed, guidance=g)
     print(f"seams (c=2, {seam.chunk_frames} frames per chunk; boundary change / inside change, 1 = none): "
           f"overlap decoding {seam.overlap:.3f}, chunks decoded alone {seam.separate:.3f}")
     report["seams"] = dataclasses.asdict(seam)
     if args.drift_seconds > 0 and args.drift_scenes > 0:
-        d = drift(pipe, scenes[: args.drift_scenes], args.drift_seconds, seed=args.seed, guidance=g)
+        d = drift(pipe, held_out_scenes(args.drift_scenes), args.drift_seconds, seed=args.seed, guidance=g)
         print(f"drift over {args.drift_seconds:g} s ({args.drift_scenes} scenes, c=2): first 10 s vs last 10 s")
-        for k in ("color", "shape", "direction", "background", "subject_present", "brightness"):
+        for k in ("color", "shape", "direction", "background", "speed", "one_subject", "subject_present", "brightness"):
             print(f"  {k:16s} {d.first[k]:.3f} -> {d.last[k]:.3f}")
         report["drift"] = dataclasses.asdict(d)
-    if args.switch_scenes > 0:
+    if args.switch_scenes > 0 and modes:
         print(f"prompt switch at 3 s ({args.switch_scenes} scenes per attribute, c=2):")
         report["switch"] = []
-        for attribute in ("color", "shape", "direction", "background"):
-            r = prompt_switch(pipe, scenes[: args.switch_scenes], attribute, seed=args.seed, guidance=g)
-            print(f"  {attribute:10s} switched {r.switched:.3f}, within 2 s {r.within_2s:.3f}, "
-                  f"mean latency {r.latency:.2f} s, other attributes kept {r.kept:.3f}")
-            report["switch"].append(dataclasses.asdict(r))
+        for mode in modes:
+            for attribute in ("color", "shape", "direction", "background"):
+                r = prompt_switch(pipe, held_out_scenes(args.switch_scenes), attribute, seed=args.seed, guidance=g,
+                                  switch=PromptSwitch(mode))
+                print(f"  {mode:9s} {attribute:10s} switched {r.switched:.3f}, within 2 s {r.within_2s:.3f}, "
+                      f"mean latency {r.latency:.2f} s, other attributes kept {r.kept:.3f}, "
+                      f"noisy frames after {r.noisy:.3f} (noisiest {r.noise:.3f})")
+                report["switch"].append(dataclasses.asdict(r))
+    if args.codec_scenes > 0:
+        c = codec_round_trip(pipe.codec, held_out_scenes(args.codec_scenes), seed=args.seed)
+        keys = ("color", "shape", "direction", "background", "speed", "one_subject", "motion_smoothness")
+        print(f"codec round trip ({c.clips} clips of 2 s): "
+              + ", ".join(f"{k} {c.source[k]:.3f} -> {c.decoded[k]:.3f}" for k in keys))
+        print(f"  mean absolute error: within 3 px of the outline {c.edge_error:.4f}, inside {c.inside_error:.4f}, "
+              f"background {c.background_error:.4f}")
+        report["codec"] = dataclasses.asdict(c)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))

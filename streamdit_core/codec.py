@@ -78,6 +78,9 @@ class CodecConfig:
     space_factor: int = 8
     width: int = 64  # channels of the convolutions at the latent resolution
     temporal_kernel: int = 2  # causal kernel over latent frames in the decoder (context = k - 1)
+    # Wrap: every convolution pads circularly, so the codec treats the frame as a torus, as the
+    # world does (a shape leaving one border comes back at the other). False: zero padding.
+    wrap: bool = False
 
     def __post_init__(self) -> None:
         if self.time_factor < 1 or self.latent_channels < 1 or self.width < 8 or self.temporal_kernel < 1:
@@ -156,6 +159,10 @@ class VideoAutoencoder(nn.Module):
         self.refine = nn.Conv2d(rgb, rgb, 3, padding=1)  # a last full-size touch on edges
         self.register_buffer("shift", torch.zeros(cfg.latent_channels))
         self.register_buffer("scale", torch.ones(cfg.latent_channels))
+        if cfg.wrap:
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Conv3d)) and any(m.padding):
+                    m.padding_mode = "circular"
 
     def encode_raw(self, video: Tensor) -> Tensor:
         """Un-normalised latents ``[b, C, F, h, w]`` of video ``[b, 3, T, H, W]``."""

@@ -6,7 +6,10 @@
 - :func:`drift`: a long stream per scene; adherence and pixel statistics of its first and last
   ten seconds.
 - :func:`prompt_switch`: a scene switched mid-stream to one that differs in one attribute; how
-  long the detector takes to see the new value, and whether the other attributes stay.
+  long the detector takes to see the new value, whether the other attributes stay, and how
+  noisy the frames after it are, in each switch mode.
+- :func:`codec_round_trip`: world clips encoded and decoded; the codec's own ceiling on every
+  score, and its error at the subject's outline (fringes), inside it and on the background.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .scenes import FPS, Scene, World, held_out_scenes
-from .metrics import VideoScores, _heading, _majority, _steps, detect, score_video, summarize
+from .metrics import NOISY, VideoScores, _heading, _majority, _steps, detect, score_video, summarize
 from ..pipeline import Pipeline
-from ..prompts import PromptSchedule
+from ..prompts import PromptSchedule, PromptSwitch
 from ..schedule import Partition
 from ..velocity import CallCounter
 
-__all__ = ["SCHEMES", "scheme_partition", "compare_schemes", "drift", "prompt_switch", "seams", "SchemeResult"]
+__all__ = ["SCHEMES", "CodecResult", "SchemeResult", "codec_round_trip", "compare_schemes", "drift", "fair_partition",
+           "prompt_switch", "scheme_partition", "seams"]
 
-# name -> description; every scheme uses the same number of denoising steps T per frame, or the
-# model's own (one per chunk for a distilled student).
+# name -> description. With a given T every scheme uses T denoising steps per frame; by default
+# each gets the model calls per video frame of the model's own partition (see fair_partition).
 SCHEMES = {
     "uniform": "chunk extension: K=2 clean frames of the last clip, the other B-2 denoised together",
     "diagonal": "c=1 (FIFO-style): one latent frame per chunk",
@@ -47,15 +51,24 @@ def scheme_partition(name: str, B: int, T: int) -> Partition:
     raise ValueError(f"unknown scheme {name!r}; schemes: {', '.join(SCHEMES)}")
 
 
+def fair_partition(name: str, B: int, calls_per_frame: float) -> Partition:
+    """The partition of a scheme that spends ``calls_per_frame`` model calls per video frame (at
+    least one micro step per chunk): ``s = round(c x calls_per_frame)``. For the distilled student
+    (0.5 calls per frame at c = 2) the uniform scheme gets 3 steps for its 6 frames, not one."""
+    P = scheme_partition(name, B, B)
+    s = max(1, round(P.c * calls_per_frame))
+    return Partition(K=P.K, N=P.N, c=P.c, s=s)
+
+
 def _stream(pipe: Pipeline, schedules: list[PromptSchedule], partition: Partition, frames: int, seed: int,
-            batch: int, overlap: bool = True, guidance: float = 1.0) -> torch.Tensor:
+            batch: int, overlap: bool = True, guidance: float = 1.0, switch: PromptSwitch | None = None) -> torch.Tensor:
     """``[len(schedules), frames, 3, H, W]``, streamed ``batch`` at a time."""
     out = []
     for i in range(0, len(schedules), batch):
         group = schedules[i:i + batch]
         parts = [chunk.frames if len(group) > 1 else chunk.frames[None]  # [b, t, 3, H, W]
                  for chunk in pipe.frames(group[0], partition, seed=seed + i, batch=len(group), schedules=group,
-                                          overlap=overlap, guidance=guidance, frames=frames)]
+                                          overlap=overlap, guidance=guidance, frames=frames, switch=switch)]
         out.append(torch.cat(parts, 1))
     return torch.cat(out)
 
@@ -74,14 +87,16 @@ def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | No
                     steps: int | None = None, seed: int = 0, batch: int = 32, progress: bool = True,
                     guidance: float = 1.0) -> list[SchemeResult]:
     """Streams every scene with every scheme and scores the videos (``steps``: T for every scheme;
-    None: the model's :meth:`~streamdit_core.pipeline.Pipeline.default_steps` for each scheme's N)."""
+    None: each scheme at the model calls per frame of the model's own partition, see
+    :func:`fair_partition`)."""
     scenes = scenes if scenes is not None else held_out_scenes()
     frames = int(seconds * pipe.fps)
     B = pipe.geometry.buffer_frames
+    own = pipe.default_partition()
     results = []
     for name in tqdm(schemes, desc="schemes", disable=not progress):
-        if steps is None:  # T = B fits every scheme's N; only N is read from it
-            P = scheme_partition(name, B, pipe.default_steps(scheme_partition(name, B, B).N))
+        if steps is None:
+            P = fair_partition(name, B, own.s / own.c)
         else:
             P = scheme_partition(name, B, steps)
         schedules = [PromptSchedule.single(s.caption) for s in scenes]
@@ -158,23 +173,30 @@ class SwitchResult:
     latency: float  # mean seconds from the switch to the new value (switched streams)
     within_2s: float  # share switched within 2 seconds
     kept: float  # share of streams whose other attributes stayed as asked after the switch
+    mode: str = "immediate"
+    noisy: float = 0.0  # share of frames after the switch whose background is noisy (metrics.NOISY)
+    noise: float = 0.0  # the noisiest background after the switch (metrics.detect's noise)
 
 
 def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float = 3.0, seconds: float = 7.0,
-                  partition: Partition | None = None, seed: int = 0, guidance: float = 1.0) -> SwitchResult:
-    """Switches one attribute at ``at`` seconds; measures when the detector sees it change."""
+                  partition: Partition | None = None, seed: int = 0, guidance: float = 1.0,
+                  switch: PromptSwitch | None = None) -> SwitchResult:
+    """Switches one attribute at ``at`` seconds (in ``switch``'s mode); measures when the detector
+    sees it change, whether the others stay, and how noisy the backgrounds are after it."""
+    switch = switch or PromptSwitch()
     gen = torch.Generator().manual_seed(seed)
     world = World()
     scripts = [world.switch_script(gen, s, attribute, 1) for s in scenes]
     schedules = [PromptSchedule(((0.0, a.caption), (at, b.caption))) for (_, a), (_, b) in scripts]
     frames = int(seconds * pipe.fps)
     video = _stream(pipe, schedules, partition or pipe.default_partition(), frames, seed, len(scenes),
-                    guidance=guidance)
+                    guidance=guidance, switch=switch)
     start = int(at * pipe.fps)
-    lat, ok, kept = [], 0, 0
+    lat, ok, kept, noise = [], 0, 0, []
     half = FPS // 2
     for v, ((_, old), (_, new)) in zip(video, scripts):
         det = detect(v)
+        noise.append(det.noise[start:])
         seen = None
         for t in range(start, frames - half):
             got = _attribute(det, attribute, t, half)
@@ -189,7 +211,9 @@ def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float
         others = [a for a in ("color", "shape", "direction", "background") if a != attribute]
         kept += all(_attribute(det, a, frames - half - 1, half) == getattr(new, a) for a in others)
     n = len(scenes)
-    return SwitchResult(attribute, ok / n, sum(lat) / max(1, len(lat)), sum(x <= 2.0 for x in lat) / n, kept / n)
+    noise_t = torch.cat(noise)
+    return SwitchResult(attribute, ok / n, sum(lat) / max(1, len(lat)), sum(x <= 2.0 for x in lat) / n, kept / n,
+                        switch.mode, float((noise_t > NOISY).float().mean()), float(noise_t.max()))
 
 
 def _attribute(det, attribute: str, t: int, half: int):
@@ -199,3 +223,42 @@ def _attribute(det, attribute: str, t: int, half: int):
         return _heading(_steps(det.center[lo:hi], det.size))
     values = {"color": det.color, "shape": det.shape, "background": det.background}[attribute][lo:hi]
     return _majority(list(values))
+
+
+@dataclass
+class CodecResult:
+    """A codec's round trip of world clips: adherence of the decoded clips and where the error sits."""
+
+    clips: int
+    source: dict[str, float]  # scores of the source clips (the ceiling: 1 for adherence)
+    decoded: dict[str, float]  # scores of the decoded clips
+    edge_error: float  # mean absolute RGB error (0..1) within 3 pixels of the source subject's outline
+    inside_error: float  # the same inside the subject, farther than 3 pixels from the outline
+    background_error: float  # the same on the background, farther than 3 pixels from the outline
+
+
+def codec_round_trip(codec, scenes: list[Scene], seconds: float = 2.0, seed: int = 0, size: int = 64) -> CodecResult:
+    """Encodes and decodes one world clip per scene (wrapping borders included) and scores both."""
+    from .metrics import _torus_max
+
+    gen = torch.Generator().manual_seed(seed)
+    world = World(size=size)
+    frames = int(seconds * FPS)
+    frames -= frames % codec.time_factor
+    clips = [world.render(s, frames, gen) for s in scenes]
+    video = torch.stack([c.frames for c in clips])  # [n, T, 3, H, W]
+    dev = next((p.device for p in codec.parameters()), torch.device("cpu")) if hasattr(codec, "parameters") else "cpu"
+    with torch.no_grad():
+        decoded = codec.decode(codec.encode(video.transpose(1, 2).to(dev))).transpose(1, 2).float().cpu()
+    src = [score_video(v, s) for v, s in zip(video, scenes)]
+    dec = [score_video(v, s) for v, s in zip(decoded, scenes)]
+    bg = video.flatten(3).median(dim=3).values[..., None, None]  # [n, T, 3, 1, 1]
+    inside = ((video - bg).norm(dim=2) > 0.25).flatten(0, 1)  # [nT, H, W]
+    grown, shrunk = _torus_max(inside, 3), ~_torus_max(~inside, 3)
+    ring, core, far = grown & ~shrunk, shrunk, ~grown
+    err = (decoded - video).abs().mean(2).flatten(0, 1)  # [nT, H, W]
+
+    def mean_on(m):
+        return float((err * m).sum() / m.sum().clamp_min(1))
+
+    return CodecResult(len(scenes), summarize(src), summarize(dec), mean_on(ring), mean_on(core), mean_on(far))

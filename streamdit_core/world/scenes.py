@@ -40,12 +40,14 @@ __all__ = [
     "DIRECTIONS",
     "FPS",
     "SHAPES",
+    "SPEED_RANGE",
     "VOCABULARY",
     "Clip",
     "Scene",
     "World",
     "all_scenes",
     "held_out_scenes",
+    "stratified",
     "parse_caption",
 ]
 
@@ -68,6 +70,7 @@ BACKGROUNDS: dict[str, tuple[float, float, float]] = {
     "navy": (0.05, 0.07, 0.30),
 }
 SHAPES = ("circle", "square", "triangle")
+SPEED_RANGE = (1.25, 2.0)  # pixels per frame at 64x64 (scaled with the frame)
 # Unit headings in image coordinates (x right, y down).
 _S = math.sqrt(0.5)
 DIRECTIONS: dict[str, tuple[float, float]] = {
@@ -129,10 +132,36 @@ def all_scenes() -> list[Scene]:
     return [Scene(*k) for k in itertools.product(COLORS, SHAPES, DIRECTIONS, BACKGROUNDS)]
 
 
-def held_out_scenes() -> list[Scene]:
-    """The combinations never used in training (``held_out.json``, kept in the repository)."""
+def held_out_scenes(count: int | None = None) -> list[Scene]:
+    """The combinations never used in training (``held_out.json``, kept in the repository).
+
+    With ``count``, a subset of that many, stratified over the attributes (see :func:`stratified`).
+    """
     data = json.loads(_HELD_OUT_FILE.read_text())
-    return [Scene(*k) for k in data["held_out"]]
+    scenes = [Scene(*k) for k in data["held_out"]]
+    return scenes if count is None else stratified(scenes, count)
+
+
+def stratified(scenes: Sequence[Scene], count: int) -> list[Scene]:
+    """``count`` of ``scenes``, chosen so that every value of every attribute appears as evenly as
+    the pool allows: each pick is the scene whose values are the least used so far (ties: the
+    first in order). Deterministic; the first ``k`` picks of a longer subset are the subset of k."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    left = list(scenes)
+    used: dict[tuple[str, str], int] = {}
+    out: list[Scene] = []
+    attrs = ("color", "shape", "direction", "background")
+    while left and len(out) < count:
+        def cost(scene: Scene) -> tuple[int, int]:
+            counts = [used.get((a, getattr(scene, a)), 0) for a in attrs]
+            return max(counts), sum(counts)
+        best = min(left, key=cost)
+        left.remove(best)
+        out.append(best)
+        for a in attrs:
+            used[(a, getattr(best, a))] = used.get((a, getattr(best, a)), 0) + 1
+    return out
 
 
 @dataclass
@@ -180,7 +209,7 @@ class World:
         radius: range of shape half sizes in pixels.
     """
 
-    def __init__(self, size: int = 64, speed: tuple[float, float] = (1.25, 2.0),
+    def __init__(self, size: int = 64, speed: tuple[float, float] = SPEED_RANGE,
                  radius: tuple[float, float] = (12.0, 16.0)):
         if size < 32:
             raise ValueError(f"size must be at least 32 pixels, got {size}")

@@ -45,6 +45,14 @@ def test_sampler_streams_comfyui_images(model):
     assert _colors(frames).count("red") >= 22
 
 
+def test_a_seed_gives_the_same_frames_run_after_run(model):
+    story = _schedule(f"0s: {RED}\n1s: {BLUE}")
+    runs = [NODES["StreamDiTSampler"].execute(model, story, seconds=2.0, warm_start=True, **{**STREAM, "seed": seed})[0]
+            for seed in (3, 3, 4)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])  # and the seed is what decides
+
+
 def test_per_chunk_switch_in_the_sampler_changes_only_frames_after_it(model):
     story = _schedule(f"0s: {RED}\n1s: {BLUE}")
     frames, _ = NODES["StreamDiTSampler"].execute(model, story, seconds=2.0, warm_start=True,

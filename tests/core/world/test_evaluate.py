@@ -5,9 +5,12 @@ import torch
 
 from helpers import randomized
 from streamdit_core import StreamDiTConfig, TextEmbedding
+from streamdit_core import PromptSwitch
 from streamdit_core.codec import PixelCodec
 from streamdit_core.world import held_out_scenes
-from streamdit_core.world.evaluate import compare_schemes, drift, prompt_switch, scheme_partition, seams
+from streamdit_core.schedule import Partition
+from streamdit_core.world.evaluate import (codec_round_trip, compare_schemes, drift, fair_partition, prompt_switch,
+                                           scheme_partition, seams)
 from streamdit_core.pipeline import Pipeline
 
 CONFIG = StreamDiTConfig(in_channels=3, patch_size=8, hidden_size=32, depth=1, num_heads=2, text_dim=4,
@@ -44,7 +47,8 @@ def test_schemes_follow_the_models_own_steps_by_default(pipe):
 
     scenes = held_out_scenes()[:1]
     plain = compare_schemes(pipe, ["uniform", "diagonal"], scenes, seconds=0.5, progress=False)
-    assert [r.partition.T for r in plain] == [16, 16]  # not distilled: T = 16 for every scheme
+    # not distilled: T = 16 at c = 2 (N = 2, s = 8), 4 calls per frame, and so for every scheme
+    assert [(r.partition.c, r.partition.s) for r in plain] == [(2, 8), (1, 4)]
     student = dataclasses.replace(pipe, steps_per_chunk=1)
     one = compare_schemes(student, ["uniform", "diagonal", "streamdit-c2"], scenes, seconds=0.5, progress=False)
     assert [(r.partition.N, r.partition.s) for r in one] == [(1, 1), (4, 1), (2, 1)]  # one call per chunk
@@ -52,12 +56,23 @@ def test_schemes_follow_the_models_own_steps_by_default(pipe):
     assert one[1].calls_per_frame == pytest.approx((3 + 8) / 8) and one[2].calls_per_frame == pytest.approx((1 + 4) / 8)
 
 
+def test_each_scheme_gets_the_calls_per_frame_of_the_models_own_partition():
+    # the distilled student: one call per chunk of 2 at B = 8, so 0.5 calls per frame
+    assert fair_partition("uniform", 8, 0.5) == Partition(K=2, N=1, c=6, s=3)  # not 6 frames in one call
+    assert fair_partition("streamdit-c4", 8, 0.5) == Partition(K=0, N=2, c=4, s=2)
+    assert fair_partition("diagonal", 8, 0.5) == Partition(K=0, N=8, c=1, s=1)  # at least one step a chunk
+    assert fair_partition("streamdit-c2", 8, 2.0) == Partition(K=0, N=4, c=2, s=4)  # the teacher's T = 16
+
+
 def test_drift_switch_and_seams_run_and_report_shares(pipe):
     scenes = held_out_scenes()[:2]
     d = drift(pipe, scenes, seconds=2.0, partition=scheme_partition("streamdit-c2", 4, 8), window_seconds=1.0)
     assert set(d.first) == set(d.last) and 0 <= d.last["brightness"] <= 1
-    s = prompt_switch(pipe, scenes, "color", at=1.0, seconds=2.0, partition=scheme_partition("diagonal", 4, 8))
-    assert 0 <= s.switched <= 1 and 0 <= s.kept <= 1 and s.within_2s <= s.switched
+    for mode in ("immediate", "blend", "chunk"):
+        s = prompt_switch(pipe, scenes, "color", at=1.0, seconds=2.0, partition=scheme_partition("diagonal", 4, 8),
+                          switch=PromptSwitch(mode))
+        assert 0 <= s.switched <= 1 and 0 <= s.kept <= 1 and s.within_2s <= s.switched and s.mode == mode
+        assert 0 <= s.noisy <= 1 and s.noise > 0  # an untrained model's frames are noise
     seam = seams(pipe, scenes, partition=scheme_partition("streamdit-c2", 4, 8), seconds=1.0)
     assert seam.chunk_frames == 2 and seam.overlap == pytest.approx(seam.separate)  # a pixel codec has no context
 
@@ -65,3 +80,18 @@ def test_drift_switch_and_seams_run_and_report_shares(pipe):
 def test_unknown_scheme_is_named():
     with pytest.raises(ValueError, match="unknown scheme 'zigzag'"):
         scheme_partition("zigzag", 8, 16)
+
+
+def test_codec_round_trip_reads_the_ceiling_and_where_errors_sit():
+    scenes = held_out_scenes(3)
+    exact = codec_round_trip(PixelCodec(), scenes, seconds=1.0)
+    assert exact.decoded["shape"] == exact.source["shape"] == 1 and exact.edge_error < 1e-6
+
+    class Blurry(PixelCodec):  # a codec that loses edges: 3x3 box blur, wrapping
+        def decode(self, latents):
+            video = super().decode(latents)
+            return sum(torch.roll(video, (dy, dx), dims=(3, 4)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+
+    blurry = codec_round_trip(Blurry(), scenes, seconds=1.0)
+    assert blurry.edge_error > 0.02 and blurry.edge_error > 10 * blurry.background_error
+    assert blurry.inside_error < blurry.edge_error
