@@ -14,6 +14,8 @@ windows of ``Wt = Fw * Hw * Ww`` tokens; ``n`` heads of width ``d``.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,9 +137,12 @@ class WindowSelfAttention(nn.Module):
       mask; GPU kernels skip the masked blocks). Unmasked layouts still take sdpa.
     """
 
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int, int] | None, shifted: bool, qk_norm: bool):
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int, int] | None, shifted: bool, qk_norm: bool,
+                 torus: bool = False):
         super().__init__()
         self.num_heads = num_heads
+        self.torus = torus  # rotary spatial positions on a torus (see torus_rotation)
+        self._rotations: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.window = window
         self.shifted = shifted
         self.backend = "sdpa"
@@ -163,6 +168,13 @@ class WindowSelfAttention(nn.Module):
             self._masks[key] = mask
         return self._masks[key]
 
+    def _rotation(self, lay: WindowLayout, head: int, device, dtype) -> tuple[Tensor, Tensor]:
+        key = (lay.grid, head, str(device), dtype)
+        if key not in self._rotations:
+            cos, sin = torus_rotation(lay, head, device)
+            self._rotations[key] = (cos.to(dtype), sin.to(dtype))
+        return self._rotations[key]
+
     def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """x ``[B, L, D]`` with ``L = F * h * w`` -> ``[B, L, D]``."""
         B, L, D = x.shape
@@ -174,14 +186,21 @@ class WindowSelfAttention(nn.Module):
         if any(lay.shift):
             x = torch.roll(x, shifts=tuple(-s for s in lay.shift), dims=(1, 2, 3))
         x = rearrange(x, "b (nf fw) (nh hw) (nw ww) d -> b (nf nh nw) (fw hw ww) d", fw=fw, hw=hw, ww=ww)  # [B, nW, Wt, D]
+        rot = self._rotation(lay, D // self.num_heads, x.device, x.dtype) if self.torus else None  # 2 x [nW, Wt, d/2]
         if self.backend == "flex" and lay.needs_mask:
             q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b n (w t) d", k=3, n=self.num_heads)  # 3 x [B, n, nW*Wt, d]
             q, k, v = self.q_norm(q), self.k_norm(k), v.contiguous()  # whole 4D tensors, as the compiled kernel needs
+            if rot is not None:
+                cos, sin = (r.flatten(0, 1) for r in rot)  # [nW*Wt, d/2]
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             o = _flex_attention(q, k, v, self._mask(lay, x.device, flex=True))  # [B, n, nW*Wt, d]
             o = rearrange(o, "b n (w t) d -> b w t (n d)", t=fw * hw * ww)  # [B, nW, Wt, D]
         else:
             q, k, v = rearrange(self.qkv(x), "b w t (k n d) -> k b w n t d", k=3, n=self.num_heads)  # 3 x [B, nW, n, Wt, d]
             q, k = self.q_norm(q), self.k_norm(k)
+            if rot is not None:
+                cos, sin = (r[:, None] for r in rot)  # [nW, 1, Wt, d/2]
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             q, k, v = (rearrange(t, "b w n t d -> b (w n) t d") for t in (q, k, v))  # [B, nW*n, Wt, d]
             o = F_.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(lay, x.device, flex=False))  # [B, nW*n, Wt, d]
             o = rearrange(o, "b (w n) t d -> b w t (n d)", n=self.num_heads)  # [B, nW, Wt, D]
@@ -191,3 +210,40 @@ class WindowSelfAttention(nn.Module):
         if any(lay.shift):
             o = torch.roll(o, shifts=lay.shift, dims=(1, 2, 3))
         return o[:, :F, :h, :w].reshape(B, L, D)  # [B, L, D]
+
+
+def torus_rotation(lay: WindowLayout, head: int, device=None) -> tuple[Tensor, Tensor]:
+    """Rotary position angles on a torus for the tokens of ``lay``, in window order: cos and sin
+    ``[nW, Wt, head / 2]``.
+
+    The first half of a head's channel pairs turn with the token's row, the second half with its
+    column, at whole harmonics of the grid (angle ``2 pi k pos / n``, k = 1 .. n/2), so a query
+    and a key score by their offset modulo the grid: the attention cannot tell the border from
+    the middle, and moving a frame round the torus by whole tokens moves the output alike.
+    Padding tokens get angle 0.
+    """
+    if head % 4:
+        raise ValueError(f"torus positions need a head width divisible by 4, got {head}")
+    (F, h, w), (Fp, hp, wp), (fw, hw, ww) = lay.grid, lay.padded, lay.window
+    pairs = head // 4
+
+    def angles(n: int, size: int) -> Tensor:  # [size, pairs]: positions beyond n (padding) get 0
+        k = 1 + torch.arange(pairs, device=device) % max(1, n // 2)
+        pos = torch.arange(size, device=device, dtype=torch.float64)
+        a = pos[:, None] * k[None] * (2 * math.pi / n)
+        a[n:] = 0
+        return a
+
+    ah = angles(h, hp)[None, :, None].expand(Fp, hp, wp, pairs)
+    aw = angles(w, wp)[None, None, :].expand(Fp, hp, wp, pairs)
+    a = torch.cat([ah, aw], -1)  # [F', h', w', head/2]
+    if any(lay.shift):
+        a = torch.roll(a, shifts=tuple(-s for s in lay.shift), dims=(0, 1, 2))
+    a = rearrange(a, "(nf fw) (nh hw) (nw ww) d -> (nf nh nw) (fw hw ww) d", fw=fw, hw=hw, ww=ww)  # [nW, Wt, head/2]
+    return a.cos().float(), a.sin().float()
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Turns channel pairs ``(x[2i], x[2i+1])`` of ``x [..., d]`` by the angles of ``cos``/``sin`` ``[..., d/2]``."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)

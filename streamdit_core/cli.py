@@ -96,6 +96,12 @@ def _add_train(sub) -> None:
                    help="classifier-free guidance scale to record as the model's recommendation (default 1: none)")
     p.add_argument("--codec", type=Path, default=None, help="a trained codec checkpoint to use instead of training one")
     p.add_argument("--codec-steps", type=_positive(int), default=None, help="codec training steps")
+    p.add_argument("--model-option", type=_option, action="append", default=[], metavar="FIELD=VALUE",
+                   help="a StreamDiTConfig field over the preset, e.g. wrap=true, prediction=clean, "
+                        "pooled_text=true, depth=8 (repeatable)")
+    p.add_argument("--codec-option", type=_option, action="append", default=[], metavar="FIELD=VALUE",
+                   help="a CodecConfig field for a codec trained by this run, e.g. wrap=true, space_factor=4, "
+                        "latent_channels=4 (repeatable); the model's channels and latent size follow the codec")
     p.add_argument("--decoder-steps", type=int, default=3000,
                    help="decoder refinement steps after the StreamDiT is trained (encoder frozen); 0 skips")
     _add_run_options(p)
@@ -118,9 +124,35 @@ def _run_train(args) -> int:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:
         raise SystemExit(f"bad training settings: {err}") from None
-    train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
-                decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume)
+    from .codec import CodecConfig
+
+    try:
+        codec_config = CodecConfig(**dict(args.codec_option)) if args.codec_option else None
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"bad --codec-option: {err}") from None
+    try:
+        train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
+                    decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
+                    model_options=dict(args.model_option), codec_config=codec_config)
+    except (TypeError, ValueError) as err:
+        if "StreamDiTConfig" not in str(err) and "model option" not in str(err):
+            raise
+        raise SystemExit(f"bad --model-option: {err}") from None
     return 0
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` with VALUE read as JSON where it parses (true, 8, 0.5, [4, 4, 4]), else a string."""
+    import json
+
+    field, sep, value = text.partition("=")
+    if not sep or not field.strip():
+        raise argparse.ArgumentTypeError(f"an option is FIELD=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return field.strip().replace("-", "_"), parsed
 
 
 _MODEL_HELP = ("StreamDiT checkpoint, or embedded (the default: the distilled student, one call per chunk) "

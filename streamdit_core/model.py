@@ -34,7 +34,10 @@ from .conditioning import FrameText, TextEmbedding
 from .schedule import SigmaWarp
 from .velocity import Geometry
 
-__all__ = ["StreamDiT", "StreamDiTConfig", "Conditioning", "PRESETS"]
+__all__ = ["StreamDiT", "StreamDiTConfig", "Conditioning", "PRESETS", "CLEAN_SIGMA_FLOOR"]
+
+# A clean-prediction model divides by sigma to give velocity; below this it divides by this.
+CLEAN_SIGMA_FLOOR = 0.05
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,6 +68,15 @@ class StreamDiTConfig:
     # on its class and SD3 on its pooled text: a global attribute (a color, a shape, a heading)
     # then steers every block's modulation directly instead of only through cross-attention.
     pooled_text: bool = False
+    # Torus positions: spatial positions enter only as rotary angles at whole harmonics of the
+    # token grid (attention.torus_rotation), not as added features, so the latent frame is a
+    # torus: the model treats every place alike, borders included, as a world whose shapes wrap
+    # around the borders needs (frame positions stay added features).
+    wrap: bool = False
+    # What the network's last layer predicts: "velocity" (eps - x0), or "clean" (x0, turned into
+    # the velocity (x - x0) / sigma before it leaves the model, so samplers and losses are
+    # unchanged while the network itself outputs frames; sigma is floored at CLEAN_SIGMA_FLOOR).
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -79,10 +91,15 @@ class StreamDiTConfig:
             raise bad("num_heads", f"must divide hidden_size={self.hidden_size}")
         if (self.hidden_size // self.num_heads) % 2:
             raise bad("num_heads", "must leave an even head width")
+        if self.wrap is True and (self.hidden_size // self.num_heads) % 4:
+            raise bad("wrap", f"torus positions need a head width (hidden_size / num_heads) divisible by 4")
         if self.frequency_dim % 2:
             raise bad("frequency_dim", "must be even")
-        if not isinstance(self.pooled_text, bool):
-            raise bad("pooled_text", "must be true or false")
+        for field in ("pooled_text", "wrap"):
+            if not isinstance(getattr(self, field), bool):
+                raise bad(field, "must be true or false")
+        if self.prediction not in ("velocity", "clean"):
+            raise bad("prediction", "must be 'velocity' or 'clean'")
         if not self.mlp_ratio > 0:
             raise bad("mlp_ratio", "must be > 0")
         if self.window is not None:
@@ -234,16 +251,21 @@ def sincos_1d(positions: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # [P, dim]
 
 
-def sincos_3d(grid: tuple[int, int, int], dim: int, device=None) -> Tensor:
+def sincos_3d(grid: tuple[int, int, int], dim: int, device=None, wrap: bool = False) -> Tensor:
     """Fixed 3D position features ``[L, dim]`` for a token grid ``(F, h, w)``.
 
     Positions count from the buffer's output end (frame 0), not from the start of the stream, so
     an endless stream never leaves the positions the model was trained on. Each axis gets
-    ``2 * (dim // 6)`` features; the rest are zero.
+    ``2 * (dim // 6)`` features; the rest are zero. With ``wrap`` the two spatial axes get none
+    (a torus model takes them as rotary angles inside attention instead).
     """
     per_axis = 2 * (dim // 6)
     f, h, w = (torch.arange(n, device=device) for n in grid)
-    ef, eh, ew = (sincos_1d(a, per_axis) for a in (f, h, w))  # [F, a], [h, a], [w, a]
+    ef = sincos_1d(f, per_axis)  # [F, a]
+    if wrap:
+        eh, ew = torch.zeros(grid[1], per_axis, device=device), torch.zeros(grid[2], per_axis, device=device)
+    else:
+        eh, ew = sincos_1d(h, per_axis), sincos_1d(w, per_axis)  # [h, a], [w, a]
     pos = torch.cat([
         ef[:, None, None].expand(*grid, per_axis),
         eh[None, :, None].expand(*grid, per_axis),
@@ -334,7 +356,7 @@ class StreamDiTBlock(nn.Module):
         super().__init__()
         D = cfg.hidden_size
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.attn = WindowSelfAttention(D, cfg.num_heads, cfg.window, shifted, cfg.qk_norm)
+        self.attn = WindowSelfAttention(D, cfg.num_heads, cfg.window, shifted, cfg.qk_norm, torus=cfg.wrap)
         self.norm2 = nn.LayerNorm(D, eps=1e-6)
         self.cross_attn = CrossAttention(D, cfg.num_heads, cfg.qk_norm)
         self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -437,7 +459,7 @@ class StreamDiT(nn.Module):
     def _positions(self, grid: tuple[int, int, int], device, dtype) -> Tensor:
         key = (grid, str(device), dtype)
         if key not in self._pos:
-            self._pos[key] = sincos_3d(grid, self.config.hidden_size, device).to(dtype)  # [L, D]
+            self._pos[key] = sincos_3d(grid, self.config.hidden_size, device, self.config.wrap).to(dtype)  # [L, D]
         return self._pos[key]
 
     def _check(self, x: Tensor, sigma: Tensor) -> None:
@@ -533,4 +555,7 @@ class StreamDiT(nn.Module):
             h = block(h, t, grid, cond)  # [B, L, D]
         out = self.final_layer(h, t, F)  # [B, L, p*p*C]
         v = rearrange(out, "b (f h w) (c p q) -> b c f (h p) (w q)", f=F, h=grid[1], w=grid[2], p=p, q=p)  # [B, C, F, H, W]
+        if cfg.prediction == "clean":  # the network predicts the clean frames; the model returns velocity
+            floor = sigma.to(v).clamp_min(CLEAN_SIGMA_FLOOR)[:, None, :, None, None]  # [B, 1, F, 1, 1]
+            v = (x.to(v) - v) / floor
         return v.to(x.dtype)

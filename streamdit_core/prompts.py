@@ -106,16 +106,24 @@ class PromptSwitch:
             the chunks that enter the buffer after the switch, so the change in the video is
             sharp at a chunk boundary (the model sees a prompt per frame meanwhile).
         blend_calls: model calls a blend takes (``blend`` only).
+        settle: ``immediate`` only: frames already below this noise level when the switch comes
+            finish with the prompt they had. A frame that is mostly formed cannot become another
+            picture in its last steps: switched at once, its background comes out mottled (the
+            first chunk after a background switch read 0.056 mean deviation, against 0.011
+            before it). 0: every frame switches at once, as in the paper.
     """
 
     mode: str = "immediate"
     blend_calls: int = 4
+    settle: float = 0.5
 
     def __post_init__(self) -> None:
         if self.mode not in SWITCH_MODES:
             raise ValueError(f"unknown prompt switch mode {self.mode!r}; choose one of {', '.join(SWITCH_MODES)}")
         if isinstance(self.blend_calls, bool) or not isinstance(self.blend_calls, int) or self.blend_calls < 1:
             raise ValueError(f"blend_calls must be an integer >= 1, got {self.blend_calls!r}")
+        if not 0 <= self.settle <= 1:
+            raise ValueError(f"settle must be a noise level in [0, 1], got {self.settle!r}")
 
 
 @dataclass
@@ -166,10 +174,13 @@ class PromptState:
             return FrameText.of_frames(self.slots)
         return self.text
 
-    def switch(self, text: Any, frames: int, entering_only: bool = False, blend_calls: int = 0) -> None:
+    def switch(self, text: Any, frames: int, entering_only: bool = False, blend_calls: int = 0,
+               keep: int = 0) -> None:
         """A new prompt: at once (default), for entering chunks only (``entering_only``), or
-        blended over ``blend_calls`` calls. Raises ValueError, changing nothing, when the switch
-        cannot apply to this conditioning."""
+        blended over ``blend_calls`` calls. An immediate switch with ``keep`` leaves the first
+        ``keep`` buffer frames (the output end) on the text they had, so frames nearly formed
+        finish as they began (TextEmbedding conditioning only; other conditioning switches
+        whole). Raises ValueError, changing nothing, when the switch cannot apply."""
         if entering_only and blend_calls:
             raise ValueError("a prompt switch is per chunk or blended, not both")
         start = self.current()
@@ -189,7 +200,12 @@ class PromptState:
                                  "switch immediately instead")
             self.slots, self.blend_from, self.blend_calls, self.blend_done = None, start, int(blend_calls), 0
         else:
-            self.slots, self.blend_from = None, None
+            old = self.slots or (start,) * frames
+            if keep > 0 and all(isinstance(t, TextEmbedding) for t in (text, *old[:keep])):
+                self.slots = tuple(old[:keep]) + (text,) * (frames - min(keep, frames))
+            else:
+                self.slots = None
+            self.blend_from = None
         self.text = text
 
     def called(self) -> None:

@@ -229,10 +229,14 @@ class Session:
         if prompts == self.prompts:
             return
         mode = self.switch.mode
-        self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
-                             blend_calls=self.switch.blend_calls if mode == "blend" else 0)
+        at = self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
+                                  blend_calls=self.switch.blend_calls if mode == "blend" else 0,
+                                  settle=self.switch.settle if mode == "immediate" else 0.0)
         st = self.stream.state
-        first = st.next_index if mode == "chunk" else int(st.frame_index[self.partition.K])
+        if mode == "chunk" or at >= self.partition.B:
+            first = st.next_index
+        else:
+            first = int(st.frame_index[max(at, self.partition.K)])
         self._labels = [(f, p) for f, p in self._labels if f < first] + [(first, prompts)]
         gone = int(st.frame_index[self.partition.K]) - 2 * self.partition.B  # frames long decoded
         while len(self._labels) > 1 and self._labels[1][0] <= gone:

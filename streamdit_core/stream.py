@@ -232,7 +232,7 @@ class Streamer:
             return EmittedChunk(latents=x[:, :, :K].clone(), index=0, calls=st.calls)
         return None
 
-    def set_text(self, text: Any, entering_only: bool = False, blend_calls: int = 0) -> None:
+    def set_text(self, text: Any, entering_only: bool = False, blend_calls: int = 0, settle: float = 0.0) -> int:
         """Replaces the conditioning from the next call on (a prompt switch).
 
         Args:
@@ -244,11 +244,21 @@ class Streamer:
             blend_calls: a blended switch: the embedding moves from the current text to ``text``
                 over this many model calls (both :class:`~streamdit_core.conditioning.TextEmbedding`);
                 0 switches at once.
+            settle: an immediate switch leaves the frames whose noise level is already below
+                this on the text they had (see :class:`~streamdit_core.prompts.PromptSwitch`).
+
+        Returns the buffer position of the first frame that sees ``text`` (0: the whole buffer).
         """
+        keep = 0
+        if settle > 0 and not entering_only and not blend_calls:
+            keep = int((self.state.sigma < settle).sum())  # noise rises from the output end
         try:
-            self.state.prompt.switch(text, self.partition.B, entering_only, blend_calls)
+            self.state.prompt.switch(text, self.partition.B, entering_only, blend_calls, keep=keep)
         except ValueError as err:
             raise StreamError(f"{err}. The stream is unchanged.") from None
+        if entering_only:
+            return self.partition.B
+        return keep if self.state.prompt.slots is not None else 0
 
     def conditioning(self) -> Any:
         """What the next call hands the model: the text; during a blend, its next step; a

@@ -353,7 +353,8 @@ class WorldRun:
 def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "embedded",
                 codec: str | os.PathLike | None = None, codec_steps: int | None = None, decoder_steps: int = 3000,
                 clips: int = 4096, guidance: float = 1.0, resume: bool = False,
-                log: Callable[[str], None] = print) -> WorldRun:
+                log: Callable[[str], None] = print, model_options: dict | None = None,
+                codec_config=None) -> WorldRun:
     """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
     names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
     ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
@@ -362,10 +363,13 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
 
     Args:
         guidance: the classifier-free guidance scale the checkpoint recommends (1: none).
+        model_options: StreamDiTConfig fields over the preset (e.g. ``{"wrap": True}``); the
+            latent channels and size always follow the codec.
+        codec_config: the :class:`~streamdit_core.codec.CodecConfig` of a codec this run trains.
     """
     from .checkpoint import load_codec, read_metadata
     from .codec import VideoAutoencoder
-    from .model import StreamDiT
+    from .model import StreamDiT, StreamDiTConfig
     from .text import TextEncoder
     from .world import FPS, LatentPool, World
 
@@ -382,13 +386,20 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         log(f"codec: {codec_file}")
     else:
         codec_cfg = CodecTrainConfig(seed=config.seed, **({"steps": codec_steps} if codec_steps else {}))
-        autoencoder = VideoAutoencoder()
+        autoencoder = VideoAutoencoder(codec_config)
         codec_mse = train_codec(autoencoder, world, codec_cfg)
         save_checkpoint(autoencoder, codec_file, {"train_config": str(asdict(codec_cfg)),
                                                   "reconstruction_mse": f"{codec_mse:.6f}",
                                                   "train_seconds": f"{time.perf_counter() - t0:.1f}"})
         log(f"codec: reconstruction MSE {codec_mse:.5f} on fresh clips -> {codec_file}")
-    model = StreamDiT.from_preset(preset)
+    options = dict(model_options or {})
+    known = set(StreamDiTConfig.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; StreamDiTConfig fields: {', '.join(sorted(known))}")
+    side = world.size // autoencoder.space_factor
+    options.update(in_channels=autoencoder.latent_channels, latent_size=(side, side))
+    model = StreamDiT.from_preset(preset, **options)
     B = model.geometry.buffer_frames
     shipped = out / "model.safetensors"
     result = None

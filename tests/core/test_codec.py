@@ -80,3 +80,18 @@ def test_calibrate_normalises_latents():
     z = codec.encode(video)
     assert z.mean(dim=(0, 2, 3, 4)).abs().max() < 1e-4
     assert torch.allclose(z.std(dim=(0, 2, 3, 4)), torch.ones(8), atol=1e-3)
+
+
+@pytest.mark.parametrize("space_factor", [4, 8])
+def test_a_wrapping_codec_treats_the_frame_as_a_torus(space_factor):
+    video = torch.rand(1, 3, 2, 64, 64)
+    shift = 3 * space_factor  # whole latent cells, across the border
+    for wrap in (True, False):
+        torch.manual_seed(0)
+        codec = VideoAutoencoder(CodecConfig(width=16, space_factor=space_factor, latent_channels=4, wrap=wrap)).eval()
+        with torch.no_grad():
+            z, z_rolled = codec.encode(video), codec.encode(torch.roll(video, shift, dims=4))
+            out, out_rolled = codec.decode(z), codec.decode(torch.roll(z, 3, dims=4))
+        same = torch.allclose(torch.roll(z, 3, dims=4), z_rolled, atol=1e-5) and \
+            torch.allclose(torch.roll(out, shift, dims=4), out_rolled, atol=1e-5)
+        assert same == wrap  # zero padding makes the borders special

@@ -233,3 +233,35 @@ def test_paper_4b_on_meta_has_4b_parameters_and_allocates_nothing():
     assert grown < 512 * 1024, f"building on meta grew peak memory by {grown} KiB"
     cfg = model.config
     assert (cfg.in_channels, cfg.buffer_frames, cfg.latent_size) == (8, 16, (64, 64))
+
+
+def test_wrapped_positions_make_the_latent_frame_a_torus():
+    """With periodic positions, moving the input across the border (whole tokens) moves the
+    output the same way; with the default positions the borders are edges."""
+    from streamdit_core.conditioning import TextEmbedding
+
+    x = torch.randn(1, 4, 4, 8, 8)
+    sigma = torch.tensor([[0.2, 0.4, 0.6, 0.8]])
+    text = TextEmbedding(torch.randn(1, 3, 32))
+    for wrap in (True, False):
+        model = randomized(StreamDiTConfig(wrap=wrap, buffer_frames=4, window=(2, 4, 4)))
+        with torch.no_grad():
+            out = model(x, sigma, text)
+            moved = model(torch.roll(x, (2, 4), dims=(3, 4)), sigma, text)  # 1 token down, 2 right
+        assert torch.allclose(torch.roll(out, (2, 4), dims=(3, 4)), moved, atol=1e-5) == wrap
+
+
+def test_a_clean_prediction_model_returns_the_velocity_of_its_clean_frames():
+    from streamdit_core.model import CLEAN_SIGMA_FLOOR
+
+    x = torch.randn(2, 4, 4, 8, 8)
+    sigma = torch.tensor([[0.0, 0.02, 0.5, 1.0]]).expand(2, -1)
+    plain = randomized(StreamDiTConfig(buffer_frames=4))
+    clean = randomized(StreamDiTConfig(buffer_frames=4, prediction="clean"))  # same weights, same seed
+    with torch.no_grad():
+        x0 = plain(x, sigma)  # what the network outputs
+        v = clean(x, sigma)
+    floor = sigma.clamp_min(CLEAN_SIGMA_FLOOR)[:, None, :, None, None]
+    assert torch.allclose(v, (x - x0) / floor, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction"):
+        StreamDiTConfig(prediction="noise")

@@ -282,3 +282,35 @@ def test_each_frame_is_labelled_with_the_prompt_that_made_it(mode):
     first_new = 6 if mode == "chunk" else 2
     labels = [session.prompt_at(f)[0] for f in range(10)]
     assert labels == ["aa"] * first_new + ["bbbb"] * (10 - first_new)
+
+
+def test_an_immediate_switch_lets_nearly_formed_frames_finish_with_their_prompt(tiny_model):
+    """With ``settle``, the frames already below that noise level keep the old text until they
+    leave; every other frame sees the new one from the next call. With 0, all switch at once."""
+    P = Partition(K=0, N=4, c=2, s=1)  # chunk levels 0.25, 0.5, 0.75, 1 at each call
+    old, new = random_text(seed=1), random_text(seed=2)
+    rec = Recorder(tiny_model)
+    stream = Streamer(rec, P, SHAPE, text=old, seed=0)
+    stream.step()
+    settled = int((stream.state.sigma < 0.5).sum())
+    assert settled == 2  # the output chunk
+    assert stream.set_text(new, settle=0.5) == settled
+    stream.step()
+    assert rec.texts[-1].texts == (old, new) and rec.texts[-1].index.tolist() == [0, 0] + [1] * 6
+    stream.step()  # the old frames have left
+    assert rec.texts[-1] is new
+    assert stream.set_text(old, settle=0.0) == 0
+    stream.step()
+    assert rec.texts[-1] is old
+
+
+def test_a_settled_switch_labels_frames_by_the_prompt_they_finished_with():
+    pipe = _pipe()
+    P = Partition(K=0, N=4, c=2, s=1)
+    session = pipe.session("aa", P, switch=PromptSwitch("immediate", settle=0.5))
+    session.start()
+    session.next_chunk()  # frames 0-1 out; 2-9 in the buffer, 2-3 below noise 0.5
+    session.set_prompt("bbbb")
+    assert [session.prompt_at(f)[0] for f in range(12)] == ["aa"] * 4 + ["bbbb"] * 8
+    with pytest.raises(ValueError, match="settle must be a noise level"):
+        PromptSwitch("immediate", settle=1.5)

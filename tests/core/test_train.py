@@ -155,3 +155,25 @@ def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(
     assert "already has its 2 steps" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="guidance must be at least 0"):
         main(args[:-1] + ["-1"])
+
+
+def test_train_takes_model_and_codec_options_and_names_bad_ones(tmp_path):
+    """``--codec-option`` shapes the codec the run trains and the model follows its latents;
+    ``--model-option`` sets StreamDiTConfig fields; unknown fields are refused by name."""
+    from streamdit_core.checkpoint import load_codec
+    from streamdit_core.cli import main
+
+    args = ["train", "--out", str(tmp_path), "--steps", "1", "--batch-size", "2", "--clips", "4", "--decoder-steps", "0",
+            "--codec-steps", "1", "--codec-option", "space_factor=4", "--codec-option", "latent_channels=4",
+            "--codec-option", "wrap=true", "--codec-option", "width=16",
+            "--model-option", "wrap=true", "--model-option", "prediction=clean", "--model-option", "depth=1"]
+    assert main(args) == 0
+    config = load_checkpoint(tmp_path / "model.safetensors").config
+    assert (config.wrap, config.prediction, config.depth) == (True, "clean", 1)
+    assert config.in_channels == 4 and config.latent_size == (16, 16)  # from the 4x codec
+    assert load_codec(tmp_path / "codec.safetensors").config.wrap is True
+    with pytest.raises(SystemExit, match="bad --model-option.*unknown model option.*'warp'"):
+        main(["train", "--out", str(tmp_path / "b"), "--codec", str(tmp_path / "codec.safetensors"), "--steps", "1",
+              "--clips", "4", "--model-option", "warp=true"])
+    with pytest.raises(SystemExit, match="bad --codec-option"):
+        main(["train", "--out", str(tmp_path / "c"), "--codec-option", "colour=red"])
