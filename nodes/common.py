@@ -55,8 +55,9 @@ def stream_inputs() -> list:
                        "Classifier-free guidance scale. 0 uses the model's recommended scale "
                        "(none for the embedded default, 5 for its teacher); 1 turns guidance off."),
         io.Combo.Input("switch_mode", options=list(SWITCH_MODES), default="immediate", tooltip=
-                       "How a new prompt takes over: immediate (every buffered frame at once, as "
-                       "in the paper), blend (the text moves over 'blend_calls' model calls), "
+                       "How a new prompt takes over: immediate (every buffered frame still below "
+                       "half formed at once, as in the paper; nearly finished frames end as they "
+                       "began, so none comes out mottled), blend (the text moves over 'blend_calls' model calls), "
                        "chunk (only frames entering after the switch: a sharp cut)."),
         io.Int.Input("blend_calls", default=4, min=1, max=256, tooltip=
                      "Model calls a blended prompt switch takes (switch_mode = blend)."),

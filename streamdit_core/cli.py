@@ -424,7 +424,8 @@ def _run_evaluate(args) -> int:
         print(f"codec round trip ({c.clips} clips of 2 s): "
               + ", ".join(f"{k} {c.source[k]:.3f} -> {c.decoded[k]:.3f}" for k in keys))
         print(f"  mean absolute error: within 3 px of the outline {c.edge_error:.4f}, inside {c.inside_error:.4f}, "
-              f"background {c.background_error:.4f}")
+              f"background {c.background_error:.4f}; background noise {c.steady_noise:.4f}, "
+              f"{c.switch_noise:.4f} on the first frame after a background change")
         report["codec"] = dataclasses.asdict(c)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

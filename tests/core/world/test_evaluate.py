@@ -86,6 +86,7 @@ def test_codec_round_trip_reads_the_ceiling_and_where_errors_sit():
     scenes = held_out_scenes(3)
     exact = codec_round_trip(PixelCodec(), scenes, seconds=1.0)
     assert exact.decoded["shape"] == exact.source["shape"] == 1 and exact.edge_error < 1e-6
+    assert exact.switch_noise < 1e-6 and exact.steady_noise < 1e-6
 
     class Blurry(PixelCodec):  # a codec that loses edges: 3x3 box blur, wrapping
         def decode(self, latents):
@@ -95,3 +96,14 @@ def test_codec_round_trip_reads_the_ceiling_and_where_errors_sit():
     blurry = codec_round_trip(Blurry(), scenes, seconds=1.0)
     assert blurry.edge_error > 0.02 and blurry.edge_error > 10 * blurry.background_error
     assert blurry.inside_error < blurry.edge_error
+
+    class Patchy(PixelCodec):  # every other 4x4 block of a frame shows the frame before it
+        def decode(self, latents):
+            video = super().decode(latents)
+            H, W = video.shape[-2:]
+            checker = ((torch.arange(H)[:, None] // 4 + torch.arange(W)[None] // 4) % 2).bool()
+            before = torch.cat([video[:, :, :1], video[:, :, :-1]], dim=2)
+            return torch.where(checker, before, video)
+
+    smear = codec_round_trip(Patchy(), scenes, seconds=1.0)
+    assert smear.switch_noise > 0.1 and smear.switch_noise > 10 * smear.steady_noise

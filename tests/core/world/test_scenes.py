@@ -86,3 +86,23 @@ def test_captions_round_trip_and_bad_input_is_named():
         parse_caption("a red circle")
     with pytest.raises(ValueError, match="starts must begin at 0"):
         World().render([(3, Scene("red", "circle", "left", "black"))], 8, torch.Generator())
+
+
+def test_held_out_subsets_are_stratified_over_every_attribute():
+    from collections import Counter
+
+    from streamdit_core.world import COLORS, DIRECTIONS, SHAPES, held_out_scenes, stratified
+
+    every = held_out_scenes()
+    for n in (8, 16, 24):
+        subset = held_out_scenes(n)
+        assert len(subset) == n == len(set(subset)) and set(subset) <= set(every)
+        for attr, values in (("color", COLORS), ("shape", SHAPES), ("direction", DIRECTIONS)):
+            counts = Counter(getattr(s, attr) for s in subset)
+            if n >= len(values):
+                assert set(counts) == set(values)  # every value shows up
+            assert max(counts.values()) - min(counts.values()) <= 2
+    assert held_out_scenes(16)[:8] == held_out_scenes(8)  # a longer subset extends a shorter one
+    assert sum(s.color == "blue" for s in held_out_scenes(16)) <= 3  # the first 16 in file order hold 13
+    with pytest.raises(ValueError, match="count must be at least 1"):
+        stratified(every, 0)
