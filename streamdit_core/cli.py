@@ -344,7 +344,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated, from {', '.join(SCHEMES)}")
     p.add_argument("--seconds", type=_positive(float), default=4.0, help="video per scene and scheme (default 4)")
     p.add_argument("--steps", type=_positive(int), default=None,
-                   help="denoising steps per frame T (default: one per chunk for a distilled student, else 16)")
+                   help="denoising steps per frame T for every scheme (default: each scheme gets the model calls "
+                        "per frame of the model's own partition: one call per chunk of 2 for a distilled student, "
+                        "T = 16 at c = 2 otherwise)")
     p.add_argument("--scenes", type=_positive(int), default=None,
                    help="use N held-out scenes, stratified over the attributes (default all 96)")
     p.add_argument("--drift-seconds", type=float, default=120.0, help="long-stream length; 0 skips the drift check")

@@ -77,6 +77,10 @@ class StreamDiTConfig:
     # the velocity (x - x0) / sigma before it leaves the model, so samplers and losses are
     # unchanged while the network itself outputs frames; sigma is floored at CLEAN_SIGMA_FLOOR).
     prediction: str = "velocity"
+    # A 3x3 convolution over each output latent frame, added to the unpatchified output (U-ViT
+    # does the same): neighbouring patches then agree at their seams instead of each token
+    # drawing its own tile. Pads circularly with ``wrap``. Starts at zero (no effect).
+    out_conv: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -95,7 +99,7 @@ class StreamDiTConfig:
             raise bad("wrap", f"torus positions need a head width (hidden_size / num_heads) divisible by 4")
         if self.frequency_dim % 2:
             raise bad("frequency_dim", "must be even")
-        for field in ("pooled_text", "wrap"):
+        for field in ("pooled_text", "wrap", "out_conv"):
             if not isinstance(getattr(self, field), bool):
                 raise bad(field, "must be true or false")
         if self.prediction not in ("velocity", "clean"):
@@ -417,6 +421,10 @@ class StreamDiT(nn.Module):
         self.pool_embedder = Mlp(cfg.text_dim, D, D) if cfg.pooled_text else None
         self.blocks = nn.ModuleList(StreamDiTBlock(cfg, shifted=i % 2 == 1) for i in range(cfg.depth))
         self.final_layer = FinalLayer(D, p, cfg.in_channels)
+        self.out_conv = None
+        if cfg.out_conv:
+            self.out_conv = nn.Conv3d(cfg.in_channels, cfg.in_channels, (1, 3, 3), padding=(0, 1, 1),
+                                      padding_mode="circular" if cfg.wrap else "zeros")
         self._pos: dict[tuple, Tensor] = {}
         self.initialize_weights()
 
@@ -455,6 +463,9 @@ class StreamDiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.out_conv is not None:
+            nn.init.zeros_(self.out_conv.weight)
+            nn.init.zeros_(self.out_conv.bias)
 
     def _positions(self, grid: tuple[int, int, int], device, dtype) -> Tensor:
         key = (grid, str(device), dtype)
@@ -555,6 +566,8 @@ class StreamDiT(nn.Module):
             h = block(h, t, grid, cond)  # [B, L, D]
         out = self.final_layer(h, t, F)  # [B, L, p*p*C]
         v = rearrange(out, "b (f h w) (c p q) -> b c f (h p) (w q)", f=F, h=grid[1], w=grid[2], p=p, q=p)  # [B, C, F, H, W]
+        if self.out_conv is not None:
+            v = v + self.out_conv(v)
         if cfg.prediction == "clean":  # the network predicts the clean frames; the model returns velocity
             floor = sigma.to(v).clamp_min(CLEAN_SIGMA_FLOOR)[:, None, :, None, None]  # [B, 1, F, 1, 1]
             v = (x.to(v) - v) / floor

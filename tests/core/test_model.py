@@ -265,3 +265,18 @@ def test_a_clean_prediction_model_returns_the_velocity_of_its_clean_frames():
     assert torch.allclose(v, (x - x0) / floor, atol=1e-5)
     with pytest.raises(ValueError, match="prediction"):
         StreamDiTConfig(prediction="noise")
+
+
+def test_the_output_convolution_starts_silent_and_wraps_with_the_torus():
+    from streamdit_core.conditioning import TextEmbedding
+
+    x, sigma = torch.randn(1, 4, 4, 8, 8), torch.tensor([[0.2, 0.4, 0.6, 0.8]])
+    text = TextEmbedding(torch.randn(1, 3, 32))
+    torch.manual_seed(0)
+    fresh = StreamDiT(StreamDiTConfig(out_conv=True, buffer_frames=4))
+    assert fresh.out_conv is not None and not fresh.out_conv.weight.any()  # zero-initialised
+    model = randomized(StreamDiTConfig(out_conv=True, wrap=True, buffer_frames=4, window=(2, 4, 4)))
+    with torch.no_grad():
+        out = model(x, sigma, text)
+        moved = model(torch.roll(x, (2, 4), dims=(3, 4)), sigma, text)
+    assert torch.allclose(torch.roll(out, (2, 4), dims=(3, 4)), moved, atol=1e-5)  # still a torus
