@@ -95,7 +95,7 @@ class StreamDiTConfig:
             raise bad("num_heads", f"must divide hidden_size={self.hidden_size}")
         if (self.hidden_size // self.num_heads) % 2:
             raise bad("num_heads", "must leave an even head width")
-        if self.wrap is True and (self.hidden_size // self.num_heads) % 4:
+        if self.wrap and (self.hidden_size // self.num_heads) % 4:
             raise bad("wrap", f"torus positions need a head width (hidden_size / num_heads) divisible by 4")
         if self.frequency_dim % 2:
             raise bad("frequency_dim", "must be even")

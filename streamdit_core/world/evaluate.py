@@ -25,7 +25,7 @@ from .metrics import NOISY, VideoScores, _heading, _majority, _steps, detect, sc
 from ..pipeline import Pipeline
 from ..prompts import PromptSchedule, PromptSwitch
 from ..schedule import Partition
-from ..velocity import CallCounter
+from ..velocity import CallCounter, placement
 
 __all__ = ["SCHEMES", "CodecResult", "SchemeResult", "codec_round_trip", "compare_schemes", "drift", "fair_partition",
            "prompt_switch", "scheme_partition", "seams"]
@@ -249,7 +249,7 @@ def codec_round_trip(codec, scenes: list[Scene], seconds: float = 2.0, seed: int
     frames -= frames % codec.time_factor
     clips = [world.render(s, frames, gen) for s in scenes]
     video = torch.stack([c.frames for c in clips])  # [n, T, 3, H, W]
-    dev = next((p.device for p in codec.parameters()), torch.device("cpu")) if hasattr(codec, "parameters") else "cpu"
+    dev, _ = placement(codec)
     with torch.no_grad():
         decoded = codec.decode(codec.encode(video.transpose(1, 2).to(dev))).transpose(1, 2).float().cpu()
     src = [score_video(v, s) for v, s in zip(video, scenes)]

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from .scenes import BACKGROUNDS, COLORS, DIRECTIONS, SPEED_RANGE, Scene
+from .scenes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SPEED_RANGE, Scene, _sdf
 
 __all__ = ["FrameDetection", "VideoScores", "detect", "score_video", "summarize"]
 
@@ -118,13 +118,17 @@ def _torus_max(mask: Tensor, px: int = 1) -> Tensor:
     """Dilation of ``[T, H, W]`` masks by ``px`` pixels (square neighbourhood), borders wrapping."""
     out = mask
     for _ in range(px):
-        grown = out
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dy or dx:
-                    grown = grown | torch.roll(out, (dy, dx), dims=(1, 2))
-        out = grown
+        for moved in list(_neighbours(out)):
+            out = out | moved
     return out
+
+
+def _neighbours(x: Tensor):
+    """The 8 neighbours of every pixel of ``[..., H, W]``: ``x`` rolled one pixel each way, wrapping."""
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                yield torch.roll(x, (dy, dx), dims=(-2, -1))
 
 
 def components(mask: Tensor) -> Tensor:
@@ -135,10 +139,8 @@ def components(mask: Tensor) -> Tensor:
     lab = torch.where(mask, torch.arange(1, H * W + 1).view(1, H, W).expand(T, H, W), none)
     while True:  # every pixel takes the smallest label among its neighbours, until nothing changes
         low = lab
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dy or dx:
-                    low = torch.minimum(low, torch.roll(lab, (dy, dx), dims=(1, 2)))
+        for moved in _neighbours(lab):
+            low = torch.minimum(low, moved)
         low = torch.where(mask, low, none)
         if torch.equal(low, lab):
             break
@@ -224,8 +226,6 @@ _TEMPLATES: dict[str, Tensor] = {}
 def _template_profile(shape: str) -> Tensor:
     """The outline radius ``[_ANGLES]`` of a world shape of half size 1, from its signed distance."""
     if shape not in _TEMPLATES:
-        from .scenes import _sdf
-
         theta = torch.arange(_ANGLES, dtype=torch.float64) * (2 * math.pi / _ANGLES)
         r = torch.arange(0, 2.5, 1e-3, dtype=torch.float64)
         dx, dy = r[None] * theta.cos()[:, None], r[None] * theta.sin()[:, None]  # [A, R]
@@ -237,8 +237,6 @@ def _template_profile(shape: str) -> Tensor:
 def _read_shape(alpha: Tensor) -> tuple[str | None, float]:
     """The world shape whose outline matches the subject's (``alpha [H, W]``: 1 inside, 0 outside,
     the subject near the middle) within :data:`SHAPE_TOLERANCE`, and the outline error."""
-    from .scenes import SHAPES
-
     H, W = alpha.shape
     total = float(alpha.sum())
     if total < 1:
