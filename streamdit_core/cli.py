@@ -79,10 +79,16 @@ def _given(**values) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the embedded world model (codec, then StreamDiT)",
-                       description="Train a StreamDiT on the synthetic world: the latent codec first "
-                                   "(unless --codec is given or OUT/codec.safetensors exists), then the "
-                                   "buffered flow-matching model. Run under torchrun for data-parallel training.")
+    p = sub.add_parser("train", help="train a StreamDiT (codec, then StreamDiT) on the world or your clips",
+                       description="Train a StreamDiT on the synthetic world, or on a folder of captioned "
+                                   "videos (--data): the latent codec first (unless --codec is given or "
+                                   "OUT/codec.safetensors exists), then the buffered flow-matching model. Run "
+                                   "under torchrun for data-parallel training.")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a folder of videos with captions (NAME.txt beside each, or captions.jsonl / captions.csv "
+                        "with 'file' and 'caption'); default: the synthetic world")
+    p.add_argument("--size", type=_positive(int), default=64,
+                   help="frame size clips from --data are scaled and centre-cropped to (default 64)")
     p.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder (default runs/embedded)")
     p.add_argument("--preset", default="embedded", help="StreamDiT preset (default embedded)")
     p.add_argument("--steps", type=_positive(int), default=None, help="StreamDiT training steps")
@@ -130,10 +136,15 @@ def _run_train(args) -> int:
         codec_config = CodecConfig(**dict(args.codec_option)) if args.codec_option else None
     except (TypeError, ValueError) as err:
         raise SystemExit(f"bad --codec-option: {err}") from None
+    from .data import DataError
+
     try:
         train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
-                    model_options=dict(args.model_option), codec_config=codec_config)
+                    model_options=dict(args.model_option), codec_config=codec_config, data=args.data,
+                    size=args.size)
+    except DataError as err:
+        raise SystemExit(f"--data: {err}") from None
     except (TypeError, ValueError) as err:
         if "StreamDiTConfig" not in str(err) and "model option" not in str(err):
             raise

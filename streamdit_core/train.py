@@ -294,6 +294,10 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
     """Trains a :class:`~streamdit_core.codec.VideoAutoencoder` on world clips, then calibrates
     its latent normalisation. Returns the final reconstruction MSE on fresh clips.
 
+    ``world`` is the synthetic :class:`~streamdit_core.world.World` or a
+    :class:`~streamdit_core.data.ClipFolder` (anything with ``batch(n, frames, gen)``); prompt
+    switch clips (``switch_share``) come only from the world, which can render them.
+
     With ``decoder_only`` the encoder and the normalisation stay frozen, so the latent space a
     diffusion model was trained on does not move while the decoder keeps improving.
     """
@@ -303,7 +307,7 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
     frames = codec.time_factor * (codec.context + 1)  # the shortest clip that exercises the causal context
 
     def clips(count: int) -> Tensor:  # [count, 3, T, H, W]
-        switched = round(count * cfg.switch_share) if frames > 1 else 0
+        switched = round(count * cfg.switch_share) if frames > 1 and hasattr(world, "switch_script") else 0
         video, _ = world.batch(count - switched, frames, gen)
         if switched:
             attrs, train = ("color", "shape", "direction", "background"), set(world.train_scenes)
@@ -372,7 +376,7 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                 codec: str | os.PathLike | None = None, codec_steps: int | None = None, decoder_steps: int = 3000,
                 clips: int = 4096, guidance: float = 1.0, resume: bool = False,
                 log: Callable[[str], None] = print, model_options: dict | None = None,
-                codec_config=None) -> WorldRun:
+                codec_config=None, data: str | os.PathLike | None = None, size: int = 64) -> WorldRun:
     """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
     names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
     ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
@@ -384,16 +388,37 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         model_options: StreamDiTConfig fields over the preset (e.g. ``{"wrap": True}``); the
             latent channels and size always follow the codec.
         codec_config: the :class:`~streamdit_core.codec.CodecConfig` of a codec this run trains.
+        data: a folder of captioned videos (:class:`~streamdit_core.data.ClipFolder`, its train
+            split) to train on instead of the synthetic world; scanned before any training, so a
+            folder with no usable clip fails at once.
+        size: the square frame size clips from ``data`` are scaled and cropped to.
     """
     from .checkpoint import load_codec, read_metadata
-    from .codec import VideoAutoencoder
+    from .codec import CodecConfig, VideoAutoencoder
     from .model import StreamDiT, StreamDiTConfig
     from .text import TextEncoder
     from .world import FPS, LatentPool, World
 
     if guidance < 0:
         raise ValueError(f"guidance must be at least 0, got {guidance}")
-    world = World()
+    options = dict(model_options or {})
+    known = set(StreamDiTConfig.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; StreamDiTConfig fields: {', '.join(sorted(known))}")
+    if data is None:
+        world, record = World(), {"world": "shapes-64", "fps": str(FPS)}
+    else:
+        from .data import ClipFolder
+
+        buffer = options.get("buffer_frames", StreamDiTConfig.preset(preset).buffer_frames)
+        existing = Path(codec) if codec is not None else Path(out) / "codec.safetensors"
+        time_factor = load_codec(existing).time_factor if existing.exists() else \
+            (codec_config or CodecConfig()).time_factor
+        world = ClipFolder(data, frames=(buffer + 4) * time_factor, fps=FPS, size=size)
+        record = {"data": str(Path(data).resolve()), "data_videos": str(len(world)),
+                  "data_skipped": str(len(world.report.skipped)), "fps": str(FPS)}
+        log(f"data: {data}: {world.report.summary()}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     codec_file = Path(codec) if codec is not None else out / "codec.safetensors"
@@ -410,11 +435,6 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                                                   "reconstruction_mse": f"{codec_mse:.6f}",
                                                   "train_seconds": f"{time.perf_counter() - t0:.1f}"})
         log(f"codec: reconstruction MSE {codec_mse:.5f} on fresh clips -> {codec_file}")
-    options = dict(model_options or {})
-    known = set(StreamDiTConfig.__dataclass_fields__)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown model option(s) {unknown}; StreamDiTConfig fields: {', '.join(sorted(known))}")
     side = world.size // autoencoder.space_factor
     options.update(in_channels=autoencoder.latent_channels, latent_size=(side, side))
     model = StreamDiT.from_preset(preset, **options)
@@ -428,8 +448,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         encoder = TextEncoder()
         codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
         result = train(model, pool, encoder.encode, config, out=out, resume=resume,
-                       metadata={"codec": codec_name, "text_encoder": encoder.name, "fps": str(FPS),
-                                 "world": "shapes-64", "guidance": f"{guidance:g}"})
+                       metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
+                                 "guidance": f"{guidance:g}"})
         log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     meta = read_metadata(codec_file)
     if decoder_steps > 0 and "decoder_refined_steps" not in meta:

@@ -27,6 +27,9 @@ class LatentBatch:
 class LatentPool:
     """``clips`` constant-caption clips of the training split, encoded by ``codec``.
 
+    ``world`` is the synthetic world or a :class:`~streamdit_core.data.ClipFolder`: anything
+    whose ``batch(n, frames, gen)`` gives ``[n, frames, 3, H, W]`` clips and their captions.
+
     Each clip is ``clip_frames`` latent frames long; :meth:`sample` crops ``frames`` consecutive
     latent frames from random clips, so a pool of a few thousand clips gives many more windows.
     Deterministic for a seed.
