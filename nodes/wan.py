@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from streamdit_core import FrameText, Geometry, Pipeline, SigmaWarp, TextEmbedding
+from streamdit_core import FrameText, Geometry, Pipeline, SigmaWarp, TextEmbedding, per_prompt
 
 from . import host
 from .common import CATEGORY, MODEL, io
@@ -70,14 +70,7 @@ class ComfyVelocity(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, text: TextEmbedding | FrameText) -> Tensor:
         if x.dim() != 5 or sigma.shape != x.shape[:1] + x.shape[2:3]:
             raise ValueError(f"need x [B, C, F, h, w] and sigma [B, F], got {list(x.shape)} and {list(sigma.shape)}")
-        if isinstance(text, FrameText):
-            v = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-            for i, prompt in enumerate(text.texts):
-                frames = (text.index == i).nonzero()[:, 0].to(x.device)  # [f]
-                if frames.numel():
-                    v[:, :, frames] = self._call(x, sigma, prompt)[:, :, frames]
-            return v
-        return self._call(x, sigma, text)
+        return per_prompt(self._call, x, sigma, text)
 
     def _call(self, x: Tensor, sigma: Tensor, text: TextEmbedding) -> Tensor:
         host.load_models([self.patcher])

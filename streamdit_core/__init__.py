@@ -6,7 +6,7 @@ and users rely on), by the module it lives in:
 - ``schedule``: :class:`Partition`, :class:`SigmaWarp`, :class:`MixedPartitions`, :class:`TrainingNoise`.
 - ``velocity``: the contracts, :class:`Geometry`, :class:`VelocityModel`, :class:`Codec`,
   :class:`ModelWrapper`, :class:`CallCounter`, :func:`placement`.
-- ``conditioning``: :class:`TextEmbedding`, :class:`FrameText`.
+- ``conditioning``: :class:`TextEmbedding`, :class:`FrameText`, :func:`per_prompt`.
 - ``prompts``: :class:`PromptSchedule`, :class:`PromptSwitch`, :class:`PromptState`, ``SWITCH_MODES``.
 - ``stream``: :class:`Streamer` (the moving buffer over any velocity model), :class:`StreamState`,
   :class:`EmittedChunk`, :class:`StreamError`.
@@ -25,7 +25,7 @@ evaluation), ``train``, ``distill``, ``accel`` (the GPU fast path), ``bench``, a
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
-from .conditioning import FrameText, TextEmbedding
+from .conditioning import FrameText, TextEmbedding, per_prompt
 from .model import PRESETS, StreamDiT, StreamDiTConfig
 from .pipeline import DEFAULT_MODEL, EMBEDDED_MODELS, EMBEDDED_TEACHER, Pipeline, model_path, resolve_device
 from .prompts import SWITCH_MODES, PromptSchedule, PromptState, PromptSwitch
@@ -74,6 +74,7 @@ __all__ = [
     "load_checkpoint",
     "model_path",
     "open_writer",
+    "per_prompt",
     "placement",
     "read_config",
     "read_video",

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
-__all__ = ["TextEmbedding", "FrameText"]
+__all__ = ["TextEmbedding", "FrameText", "per_prompt"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,24 @@ class FrameText:
         length = max(t.tokens.shape[1] for t in self.texts)
         padded = [t.padded(length, batch) for t in self.texts]
         return torch.stack([t.tokens for t in padded], dim=1), torch.stack([t.mask for t in padded], dim=1)
+
+
+def per_prompt(call, x: Tensor, sigma: Tensor, text: "TextEmbedding | FrameText") -> Tensor:
+    """Conditions a model that takes one prompt per call on :class:`FrameText` as well.
+
+    ``call(x, sigma, TextEmbedding) -> v`` runs once per distinct prompt the frames use, and each
+    frame of the result takes the output of its own prompt; a :class:`TextEmbedding` is one call.
+    Shapes: x and v ``[B, C, F, H, W]``, sigma ``[B, F]``.
+    """
+    if not isinstance(text, FrameText):
+        return call(x, sigma, text)
+    v = None
+    for i, prompt in enumerate(text.texts):
+        frames = (text.index == i).nonzero()[:, 0].to(x.device)  # [f]
+        if frames.numel():
+            out = call(x, sigma, prompt)
+            v = torch.empty_like(out) if v is None else v
+            v[:, :, frames] = out[:, :, frames]
+    if v is None:
+        raise ValueError("FrameText selects no frame")
+    return v

@@ -1,0 +1,108 @@
+"""A tiny random Wan-architecture transformer (diffusers) as a velocity model: per-frame sigma,
+per-frame prompts, training through our trainer. No downloads."""
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from streamdit_core import FrameText, Partition, Streamer, TextEmbedding  # noqa: E402
+from streamdit_core.train import TrainConfig, flow_matching_loss, train  # noqa: E402
+from streamdit_core.wan import WanVelocity, load_wan, tiny_wan_config  # noqa: E402
+
+B_FRAMES, SIZE = 4, (8, 8)
+
+
+def _wan(seed=0):
+    torch.manual_seed(seed)
+    return load_wan(tiny_wan_config(), buffer_frames=B_FRAMES, latent_size=SIZE, shift=3.0)
+
+
+def _text(batch=1, seed=0):
+    return TextEmbedding(torch.randn(batch, 5, 32, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_one_sigma_for_every_frame_is_wan_called_the_usual_way():
+    wan = _wan().eval()
+    x = torch.randn(2, 16, B_FRAMES, *SIZE, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.3, 0.8])
+    text = _text(2)
+    with torch.no_grad():
+        ours = wan(x, sigma[:, None].expand(2, B_FRAMES), text)
+        plain = wan.transformer(x, sigma * 1000, encoder_hidden_states=text.tokens, return_dict=False)[0]
+    assert torch.allclose(ours, plain, atol=1e-5)
+    assert wan.geometry.warp.kind == "shift" and wan.geometry.warp.value == 3.0
+
+
+def test_each_frame_is_modulated_by_its_own_sigma():
+    """The time embedding each token gets is the one of its frame's sigma."""
+    wan = _wan().eval()
+    seen = {}
+    hook = wan.transformer.condition_embedder.register_forward_hook(lambda m, a, out: seen.update(proj=out[1]))
+    x = torch.randn(1, 16, B_FRAMES, *SIZE)
+    sigma = torch.tensor([[0.0, 0.25, 0.5, 1.0]])
+    with torch.no_grad():
+        wan(x, sigma, _text())
+        per_token = seen["proj"].reshape(1, B_FRAMES, 16, -1)  # [1, F, tokens per frame, 6 D]
+        for f in range(B_FRAMES):
+            wan(x, sigma[:, f:f + 1].expand(1, B_FRAMES), _text())
+            alone = seen["proj"].reshape(1, B_FRAMES, 16, -1)
+            assert torch.allclose(per_token[0, f], alone[0, f], atol=1e-6)
+    hook.remove()
+    assert not torch.allclose(per_token[0, 0], per_token[0, 3])
+
+
+def test_frames_follow_their_own_prompt_with_frame_text():
+    wan = _wan().eval()
+    x = torch.randn(1, 16, B_FRAMES, *SIZE)
+    sigma = torch.full((1, B_FRAMES), 0.5)
+    a, b = _text(seed=1), _text(seed=2)
+    with torch.no_grad():
+        mixed = wan(x, sigma, FrameText((a, b), torch.tensor([0, 0, 1, 1])))
+        only_a, only_b = wan(x, sigma, a), wan(x, sigma, b)
+    assert torch.allclose(mixed[:, :, :2], only_a[:, :, :2]) and torch.allclose(mixed[:, :, 2:], only_b[:, :, 2:])
+
+
+def test_our_trainer_lowers_a_wan_models_buffered_flow_matching_loss():
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randn(2, 16, B_FRAMES, *SIZE, generator=gen).sign() * 0.8  # two fixed clips
+    prompts = {"one": _text(seed=1).tokens[0], "two": _text(seed=2).tokens[0]}
+
+    class Two:
+        def sample(self, batch, g):
+            which = torch.randint(2, (batch,), generator=g)
+            names = ["one" if w == 0 else "two" for w in which.tolist()]
+            return type("Batch", (), {"latents": clips[which], "prompts": names})
+
+    def encode(names):
+        return TextEmbedding(torch.stack([prompts.get(n, torch.zeros(5, 32)) for n in names]))
+
+    def loss(model):
+        g = torch.Generator().manual_seed(5)
+        batch = Two().sample(16, g)
+        sigma = torch.rand(16, B_FRAMES, generator=g)
+        eps = torch.randn(batch.latents.shape, generator=g)
+        with torch.no_grad():
+            return float(flow_matching_loss(model, batch.latents, sigma, eps, encode(batch.prompts)))
+
+    wan = _wan()
+    before = loss(wan)
+    result = train(wan, Two(), encode, TrainConfig(steps=120, batch_size=8, lr=3e-3, warmup=5, ema_decay=0.9),
+                   progress=False)
+    assert result.step == 120 and loss(wan) < 0.8 * before, (before, loss(wan))
+
+
+def test_a_wan_model_streams_through_the_moving_buffer():
+    wan = _wan().eval()
+    streamer = Streamer(wan, Partition(K=0, N=2, c=2, s=2), (16, *SIZE), text=_text(), seed=0)
+    with torch.no_grad():
+        chunks = [streamer.step() for _ in range(12)]
+    out = [c for c in chunks if c is not None]
+    assert out and all(c.latents.shape == (1, 16, 2, *SIZE) and torch.isfinite(c.latents).all() for c in out)
+
+
+def test_a_wan_folder_that_is_not_one_is_named():
+    with pytest.raises(FileNotFoundError, match="not a diffusers Wan transformer folder"):
+        load_wan("/nonexistent/wan", 4, SIZE)
+    with pytest.raises(ValueError, match="patch"):
+        load_wan(tiny_wan_config(patch_size=(2, 2, 2)), 4, SIZE)
