@@ -15,6 +15,7 @@ training extra (``requirements-train.txt``); nothing here is needed to stream th
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
@@ -24,7 +25,8 @@ from .conditioning import FrameText, TextEmbedding, per_prompt
 from .schedule import SigmaWarp
 from .velocity import Geometry
 
-__all__ = ["WAN_TIMESTEPS", "WanVelocity", "load_wan", "tiny_wan_config"]
+__all__ = ["LORA_TARGETS", "WAN_TIMESTEPS", "WanVelocity", "add_lora", "comfy_name", "comfy_state_dict", "load_lora",
+           "load_wan", "lora_state_dict", "tiny_wan_config"]
 
 WAN_TIMESTEPS = 1000  # Wan's timestep is 1000 sigma
 
@@ -120,3 +122,160 @@ def load_wan(source: str | os.PathLike | dict, buffer_frames: int, latent_size: 
                                     "or in its transformer/ folder)")
         transformer = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     return WanVelocity(transformer, buffer_frames, latent_size, shift)
+
+
+# --------------------------------------------------------------------------------------------
+# Export: ComfyUI's key format (the original Wan 2.1 names its Load Diffusion Model detects)
+# --------------------------------------------------------------------------------------------
+
+# diffusers' module names -> the original Wan names (what ComfyUI's WanModel uses), per module
+# path prefix; block-level names are matched inside ``blocks.N.``.
+_TOP = {
+    "scale_shift_table": "head.modulation",
+    "proj_out": "head.head",
+    "patch_embedding": "patch_embedding",
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+}
+_BLOCK = {
+    "scale_shift_table": "modulation",
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o", "attn1.norm_q": "self_attn.norm_q", "attn1.norm_k": "self_attn.norm_k",
+    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o", "attn2.norm_q": "cross_attn.norm_q", "attn2.norm_k": "cross_attn.norm_k",
+    "norm2": "norm3",  # the norm before cross-attention
+    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+}
+
+
+def comfy_name(module: str) -> str:
+    """A diffusers Wan module path (``blocks.3.attn1.to_q``) -> its original Wan / ComfyUI path
+    (``blocks.3.self_attn.q``). Raises ``KeyError`` for a module the format has no name for."""
+    if module in _TOP:
+        return _TOP[module]
+    head, _, rest = module.partition(".")
+    if head == "blocks":
+        index, _, inner = rest.partition(".")
+        if index.isdigit() and inner in _BLOCK:
+            return f"blocks.{index}.{_BLOCK[inner]}"
+    raise KeyError(f"no ComfyUI Wan name for the diffusers module {module!r}")
+
+
+def _split(key: str) -> tuple[str, str]:
+    """``blocks.0.attn1.to_q.weight`` -> (``blocks.0.attn1.to_q``, ``weight``); parameters that are
+    modules of their own (``scale_shift_table``) have no suffix."""
+    if key.endswith(".weight") or key.endswith(".bias"):
+        module, _, leaf = key.rpartition(".")
+        return module, leaf
+    return key, ""
+
+
+def comfy_state_dict(wan: WanVelocity | nn.Module, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """The transformer's weights under the original Wan names, as ComfyUI's Load Diffusion Model
+    reads them (LoRA adapters, if any, merged in). ``dtype`` casts floating tensors."""
+    transformer = wan.transformer if isinstance(wan, WanVelocity) else wan
+    state = _merged_state(transformer)
+    out = {}
+    for key, value in state.items():
+        module, leaf = _split(key)
+        name = comfy_name(module) + (f".{leaf}" if leaf else "")
+        value = value.detach().cpu()
+        out[name] = value.to(dtype) if dtype is not None and value.is_floating_point() else value.contiguous()
+    return out
+
+
+def _merged_state(transformer: nn.Module) -> dict[str, Tensor]:
+    """The base weights with LoRA deltas added (``W + B A * alpha / r``), under diffusers' names."""
+    state = {}
+    for name, module in transformer.named_modules():
+        if _is_lora(module):
+            base = module.base_layer
+            delta = torch.zeros_like(base.weight)
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    A, Bm = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+                    delta = delta + (Bm @ A) * module.scaling[adapter]
+            state[f"{name}.weight"] = base.weight + delta
+            if base.bias is not None:
+                state[f"{name}.bias"] = base.bias
+    for key, value in transformer.state_dict().items():
+        if "lora_" in key or ".base_layer." in key:
+            continue
+        state.setdefault(key, value)
+    return state
+
+
+def _is_lora(module: nn.Module) -> bool:
+    return hasattr(module, "lora_A") and hasattr(module, "base_layer")
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA (peft), saved in a key format ComfyUI's Load LoRA reads
+# --------------------------------------------------------------------------------------------
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+
+
+def add_lora(wan: WanVelocity, rank: int = 16, alpha: float | None = None,
+             targets: tuple[str, ...] = LORA_TARGETS) -> WanVelocity:
+    """Freezes the transformer and adds LoRA adapters (peft) of ``rank`` to the attention and
+    feed-forward projections of every block; only the adapters train. ``alpha`` defaults to
+    ``rank`` (scale 1)."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"LoRA needs peft: pip install -r requirements-train.txt; {err}") from None
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    wan.transformer.requires_grad_(False)
+    # self- and cross-attention projections and the feed-forward layers of every block
+    inner = [f"attn{i}.{t}" for i in (1, 2) for t in targets if t.startswith("to_")] + \
+        [t for t in targets if not t.startswith("to_")]
+    pattern = r"blocks\.\d+\.(" + "|".join(re.escape(n) for n in inner) + ")"  # peft matches it in full
+    config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank), target_modules=pattern)
+    inject_adapter_in_model(config, wan.transformer)
+    return wan
+
+
+def lora_state_dict(wan: WanVelocity) -> dict[str, Tensor]:
+    """The adapters as ComfyUI's Load LoRA reads them: ``diffusion_model.<Wan name>.lora_down.weight``
+    (A), ``.lora_up.weight`` (B) and ``.alpha`` (ComfyUI scales by alpha / rank, as peft does)."""
+    out = {}
+    for name, module in wan.transformer.named_modules():
+        if not _is_lora(module):
+            continue
+        adapter = module.active_adapters[0]
+        A, Bm = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        key = f"diffusion_model.{comfy_name(name)}"
+        out[f"{key}.lora_down.weight"] = A.detach().cpu().contiguous()
+        out[f"{key}.lora_up.weight"] = Bm.detach().cpu().contiguous()
+        out[f"{key}.alpha"] = torch.tensor(float(module.scaling[adapter] * A.shape[0]))
+    if not out:
+        raise ValueError("this Wan model has no LoRA adapters (add_lora adds them)")
+    return out
+
+
+def load_lora(wan: WanVelocity, state: dict[str, Tensor]) -> WanVelocity:
+    """Loads adapters saved by :func:`lora_state_dict` into a Wan model (adding them, with the
+    saved rank and alpha, if it has none). Every saved key must find its module."""
+    ranks = {k[:-len(".lora_down.weight")]: v.shape[0] for k, v in state.items() if k.endswith(".lora_down.weight")}
+    if not ranks:
+        raise ValueError("no LoRA weights in this file (expected keys ending in .lora_down.weight)")
+    rank = next(iter(ranks.values()))
+    alpha = float(state[f"{next(iter(ranks))}.alpha"]) if f"{next(iter(ranks))}.alpha" in state else rank
+    if not any(_is_lora(m) for m in wan.transformer.modules()):
+        add_lora(wan, rank, alpha)
+    modules = {f"diffusion_model.{comfy_name(n)}": m for n, m in wan.transformer.named_modules() if _is_lora(m)}
+    missing = sorted(set(ranks) - set(modules))
+    if missing:
+        raise ValueError(f"LoRA keys for modules this model lacks: {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    with torch.no_grad():
+        for key in ranks:
+            module = modules[key]
+            adapter = module.active_adapters[0]
+            module.lora_A[adapter].weight.copy_(state[f"{key}.lora_down.weight"])
+            module.lora_B[adapter].weight.copy_(state[f"{key}.lora_up.weight"])
+    return wan

@@ -106,3 +106,67 @@ def test_a_wan_folder_that_is_not_one_is_named():
         load_wan("/nonexistent/wan", 4, SIZE)
     with pytest.raises(ValueError, match="patch"):
         load_wan(tiny_wan_config(patch_size=(2, 2, 2)), 4, SIZE)
+
+
+def test_the_comfyui_export_names_every_weight_as_the_original_wan_does():
+    from streamdit_core.wan import comfy_state_dict
+
+    wan = _wan()
+    state = comfy_state_dict(wan)
+    assert len(state) == len(wan.transformer.state_dict())
+    expected = {"head.modulation", "head.head.weight", "patch_embedding.weight", "time_embedding.0.weight",
+                "time_embedding.2.bias", "time_projection.1.weight", "text_embedding.0.weight", "text_embedding.2.weight",
+                "blocks.1.modulation", "blocks.1.self_attn.q.weight", "blocks.1.self_attn.o.bias",
+                "blocks.1.self_attn.norm_q.weight", "blocks.1.cross_attn.k.weight", "blocks.1.cross_attn.norm_k.weight",
+                "blocks.1.norm3.weight", "blocks.1.ffn.0.weight", "blocks.1.ffn.2.bias"}
+    assert expected <= set(state), sorted(expected - set(state))
+    assert torch.equal(state["blocks.0.self_attn.q.weight"], wan.transformer.blocks[0].attn1.to_q.weight)
+    assert torch.equal(state["head.modulation"], wan.transformer.scale_shift_table)
+
+
+def _trained_lora(steps=20):
+    from streamdit_core.wan import add_lora
+
+    wan = add_lora(_wan(), rank=4, alpha=8)
+    opt = torch.optim.AdamW([p for p in wan.parameters() if p.requires_grad], lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(2, 16, B_FRAMES, *SIZE, generator=g)
+    for _ in range(steps):
+        loss = flow_matching_loss(wan, x0, torch.rand(2, B_FRAMES, generator=g), torch.randn(x0.shape, generator=g), _text(2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return wan
+
+
+def test_lora_training_changes_only_the_adapters_and_its_comfyui_keys_load_back_onto_the_base():
+    from streamdit_core.wan import comfy_state_dict, load_lora, lora_state_dict
+
+    base = {k: v.clone() for k, v in _wan().transformer.state_dict().items()}
+    wan = _trained_lora()
+    trainable = [n for n, p in wan.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for key, value in wan.transformer.state_dict().items():
+        if "lora_" not in key:
+            assert torch.equal(value, base[key.replace(".base_layer", "")]), key
+    saved = lora_state_dict(wan)
+    assert "diffusion_model.blocks.0.self_attn.q.lora_down.weight" in saved
+    assert "diffusion_model.blocks.1.ffn.2.lora_up.weight" in saved
+    assert float(saved["diffusion_model.blocks.0.cross_attn.o.alpha"]) == 8.0
+    assert saved["diffusion_model.blocks.0.self_attn.q.lora_down.weight"].shape == (4, 32)
+
+    x, sigma, text = torch.randn(1, 16, B_FRAMES, *SIZE), torch.full((1, B_FRAMES), 0.6), _text()
+    fresh = load_lora(_wan(), saved)  # the same base (seed), the adapters from the file
+    with torch.no_grad():
+        trained, reloaded, plain = wan(x, sigma, text), fresh(x, sigma, text), _wan()(x, sigma, text)
+    assert torch.allclose(trained, reloaded, atol=1e-5)
+    assert not torch.allclose(trained, plain, atol=1e-3)  # the adapters do something
+    merged = _wan()  # full weights with the adapters merged give the adapted model's prediction
+    merged_state = comfy_state_dict(wan)
+    inverse = {comfy: diffusers for diffusers, comfy in
+               ((k, k2) for k, k2 in zip(merged.transformer.state_dict(), comfy_state_dict(merged)))}
+    merged.transformer.load_state_dict({inverse[k]: v for k, v in merged_state.items()})
+    with torch.no_grad():
+        assert torch.allclose(merged(x, sigma, text), trained, atol=1e-5)
+    with pytest.raises(ValueError, match="no LoRA weights"):
+        load_lora(_wan(), {"x": torch.zeros(1)})
