@@ -110,6 +110,11 @@ def _add_train(sub) -> None:
                         "latent_channels=4 (repeatable); the model's channels and latent size follow the codec")
     p.add_argument("--decoder-steps", type=int, default=3000,
                    help="decoder refinement steps after the StreamDiT is trained (encoder frozen); 0 skips")
+    p.add_argument("--shard", action="store_true",
+                   help="under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2) "
+                        "instead of replicating them (DDP)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass (less memory, more compute)")
     _add_run_options(p)
     p.set_defaults(run=_run_train)
 
@@ -126,6 +131,7 @@ def _run_train(args) -> int:
     torch.manual_seed(args.seed)
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk_sizes=args.chunk_sizes,
                        uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight)
+    overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing)
     try:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:

@@ -8,11 +8,14 @@ weights, which is what the checkpoints ship.
 
 Data-parallel: run under ``torchrun --nproc_per_node=P``; each process draws its own batch from
 its own seed, DDP averages the gradients (gloo on CPU, NCCL on CUDA), rank 0 writes checkpoints
-and shows the progress bar. On CUDA the forward runs under bf16 autocast.
+and shows the progress bar (loss, samples/s, tokens/s and model FLOPs utilisation). On CUDA the
+forward runs under bf16 autocast. With ``TrainConfig.shard`` the processes shard the model
+instead (FSDP2, :mod:`streamdit_core.shard`), for models that do not fit one device.
 
 Files in the output folder: ``model.safetensors`` (EMA weights, with the training record in the
 metadata), ``train_state.pt`` (raw weights, EMA, optimizer, step, generator: what ``resume``
-needs). Both are written atomically, so an interrupted run resumes from its last checkpoint.
+needs; sharded runs write a ``train_state/`` folder of shards instead). Both are written
+atomically, so an interrupted run resumes from its last checkpoint.
 
 :func:`train_world` is the whole recipe of the embedded model on the synthetic world (the codec,
 the StreamDiT, then the decoder refined on the frozen latent space), as ``python -m
@@ -62,6 +65,11 @@ class TrainConfig:
     subject_weight: float = 0.0  # extra loss weight on latent pixels the subject covers (0: plain MSE)
     checkpoint_every: int = 500
     seed: int = 0
+    # Under torchrun: shard parameters, gradients and optimizer state over the processes (FSDP2,
+    # :mod:`streamdit_core.shard`) instead of replicating them (DDP). For models that do not fit
+    # one device; small models train faster with DDP.
+    shard: bool = False
+    activation_checkpointing: bool = False  # recompute block activations in the backward pass
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -157,6 +165,69 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _ship(ema: nn.Module, state: dict | None, path: Path, record: dict[str, str]) -> Path:
+    """Writes the shipped EMA weights (``state``: gathered from shards, else the module's own):
+    our checkpoint format, or the model's own ``export`` (a Wan transformer in ComfyUI's format)."""
+    if hasattr(ema, "export"):
+        return ema.export(path, record, state)
+    if state is not None:
+        template = copy.deepcopy(ema.config) if hasattr(ema, "config") else None
+        plain = type(ema)(template)
+        plain.load_state_dict(state)
+        ema = plain
+    return save_checkpoint(ema, path, record)
+
+
+def _tokens_per_sample(model: nn.Module) -> int | None:
+    geometry = getattr(model, "geometry", None)
+    if geometry is None:
+        return None
+    h, w = geometry.latent_size
+    return geometry.buffer_frames * (h // geometry.patch_size) * (w // geometry.patch_size)
+
+
+def _step_flops(model: nn.Module, data, encode_text, device: torch.device) -> float | None:
+    """FLOPs of one training sample (forward and backward, about 3x the forward), counted once on
+    one sample by torch's FLOP counter; None where it cannot count."""
+    try:
+        from .bench.measure import count_flops
+
+        batch = data.sample(1, torch.Generator().manual_seed(0))
+        x = batch.latents.to(device)
+        sigma = torch.full(x.shape[:1] + x.shape[2:3], 0.5, device=device)
+        return 3 * count_flops(model, x, sigma, encode_text(list(batch.prompts)).to(device))
+    except Exception:  # noqa: BLE001 - the rate is a courtesy; training goes on without it
+        return None
+
+
+class _Rate:
+    """samples/s, tokens/s and model FLOPs utilisation for the progress line, over the last steps."""
+
+    def __init__(self, samples: int, tokens: int | None, flops: float | None, device: torch.device, world: int):
+        self.samples, self.tokens, self.flops, self.world = samples, tokens, flops, world
+        self.peak = None
+        if flops is not None:
+            try:
+                from .bench.measure import matmul_peak
+
+                self.peak = matmul_peak(device, "bf16" if device.type == "cuda" else "fp32", repeats=2)
+            except Exception:  # noqa: BLE001
+                self.peak = None
+        self.times: list[float] = []
+
+    def tick(self) -> dict[str, str]:
+        self.times = (self.times + [time.perf_counter()])[-21:]
+        if len(self.times) < 2:
+            return {}
+        per_s = self.samples * (len(self.times) - 1) / (self.times[-1] - self.times[0])
+        shown = {"samples/s": f"{per_s:.1f}"}
+        if self.tokens:
+            shown["tokens/s"] = f"{per_s * self.tokens:.0f}"
+        if self.flops and self.peak:
+            shown["mfu"] = f"{100 * per_s * self.flops / (self.peak * self.world):.1f}%"
+        return shown
+
+
 @dataclass
 class TrainResult:
     """What a run did: final step, last smoothed loss, wall seconds, the checkpoint written."""
@@ -193,26 +264,44 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         mix = MixedPartitions(B=B, chunk_sizes=cfg.chunk_sizes, uniform_ratio=cfg.uniform_ratio, K=cfg.reference_frames)
         objective = FlowMatching(mix, model.geometry.warp, cfg.subject_weight)
     model.to(device).train()
+    sharded = world > 1 and cfg.shard
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    step_flops = _step_flops(model, data, encode_text, device) if progress and rank == 0 else None
+    if cfg.activation_checkpointing:
+        from .shard import checkpoint_blocks
+
+        checkpoint_blocks(model)
+    if sharded:
+        from .shard import shard_model
+
+        shard_model(model, device)
+        shard_model(ema, device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each process its own batches
-    step, losses = 0, []
+    step, losses, seconds_before = 0, [], 0.0
     out_dir = Path(out) if out is not None else None
-    state_file = out_dir / "train_state.pt" if out_dir else None
+    state_file = (out_dir / ("train_state" if sharded else "train_state.pt")) if out_dir else None
     if resume and state_file is not None and state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
+        if sharded:
+            from .shard import load_sharded
+
+            state = load_sharded(state_file, model, ema, opt)
+        else:
+            state = torch.load(state_file, map_location="cpu", weights_only=False)
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"][rank] if rank < len(state["generator"]) else state["generator"][0])
-        step, losses = state["step"], state["losses"]
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        step, losses, seconds_before = state["step"], state["losses"], float(state["seconds"])
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 and not sharded else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not sharded \
+        else torch.autocast(device.type, enabled=False)  # FSDP's policy casts the sharded model itself
     start = time.perf_counter()
-    seconds_before = float(state["seconds"]) if resume and state_file is not None and state_file.exists() else 0.0
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress or rank != 0, dynamic_ncols=True)
     smooth = losses[-1] if losses else None
     checkpoint = None
+    rate = _Rate(cfg.batch_size * world, _tokens_per_sample(model), step_flops, device, world) if progress else None
 
     def save() -> Path | None:
         if out_dir is None:
@@ -222,15 +311,22 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
             gathered = [None] * world
             dist.all_gather_object(gathered, gen.get_state())
             gens = gathered
+        elapsed = seconds_before + time.perf_counter() - start
+        extra = {"generator": gens, "step": step, "losses": losses, "seconds": elapsed}
+        if sharded:
+            from .shard import full_state, save_sharded
+
+            save_sharded(state_file, model, ema, opt, extra)
+            shipped = full_state(ema)  # collective: every process takes part
         if rank != 0:
             return None
         out_dir.mkdir(parents=True, exist_ok=True)
-        elapsed = seconds_before + time.perf_counter() - start
         record = {"step": str(step), "train_config": json.dumps(asdict(cfg)), "train_seconds": f"{elapsed:.1f}",
                   "train_processes": str(world), "train_device": device.type, **(metadata or {})}
-        path = save_checkpoint(ema, out_dir / "model.safetensors", record)
-        _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                      "generator": gens, "step": step, "losses": losses, "seconds": elapsed}, state_file)
+        path = _ship(ema, shipped if sharded else None, out_dir / "model.safetensors", record)
+        if not sharded:
+            _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                          **extra}, state_file)
         return path
 
     while step < cfg.steps:
@@ -260,7 +356,7 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         if step % 50 == 0 or step == cfg.steps:
             losses.append(round(smooth, 5))
         bar.update(1)
-        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{_lr_at(step - 1, cfg):.2e}")
+        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{_lr_at(step - 1, cfg):.2e}", **(rate.tick() if rate else {}))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint = save() or checkpoint
     bar.close()

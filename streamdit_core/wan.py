@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +80,27 @@ class WanVelocity(nn.Module):
         if x.dim() != 5 or sigma.shape != x.shape[:1] + x.shape[2:3]:
             raise ValueError(f"need x [B, C, F, h, w] and sigma [B, F], got {list(x.shape)} and {list(sigma.shape)}")
         return per_prompt(self._call, x, sigma, text)
+
+    def export(self, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+               state: dict[str, Tensor] | None = None) -> Path:
+        """Writes the weights for ComfyUI: ``path`` holds the whole transformer (LoRA merged) in
+        the format its Load Diffusion Model reads; with LoRA adapters, ``<stem>_lora.safetensors``
+        beside it holds just the adapters, for its Load LoRA on the base model. Atomic. ``state``
+        replaces the module's own weights (a state dict gathered from shards)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": "comfyui-wan", "buffer_frames": str(self.geometry.buffer_frames),
+                "shift": f"{self.geometry.warp.value:g}", **(metadata or {})}
+        files = {path: comfy_state_dict(self, state=state)}
+        if any(_is_lora(m) for m in self.transformer.modules()):
+            files[path.with_name(path.stem + "_lora.safetensors")] = lora_state_dict(self, state)
+        for target, tensors in files.items():
+            tmp = target.with_name(target.name + ".partial")
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, target)
+        return path
 
     def _call(self, x: Tensor, sigma: Tensor, text: TextEmbedding) -> Tensor:
         B, _, F, h, w = x.shape
@@ -173,13 +195,16 @@ def _split(key: str) -> tuple[str, str]:
     return key, ""
 
 
-def comfy_state_dict(wan: WanVelocity | nn.Module, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+def comfy_state_dict(wan: WanVelocity | nn.Module, dtype: torch.dtype | None = None,
+                     state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The transformer's weights under the original Wan names, as ComfyUI's Load Diffusion Model
-    reads them (LoRA adapters, if any, merged in). ``dtype`` casts floating tensors."""
+    reads them, LoRA adapters merged in. ``dtype`` casts floating tensors; ``state`` (a
+    :class:`WanVelocity` state dict, e.g. gathered from shards) replaces the module's own."""
     transformer = wan.transformer if isinstance(wan, WanVelocity) else wan
-    state = _merged_state(transformer)
+    if state is not None and isinstance(wan, WanVelocity):
+        state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
     out = {}
-    for key, value in state.items():
+    for key, value in _merged_state(transformer, state).items():
         module, leaf = _split(key)
         name = comfy_name(module) + (f".{leaf}" if leaf else "")
         value = value.detach().cpu()
@@ -187,25 +212,23 @@ def comfy_state_dict(wan: WanVelocity | nn.Module, dtype: torch.dtype | None = N
     return out
 
 
-def _merged_state(transformer: nn.Module) -> dict[str, Tensor]:
+def _merged_state(transformer: nn.Module, state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The base weights with LoRA deltas added (``W + B A * alpha / r``), under diffusers' names."""
-    state = {}
+    state = transformer.state_dict() if state is None else state
+    merged = {}
     for name, module in transformer.named_modules():
         if _is_lora(module):
-            base = module.base_layer
-            delta = torch.zeros_like(base.weight)
+            weight = state[f"{name}.base_layer.weight"]
             for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    A, Bm = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-                    delta = delta + (Bm @ A) * module.scaling[adapter]
-            state[f"{name}.weight"] = base.weight + delta
-            if base.bias is not None:
-                state[f"{name}.bias"] = base.bias
-    for key, value in transformer.state_dict().items():
-        if "lora_" in key or ".base_layer." in key:
-            continue
-        state.setdefault(key, value)
-    return state
+                A, Bm = state[f"{name}.lora_A.{adapter}.weight"], state[f"{name}.lora_B.{adapter}.weight"]
+                weight = weight + (Bm @ A) * module.scaling[adapter]
+            merged[f"{name}.weight"] = weight
+            if f"{name}.base_layer.bias" in state:
+                merged[f"{name}.bias"] = state[f"{name}.base_layer.bias"]
+    for key, value in state.items():
+        if "lora_" not in key and ".base_layer." not in key:
+            merged.setdefault(key, value)
+    return merged
 
 
 def _is_lora(module: nn.Module) -> bool:
@@ -240,15 +263,20 @@ def add_lora(wan: WanVelocity, rank: int = 16, alpha: float | None = None,
     return wan
 
 
-def lora_state_dict(wan: WanVelocity) -> dict[str, Tensor]:
+def lora_state_dict(wan: WanVelocity, state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The adapters as ComfyUI's Load LoRA reads them: ``diffusion_model.<Wan name>.lora_down.weight``
-    (A), ``.lora_up.weight`` (B) and ``.alpha`` (ComfyUI scales by alpha / rank, as peft does)."""
+    (A), ``.lora_up.weight`` (B) and ``.alpha`` (ComfyUI scales by alpha / rank, as peft does).
+    ``state``: a :class:`WanVelocity` state dict to take the weights from instead of the module."""
     out = {}
     for name, module in wan.transformer.named_modules():
         if not _is_lora(module):
             continue
         adapter = module.active_adapters[0]
-        A, Bm = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        if state is None:
+            A, Bm = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        else:
+            A = state[f"transformer.{name}.lora_A.{adapter}.weight"]
+            Bm = state[f"transformer.{name}.lora_B.{adapter}.weight"]
         key = f"diffusion_model.{comfy_name(name)}"
         out[f"{key}.lora_down.weight"] = A.detach().cpu().contiguous()
         out[f"{key}.lora_up.weight"] = Bm.detach().cpu().contiguous()

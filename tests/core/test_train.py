@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers import Patterns, ddp_gradient_worker, encode_patterns
+from helpers import Patterns, ddp_gradient_worker, encode_patterns, fsdp_gradient_worker, fsdp_resume_worker
 from streamdit_core import StreamDiT, StreamDiTConfig, TextEmbedding, load_checkpoint
 from streamdit_core.checkpoint import read_metadata
 from streamdit_core.train import TrainConfig, flow_matching_loss, train
@@ -100,6 +100,60 @@ def test_ddp_with_two_gloo_processes_gives_the_gradients_of_one_process_on_the_j
     for name, p in model.named_parameters():
         assert torch.allclose(ddp[name], p.grad, atol=1e-6, rtol=1e-4), name
     assert any(g.abs().sum() > 0 for g in ddp.values())
+
+
+def test_fsdp_with_two_gloo_processes_gives_the_loss_and_gradients_of_one_process_on_the_joint_batch(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 4, 4, 4, 4, generator=gen)
+    sigma = torch.rand(4, 4, generator=gen)
+    eps = torch.randn(4, 4, 4, 4, 4, generator=gen)
+    tokens = torch.randn(4, 3, 8, generator=gen)
+    out = tmp_path / "grads.pt"
+    mp.start_processes(fsdp_gradient_worker, args=(2, _free_port(), MICRO, x0, sigma, eps, tokens, str(out)),
+                       nprocs=2, join=True, start_method="spawn")
+    fsdp = torch.load(out)
+    assert fsdp["sharded"] == "DTensor"  # the parameters really were sharded
+    torch.manual_seed(0)
+    model = StreamDiT(MICRO)
+    loss = flow_matching_loss(model, x0, sigma, eps, TextEmbedding(tokens))
+    loss.backward()
+    assert abs(sum(fsdp["losses"]) / 2 - float(loss.detach())) < 1e-5
+    for name, p in model.named_parameters():
+        assert torch.allclose(fsdp["grads"][name], p.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_a_sharded_checkpoint_resumed_gives_the_bit_identical_next_step(tmp_path):
+    from safetensors.torch import load_file
+
+    mp.start_processes(fsdp_resume_worker, args=(2, _free_port(), MICRO, str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    assert (tmp_path / "stopped" / "train_state" / "extra.pt").exists()  # a folder of shards
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "stopped" / "model.safetensors")
+    assert read_metadata(tmp_path / "stopped" / "model.safetensors")["step"] == "3"
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert load_checkpoint(tmp_path / "stopped" / "model.safetensors").config == MICRO
+
+
+def test_activation_checkpointing_keeps_the_gradients_and_the_parameter_names():
+    from streamdit_core.shard import checkpoint_blocks
+
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 4, 4, 4, generator=gen), torch.randn(2, 4, 4, 4, 4, generator=gen)
+    sigma, text = torch.rand(2, 4, generator=gen), TextEmbedding(torch.randn(2, 3, 8, generator=gen))
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = StreamDiT(MICRO)
+        if recompute:
+            checkpoint_blocks(model)
+        flow_matching_loss(model, x0, sigma, eps, text).backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
 
 
 class _Constant(torch.nn.Module):
