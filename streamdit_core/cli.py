@@ -91,6 +91,9 @@ def _add_train(sub) -> None:
                    help="frame size clips from --data are scaled and centre-cropped to (default 64)")
     p.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder (default runs/embedded)")
     p.add_argument("--preset", default="embedded", help="StreamDiT preset (default embedded)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue one of our checkpoints instead of starting from the preset (e.g. a text-to-video "
+                        "run with --chunk-sizes 8, then streaming adaptation over mixed partitions)")
     p.add_argument("--steps", type=_positive(int), default=None, help="StreamDiT training steps")
     p.add_argument("--batch-size", type=_positive(int), default=None, help="samples per step and process")
     p.add_argument("--lr", type=_positive(float), default=None)
@@ -148,10 +151,12 @@ def _run_train(args) -> int:
         train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
                     model_options=dict(args.model_option), codec_config=codec_config, data=args.data,
-                    size=args.size)
+                    size=args.size, init=args.init)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (TypeError, ValueError) as err:
+        if args.init is not None and str(args.init) in str(err):
+            raise SystemExit(f"--init: {err}") from None
         if "StreamDiTConfig" not in str(err) and "model option" not in str(err):
             raise
         raise SystemExit(f"bad --model-option: {err}") from None

@@ -472,7 +472,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                 codec: str | os.PathLike | None = None, codec_steps: int | None = None, decoder_steps: int = 3000,
                 clips: int = 4096, guidance: float = 1.0, resume: bool = False,
                 log: Callable[[str], None] = print, model_options: dict | None = None,
-                codec_config=None, data: str | os.PathLike | None = None, size: int = 64) -> WorldRun:
+                codec_config=None, data: str | os.PathLike | None = None, size: int = 64,
+                init: str | os.PathLike | None = None) -> WorldRun:
     """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
     names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
     ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
@@ -488,6 +489,9 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
             split) to train on instead of the synthetic world; scanned before any training, so a
             folder with no usable clip fails at once.
         size: the square frame size clips from ``data`` are scaled and cropped to.
+        init: one of our checkpoints to continue instead of a new model from ``preset``: the
+            paper's two stages are a text-to-video run (``chunk_sizes`` = the buffer length),
+            then a run from it over mixed partitions.
     """
     from .checkpoint import load_codec, read_metadata
     from .codec import CodecConfig, VideoAutoencoder
@@ -532,8 +536,23 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                                                   "train_seconds": f"{time.perf_counter() - t0:.1f}"})
         log(f"codec: reconstruction MSE {codec_mse:.5f} on fresh clips -> {codec_file}")
     side = world.size // autoencoder.space_factor
-    options.update(in_channels=autoencoder.latent_channels, latent_size=(side, side))
-    model = StreamDiT.from_preset(preset, **options)
+    if init is not None:
+        from .checkpoint import load_checkpoint
+
+        if options:
+            raise ValueError(f"model options {sorted(options)} cannot change a model continued from {init}; "
+                             "its config comes with its checkpoint")
+        model = load_checkpoint(init)
+        wanted = (autoencoder.latent_channels, (side, side))
+        have = (model.config.in_channels, tuple(model.config.latent_size))
+        if have != wanted:
+            raise ValueError(f"{init} works on {have[0]}-channel {have[1][0]}x{have[1][1]} latents, the codec "
+                             f"makes {wanted[0]}-channel {side}x{side} ones: continue it with the codec it was "
+                             f"trained with (--codec)")
+        record["init"] = str(init)
+    else:
+        options.update(in_channels=autoencoder.latent_channels, latent_size=(side, side))
+        model = StreamDiT.from_preset(preset, **options)
     B = model.geometry.buffer_frames
     shipped = out / "model.safetensors"
     result = None

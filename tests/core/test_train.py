@@ -231,3 +231,30 @@ def test_train_takes_model_and_codec_options_and_names_bad_ones(tmp_path):
               "--clips", "4", "--model-option", "warp=true"])
     with pytest.raises(SystemExit, match="bad --codec-option"):
         main(["train", "--out", str(tmp_path / "c"), "--codec-option", "colour=red"])
+
+
+def test_train_continues_a_checkpoint_as_the_papers_second_stage(tmp_path):
+    """Stage 1 trains plain text-to-video (one chunk of the whole buffer); stage 2 continues it
+    over mixed partitions: its model starts from stage 1's weights, and its config comes along."""
+    from streamdit_core.cli import main
+    from streamdit_core.pipeline import DEFAULT_MODEL
+
+    codec = DEFAULT_MODEL.parent / "codec.safetensors"
+    common = ["--codec", str(codec), "--batch-size", "2", "--clips", "4", "--decoder-steps", "0"]
+    assert main(["train", "--out", str(tmp_path / "t2v"), "--steps", "2", "--chunk-sizes", "8",
+                 "--model-option", "depth=1", *common]) == 0
+    stage1 = tmp_path / "t2v" / "model.safetensors"
+    assert '"chunk_sizes": [8]' in read_metadata(stage1)["train_config"]
+    assert main(["train", "--out", str(tmp_path / "stream"), "--steps", "1", "--lr", "1e-12", "--init", str(stage1),
+                 *common]) == 0
+    stage2 = tmp_path / "stream" / "model.safetensors"
+    assert read_metadata(stage2)["init"] == str(stage1)
+    first, second = load_checkpoint(stage1), load_checkpoint(stage2)
+    assert second.config == first.config and second.config.depth == 1
+    for (k, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k  # one step at a vanishing rate: the same weights
+    with pytest.raises(SystemExit, match="--init: model options \\['depth'\\] cannot change"):
+        main(["train", "--out", str(tmp_path / "x"), "--init", str(stage1), "--model-option", "depth=2", *common])
+    with pytest.raises(SystemExit, match="--init: .*continue it with the codec it was trained with"):
+        main(["train", "--out", str(tmp_path / "y"), "--init", str(stage1), "--codec-steps", "1",
+              "--codec-option", "space_factor=4", "--codec-option", "width=16", "--steps", "1", "--clips", "4"])

@@ -170,3 +170,25 @@ def test_lora_training_changes_only_the_adapters_and_its_comfyui_keys_load_back_
         assert torch.allclose(merged(x, sigma, text), trained, atol=1e-5)
     with pytest.raises(ValueError, match="no LoRA weights"):
         load_lora(_wan(), {"x": torch.zeros(1)})
+
+
+def test_the_trainer_ships_a_wan_model_for_comfyui_and_its_lora_beside_it(tmp_path):
+    from safetensors import safe_open
+
+    from streamdit_core.wan import add_lora
+
+    class Clips:
+        def sample(self, batch, g):
+            return type("Batch", (), {"latents": torch.randn(batch, 16, B_FRAMES, *SIZE, generator=g),
+                                      "prompts": ["a"] * batch})
+
+    wan = add_lora(_wan(), rank=2)
+    result = train(wan, Clips(), lambda p: _text(len(p)), TrainConfig(steps=2, batch_size=2, warmup=1),
+                   out=tmp_path, progress=False)
+    assert result.checkpoint == tmp_path / "model.safetensors"
+    with safe_open(result.checkpoint, "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert {"head.modulation", "blocks.0.self_attn.q.weight"} <= keys and not any("lora" in k for k in keys)
+    assert meta["format"] == "comfyui-wan" and meta["step"] == "2" and meta["buffer_frames"] == str(B_FRAMES)
+    with safe_open(tmp_path / "model_lora.safetensors", "pt") as f:
+        assert "diffusion_model.blocks.1.cross_attn.v.lora_up.weight" in set(f.keys())
