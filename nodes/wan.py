@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from streamdit_core import FrameText, Geometry, Pipeline, SigmaWarp, TextEmbedding, per_prompt
+from streamdit_core.wan import WanFrameRule
 
 from . import host
 from .common import CATEGORY, MODEL, io
@@ -113,53 +114,29 @@ class ComfyText:
         return TextEmbedding(tokens, mask)
 
 
-class WanVideoCodec:
+class WanVideoCodec(WanFrameRule):
     """ComfyUI's Wan 2.1 VAE as a streaming codec: latents ``[b, C, F, h, w]`` in the model's
-    space <-> video ``[b, 3, 4F, 8h, 8w]`` in 0..1.
-
-    Every latent stands for 4 frames. Wan's VAE decodes the first latent of a clip to a single
-    frame, so a decode puts one latent in front (a copy of the first, or the ``context`` latents
-    before the chunk) and drops the frames it gives.
-    """
-
-    time_factor = 4
+    space <-> video ``[b, 3, 4F, 8h, 8w]`` in 0..1, on Wan's frame rule
+    (:class:`streamdit_core.wan.WanFrameRule`: every latent stands for 4 frames)."""
 
     def __init__(self, vae, latent_format, context: int = 2):
         self.vae = vae
         self.latent_format = latent_format
         self.context = context
+        self.latent_channels = int(getattr(vae, "latent_channels", self.latent_channels))
         self.space_factor = int(vae.spacial_compression_decode())
 
-    def _decode(self, z: Tensor, drop: int) -> Tensor:
-        """Model-space ``[b, C, f, h, w]`` -> the frames after the first ``drop``, ``[b, 3, T, H, W]``."""
-        z = self.latent_format.process_out(z.float())
-        images = self.vae.decode(z)  # [b, 1 + 4 (f - 1), H, W, 3]
+    def _decode_clip(self, z: Tensor) -> Tensor:
+        images = self.vae.decode(self.latent_format.process_out(z.float()))  # [b, 1 + 4 (f - 1), H, W, 3]
         if images.dim() == 4:
             images = images[None]
-        return images[:, drop:].permute(0, 4, 1, 2, 3).float().clamp(0, 1).to(z.device)  # [b, 3, T, H, W]
+        return images.permute(0, 4, 1, 2, 3).float().clamp(0, 1).to(z.device)  # [b, 3, T, H, W]
 
-    @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        """``[b, C, F, h, w]`` -> ``[b, 3, 4F, H, W]``: the first latent behind a copy of itself."""
-        return self._decode(torch.cat([latents[:, :, :1], latents], 2), 1)
-
-    @torch.no_grad()
-    def decode_with_context(self, tail: Tensor, latents: Tensor) -> Tensor:
-        """The frames of ``latents`` decoded behind ``tail`` (the previous chunk's last latents)."""
-        k = tail.shape[2]
-        return self._decode(torch.cat([tail, latents], 2), 1 + 4 * (k - 1))
-
-    @torch.no_grad()
-    def encode(self, video: Tensor) -> Tensor:
-        """``[b, 3, T, H, W]`` in 0..1 (T a multiple of 4) -> ``[b, C, T / 4, h, w]``: frames
-        4i..4i+3 make latent i (the first frame is encoded alone in front and dropped)."""
-        if video.dim() != 5 or video.shape[1] != 3 or video.shape[2] % 4:
-            raise ValueError(f"video must be [b, 3, T, H, W] with T a multiple of 4, got {list(video.shape)}")
+    def _encode_clip(self, video: Tensor) -> Tensor:
         out = []
-        for clip in video:  # [3, T, H, W]
-            pixels = torch.cat([clip[:, :1], clip], 1).permute(1, 2, 3, 0).cpu()  # [1 + T, H, W, 3]
-            z = self.vae.encode(pixels)  # [1, C, 1 + T / 4, h, w]
-            out.append(self.latent_format.process_in(z[:, :, 1:].float()))
+        for clip in video:  # [3, 1 + T, H, W]
+            z = self.vae.encode(clip.permute(1, 2, 3, 0).cpu())  # [1, C, 1 + T / 4, h, w]
+            out.append(self.latent_format.process_in(z.float()))
         return torch.cat(out).to(video.device)
 
 

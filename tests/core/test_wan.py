@@ -192,3 +192,22 @@ def test_the_trainer_ships_a_wan_model_for_comfyui_and_its_lora_beside_it(tmp_pa
     assert meta["format"] == "comfyui-wan" and meta["step"] == "2" and meta["buffer_frames"] == str(B_FRAMES)
     with safe_open(tmp_path / "model_lora.safetensors", "pt") as f:
         assert "diffusion_model.blocks.1.cross_attn.v.lora_up.weight" in set(f.keys())
+
+
+def test_the_wan_vae_makes_one_latent_per_four_frames_and_decodes_chunks_behind_their_context():
+    from streamdit_core.wan import load_wan_vae, tiny_wan_vae_config
+
+    torch.manual_seed(0)
+    vae = load_wan_vae(tiny_wan_vae_config())
+    assert (vae.latent_channels, vae.space_factor, vae.time_factor) == (16, 8, 4)
+    video = torch.rand(1, 3, 12, 32, 32, generator=torch.Generator().manual_seed(0))
+    z = vae.encode(video)
+    assert z.shape == (1, 16, 3, 4, 4) and torch.isfinite(z).all()
+    whole = vae.decode(z)
+    assert whole.shape == (1, 3, 12, 32, 32) and 0 <= float(whole.min()) and float(whole.max()) <= 1
+    # a chunk decoded behind the latents before it gives just its own frames (the frame rule
+    # itself is checked on a stand-in VAE in tests/nodes/test_wan_codec.py)
+    tail = vae.decode_with_context(z[:, :, :2], z[:, :, 2:])
+    assert tail.shape == (1, 3, 4, 32, 32) and torch.isfinite(tail).all()
+    with pytest.raises(ValueError, match="multiple of 4"):
+        vae.encode(video[:, :, :6])
