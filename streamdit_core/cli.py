@@ -91,9 +91,15 @@ def _add_train(sub) -> None:
                    help="frame size clips from --data are scaled and centre-cropped to (default 64)")
     p.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder (default runs/embedded)")
     p.add_argument("--preset", default="embedded", help="StreamDiT preset (default embedded)")
-    p.add_argument("--init", type=Path, default=None,
+    p.add_argument("--init", default=None,
                    help="continue one of our checkpoints instead of starting from the preset (e.g. a text-to-video "
-                        "run with --chunk-sizes 8, then streaming adaptation over mixed partitions)")
+                        "run with --chunk-sizes 8, then streaming adaptation over mixed partitions), or "
+                        "wan:FOLDER to adapt a Wan 2.1 text-to-video model (diffusers layout: transformer/, vae/, "
+                        "text_encoder/, tokenizer/); the result loads in ComfyUI's Load Diffusion Model")
+    p.add_argument("--lora", type=_positive(int), default=None, metavar="RANK",
+                   help="with --init wan:...: train LoRA adapters of this rank only (saved for ComfyUI's Load LoRA)")
+    p.add_argument("--text-encoder", type=Path, default=None,
+                   help="with --init wan:...: a text encoder folder (default: the Wan folder's text_encoder/)")
     p.add_argument("--steps", type=_positive(int), default=None, help="StreamDiT training steps")
     p.add_argument("--batch-size", type=_positive(int), default=None, help="samples per step and process")
     p.add_argument("--lr", type=_positive(float), default=None)
@@ -147,11 +153,16 @@ def _run_train(args) -> int:
         raise SystemExit(f"bad --codec-option: {err}") from None
     from .data import DataError
 
+    if args.init is not None and args.init.startswith("wan:"):
+        return _run_train_wan(args, config)
+    if args.lora is not None or args.text_encoder is not None:
+        raise SystemExit("--lora and --text-encoder adapt a Wan model: use them with --init wan:FOLDER")
+    init = Path(args.init) if args.init is not None else None
     try:
         train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
                     model_options=dict(args.model_option), codec_config=codec_config, data=args.data,
-                    size=args.size, init=args.init)
+                    size=args.size, init=init)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (TypeError, ValueError) as err:
@@ -160,6 +171,26 @@ def _run_train(args) -> int:
         if "StreamDiTConfig" not in str(err) and "model option" not in str(err):
             raise
         raise SystemExit(f"bad --model-option: {err}") from None
+    return 0
+
+
+def _run_train_wan(args, config) -> int:
+    from .data import DataError
+    from .train import train_wan
+
+    options = dict(args.model_option)
+    unknown = sorted(set(options) - {"buffer_frames", "shift"})
+    if unknown or args.codec is not None or args.codec_option:
+        raise SystemExit(f"--init wan: the Wan model brings its own VAE and config; it takes --model-option "
+                         f"buffer_frames=N and shift=S only (got {unknown or 'a codec option'})")
+    try:
+        train_wan(args.out, config, args.init[len("wan:"):], data=args.data, size=args.size, lora_rank=args.lora or 0,
+                  buffer_frames=int(options.get("buffer_frames", 8)), shift=float(options.get("shift", 3.0)),
+                  clips=args.clips, text_encoder=args.text_encoder, resume=args.resume)
+    except DataError as err:
+        raise SystemExit(f"--data: {err}") from None
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"--init {args.init}: {err}") from None
     return 0
 
 

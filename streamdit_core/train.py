@@ -458,6 +458,21 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
 # The embedded model's recipe
 # --------------------------------------------------------------------------------------------
 
+def _clip_source(data: str | os.PathLike | None, frames: int, size: int, log: Callable[[str], None]):
+    """(the clip source, its record for the checkpoint): the synthetic world, or the train split
+    of a folder of captioned videos scanned for clips of ``frames`` frames."""
+    from .world import FPS, World
+
+    if data is None:
+        return World(), {"world": "shapes-64", "fps": str(FPS)}
+    from .data import ClipFolder
+
+    folder = ClipFolder(data, frames=frames, fps=FPS, size=size)
+    log(f"data: {data}: {folder.report.summary()}")
+    return folder, {"data": str(Path(data).resolve()), "data_videos": str(len(folder)),
+                    "data_skipped": str(len(folder.report.skipped)), "fps": str(FPS)}
+
+
 @dataclass
 class WorldRun:
     """What :func:`train_world` wrote: the model and codec files, and what each stage did."""
@@ -497,7 +512,7 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
     from .codec import CodecConfig, VideoAutoencoder
     from .model import StreamDiT, StreamDiTConfig
     from .text import TextEncoder
-    from .world import FPS, LatentPool, World
+    from .world import LatentPool
 
     if guidance < 0:
         raise ValueError(f"guidance must be at least 0, got {guidance}")
@@ -506,19 +521,10 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; StreamDiTConfig fields: {', '.join(sorted(known))}")
-    if data is None:
-        world, record = World(), {"world": "shapes-64", "fps": str(FPS)}
-    else:
-        from .data import ClipFolder
-
-        buffer = options.get("buffer_frames", StreamDiTConfig.preset(preset).buffer_frames)
-        existing = Path(codec) if codec is not None else Path(out) / "codec.safetensors"
-        time_factor = load_codec(existing).time_factor if existing.exists() else \
-            (codec_config or CodecConfig()).time_factor
-        world = ClipFolder(data, frames=(buffer + 4) * time_factor, fps=FPS, size=size)
-        record = {"data": str(Path(data).resolve()), "data_videos": str(len(world)),
-                  "data_skipped": str(len(world.report.skipped)), "fps": str(FPS)}
-        log(f"data: {data}: {world.report.summary()}")
+    buffer = options.get("buffer_frames", StreamDiTConfig.preset(preset).buffer_frames)
+    existing = Path(codec) if codec is not None else Path(out) / "codec.safetensors"
+    time_factor = load_codec(existing).time_factor if existing.exists() else (codec_config or CodecConfig()).time_factor
+    world, record = _clip_source(data, (buffer + 4) * time_factor, size, log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     codec_file = Path(codec) if codec is not None else out / "codec.safetensors"
@@ -577,3 +583,52 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                                                   "refined_reconstruction_mse": f"{codec_mse:.6f}"})
         log(f"codec: decoder refined for {decoder_steps} steps, reconstruction MSE {codec_mse:.5f} -> {codec_file}")
     return WorldRun(shipped, codec_file, result, codec_mse)
+
+
+def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLike, *,
+              data: str | os.PathLike | None = None, size: int = 64, lora_rank: int = 0,
+              buffer_frames: int = 8, shift: float = 3.0, clips: int = 1024, text_encoder: str | os.PathLike | None = None,
+              resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Adapts a pretrained Wan 2.1 text-to-video model (a diffusers folder with ``transformer/``,
+    ``vae/`` and, optionally, ``text_encoder/`` + ``tokenizer/``) to streaming: buffered flow
+    matching over mixed partitions on ``data`` (a folder of captioned videos; default the
+    synthetic world), the whole transformer or, with ``lora_rank``, LoRA adapters only.
+
+    Writes ``out/model.safetensors`` in the format ComfyUI's Load Diffusion Model reads (and, with
+    LoRA, ``out/model_lora.safetensors`` for its Load LoRA on the base); the StreamDiT Wan Model
+    node streams the result. Returns the model file.
+    """
+    from safetensors import safe_open
+
+    from .text import TextEncoder
+    from .wan import add_lora, load_wan, load_wan_vae
+    from .world import LatentPool
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wan = Path(wan)
+    shipped = out / "model.safetensors"
+    if resume and shipped.exists():
+        with safe_open(str(shipped), framework="pt") as f:
+            if (f.metadata() or {}).get("step") == str(config.steps):
+                log(f"Wan: {shipped} already has its {config.steps} steps")
+                return shipped
+    vae = load_wan_vae(wan)
+    world, record = _clip_source(data, (buffer_frames + 4) * vae.time_factor, size, log)
+    side = size // vae.space_factor
+    model = load_wan(wan, buffer_frames=buffer_frames, latent_size=(side, side), shift=shift)
+    if lora_rank:
+        add_lora(model, lora_rank)
+    if text_encoder is None and (wan / "text_encoder").is_dir():
+        text_encoder = wan / "text_encoder"
+    tokenizer = wan / "tokenizer" if text_encoder is not None and (wan / "tokenizer").is_dir() else None
+    encoder = TextEncoder(text_encoder, max_length=512 if text_encoder is not None else 32, tokenizer=tokenizer)
+    if encoder.dim != model.config.text_dim:
+        raise ValueError(f"the text encoder {encoder.path} gives {encoder.dim}-wide token states, the Wan model "
+                         f"takes {model.config.text_dim}: give its own text encoder (text_encoder/ in {wan})")
+    pool = LatentPool(world, vae, clips=clips, frames=buffer_frames, clip_frames=buffer_frames + 4, seed=config.seed + 1)
+    result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan",
+                   metadata={"init": f"wan:{wan}", "lora_rank": str(lora_rank), "text_encoder": encoder.name,
+                             **record})
+    log(f"Wan: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
+    return shipped

@@ -211,3 +211,33 @@ def test_the_wan_vae_makes_one_latent_per_four_frames_and_decodes_chunks_behind_
     assert tail.shape == (1, 3, 4, 32, 32) and torch.isfinite(tail).all()
     with pytest.raises(ValueError, match="multiple of 4"):
         vae.encode(video[:, :, :6])
+
+
+def test_train_adapts_a_wan_folder_with_lora_and_ships_it_for_comfyui(tmp_path):
+    """``train --init wan:FOLDER --lora R`` on a tiny random Wan in diffusers' layout (the
+    transformer takes the default MiniLM text encoder's 384-wide states): the adapters train and
+    both files come out in ComfyUI's key format."""
+    from safetensors import safe_open
+
+    from streamdit_core.cli import main
+    from streamdit_core.wan import load_wan_vae, tiny_wan_vae_config
+
+    torch.manual_seed(0)
+    folder = tmp_path / "wan"
+    load_wan(tiny_wan_config(text_dim=384), 2, (8, 8)).transformer.save_pretrained(folder / "transformer")
+    load_wan_vae(tiny_wan_vae_config()).vae.save_pretrained(folder / "vae")
+    out = tmp_path / "run"
+    assert main(["train", "--init", f"wan:{folder}", "--lora", "2", "--out", str(out), "--steps", "2",
+                 "--batch-size", "2", "--clips", "2", "--model-option", "buffer_frames=2"]) == 0
+    with safe_open(out / "model.safetensors", "pt") as f:
+        meta = f.metadata()
+        assert "head.modulation" in set(f.keys())
+    assert meta["init"] == f"wan:{folder}" and meta["lora_rank"] == "2" and meta["world"] == "shapes-64"
+    with safe_open(out / "model_lora.safetensors", "pt") as f:
+        assert any(k.endswith(".lora_up.weight") for k in f.keys())
+    with pytest.raises(SystemExit, match="buffer_frames=N and shift=S only"):
+        main(["train", "--init", f"wan:{folder}", "--out", str(out), "--model-option", "depth=2"])
+    with pytest.raises(SystemExit, match="use them with --init wan"):
+        main(["train", "--out", str(out), "--lora", "4"])
+    with pytest.raises(SystemExit, match="not a diffusers Wan VAE folder"):
+        main(["train", "--init", f"wan:{tmp_path / 'nothing'}", "--out", str(out)])
