@@ -41,3 +41,20 @@ def test_empty_prompt_is_no_text(encoder):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextEncoder(tmp_path / "nope")
+
+
+def test_an_encoder_decoder_loads_its_encoder_alone_with_a_tokenizer_from_another_folder(tmp_path):
+    """Wan's text encoder is umT5, a T5 encoder-decoder: only the encoder is built (a tiny random
+    T5 here, its tokenizer borrowed from the default encoder's folder, as Wan keeps its tokenizer
+    in a folder of its own)."""
+    from transformers import T5Config, T5EncoderModel
+
+    from streamdit_core.text import default_text_encoder_path
+
+    config = T5Config(vocab_size=30522, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, is_encoder_decoder=True)
+    torch.manual_seed(0)
+    T5EncoderModel(config).save_pretrained(tmp_path / "text_encoder")
+    encoder = TextEncoder(tmp_path / "text_encoder", tokenizer=default_text_encoder_path())
+    emb = encoder.encode(["a red circle", "a blue square moving up"])
+    assert encoder.dim == 16 and emb.tokens.shape[2] == 16 and emb.mask.sum(1).tolist()[1] > emb.mask.sum(1).tolist()[0]
+    assert type(encoder._model).__name__ == "T5EncoderModel"

@@ -1,0 +1,107 @@
+"""A Wan model adapted here loads through ComfyUI's own loaders (opt-in: needs COMFYUI_DIR and,
+in this Python, ComfyUI's requirements plus diffusers and peft).
+
+A tiny random diffusers Wan transformer is exported with :func:`streamdit_core.wan.comfy_state_dict`
+(full weights) and :func:`~streamdit_core.wan.lora_state_dict` (LoRA adapters); ComfyUI's Load
+Diffusion Model and Load LoRA read them, and the StreamDiT Wan node's prediction through
+ComfyUI equals the diffusers model's on the same input, per-frame sigmas included.
+
+    COMFYUI_DIR=~/ComfyUI ~/ComfyUI/venv/bin/python -m pytest -q tests/host
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run the host tests")
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from streamdit_core import Geometry, SigmaWarp, TextEmbedding  # noqa: E402
+from streamdit_core.wan import add_lora, comfy_state_dict, load_wan, lora_state_dict, tiny_wan_config  # noqa: E402
+
+SIZE, FRAMES = (8, 8), 4
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    if COMFYUI_DIR not in sys.path:
+        sys.path.append(COMFYUI_DIR)
+    try:
+        from comfy.cli_args import args
+    except ImportError as err:
+        pytest.skip(f"cannot import ComfyUI from COMFYUI_DIR={COMFYUI_DIR}: {err}")
+    args.cpu = True
+    import comfy.model_management  # noqa: F401
+    import comfy.sd
+    import comfy.utils
+
+    return comfy
+
+
+def _randomised(wan):
+    """Random weights everywhere (diffusers zero-initialises nothing that matters here, but the
+    modulation tables are small): a strong test of every key's meaning."""
+    with torch.no_grad():
+        for p in wan.transformer.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return wan
+
+
+def _through_comfyui(comfy, path, lora=None):
+    from nodes.wan import ComfyVelocity
+
+    patcher = comfy.sd.load_diffusion_model(str(path))
+    if lora is not None:
+        patcher, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0.0)
+    geometry = Geometry(FRAMES, 16, SIZE, 2, SigmaWarp.shift(3.0))
+    return ComfyVelocity(patcher, geometry)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 16, FRAMES, *SIZE, generator=g)
+    sigma = torch.tensor([[0.1, 0.4, 0.7, 0.95]])
+    text = TextEmbedding(torch.randn(1, 6, 32, generator=g))
+    return x, sigma, text
+
+
+def test_the_exported_weights_load_in_comfyui_and_predict_what_diffusers_does(comfy, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    wan = _randomised(load_wan(tiny_wan_config(), FRAMES, SIZE)).eval()
+    save_file(comfy_state_dict(wan), str(tmp_path / "wan.safetensors"))
+    ours = _through_comfyui(comfy, tmp_path / "wan.safetensors")
+    x, sigma, text = _inputs()
+    with torch.no_grad():
+        expected = wan(x, sigma, text)
+        got = ours(x, sigma, text)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_lora_loads_with_comfyuis_lora_loader_onto_the_base(comfy, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    base = _randomised(load_wan(tiny_wan_config(), FRAMES, SIZE)).eval()
+    save_file(comfy_state_dict(base), str(tmp_path / "base.safetensors"))
+    adapted = add_lora(base, rank=4)
+    with torch.no_grad():  # adapters that do something (peft starts B at zero)
+        for name, p in adapted.transformer.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.2)
+    lora = lora_state_dict(adapted)
+    ours = _through_comfyui(comfy, tmp_path / "base.safetensors", lora=lora)
+    x, sigma, text = _inputs()
+    with torch.no_grad():
+        expected = adapted(x, sigma, text)
+        got = ours(x, sigma, text)
+        plain = _through_comfyui(comfy, tmp_path / "base.safetensors")(x, sigma, text)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain, expected, atol=1e-3)  # the LoRA changed the prediction
