@@ -169,3 +169,16 @@ def test_the_train_command_trains_on_a_folder_and_records_it(folder, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "model.safetensors").config.depth == 1
     with pytest.raises(SystemExit, match="--data: .*no usable video"):
         main(["train", "--data", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--codec", str(codec)])
+
+
+def test_the_world_written_as_a_folder_reads_back_as_its_clips(tmp_path):
+    """Through mp4 and back, each clip still shows its caption's colour, background and heading."""
+    from streamdit_core.data import render_world_folder
+    from streamdit_core.world import parse_caption, score_video
+
+    render_world_folder(tmp_path, videos=3, seconds=1.0, seed=0)
+    clips = ClipFolder(tmp_path, frames=16, split="all")
+    assert len(clips) == 3 and all(v.frames == 16 for v in clips.videos)
+    for index, video in enumerate(clips.videos):
+        scores = score_video(clips.read(index).float() / 255, parse_caption(video.caption))
+        assert (scores.color, scores.background, scores.direction) == (1.0, 1.0, 1.0), (video.caption, scores)
