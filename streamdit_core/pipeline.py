@@ -38,7 +38,7 @@ __all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EMBEDDED_TEACHER", "Pipeline", "
 
 _EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "embedded"
 DEFAULT_MODEL = _EMBEDDED_DIR / "model.safetensors"  # the distilled student: 1 unguided call per chunk
-EMBEDDED_TEACHER = _EMBEDDED_DIR / "teacher.safetensors"  # its teacher: guidance 5, 16 steps per frame
+EMBEDDED_TEACHER = _EMBEDDED_DIR / "teacher.safetensors"  # its teacher: guidance 2, 16 steps per frame
 EMBEDDED_MODELS = {"embedded": DEFAULT_MODEL, "embedded-teacher": EMBEDDED_TEACHER}
 UNDISTILLED_STEPS = 16  # default denoising steps per frame T for a model that is not distilled
 
