@@ -58,8 +58,12 @@ CORE_NODES = {
 
 def _v1(i) -> list:
     """One V3 input as ``/object_info`` lists it: ``[type or options, {options}]``."""
-    options = {k: v for k, v in i.declared.items() if k != "options" and v is not None}
-    kind = list(i.options) if i.io_type == "COMBO" else i.io_type
+    declared = getattr(i, "declared", None)
+    if declared is None:  # ComfyUI's own io (inside a real ComfyUI): what it lists itself
+        declared = i.as_dict()
+    io_type = i.get_io_type() if hasattr(i, "get_io_type") else i.io_type
+    options = {k: v for k, v in declared.items() if k != "options" and v is not None}
+    kind = list(i.options) if io_type == "COMBO" else io_type
     return [kind, options]
 
 

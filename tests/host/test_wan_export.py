@@ -28,6 +28,12 @@ from streamdit_core.wan import add_lora, comfy_state_dict, load_wan, lora_state_
 SIZE, FRAMES = (8, 8), 4
 
 
+def _config():
+    """Tiny, but with what ComfyUI takes as Wan's constants: a head width of 128 (it reads the head
+    count as the width over 128), umT5's 4096-wide text and a 256-wide time embedding."""
+    return tiny_wan_config(num_attention_heads=1, attention_head_dim=128, ffn_dim=256, text_dim=4096, freq_dim=256)
+
+
 @pytest.fixture(scope="module")
 def comfy():
     if COMFYUI_DIR not in sys.path:
@@ -67,7 +73,7 @@ def _inputs():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 16, FRAMES, *SIZE, generator=g)
     sigma = torch.tensor([[0.1, 0.4, 0.7, 0.95]])
-    text = TextEmbedding(torch.randn(1, 6, 32, generator=g))
+    text = TextEmbedding(torch.randn(1, 6, 4096, generator=g))
     return x, sigma, text
 
 
@@ -75,7 +81,7 @@ def test_the_exported_weights_load_in_comfyui_and_predict_what_diffusers_does(co
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    wan = _randomised(load_wan(tiny_wan_config(), FRAMES, SIZE)).eval()
+    wan = _randomised(load_wan(_config(), FRAMES, SIZE)).eval()
     save_file(comfy_state_dict(wan), str(tmp_path / "wan.safetensors"))
     ours = _through_comfyui(comfy, tmp_path / "wan.safetensors")
     x, sigma, text = _inputs()
@@ -89,7 +95,7 @@ def test_the_lora_loads_with_comfyuis_lora_loader_onto_the_base(comfy, tmp_path)
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    base = _randomised(load_wan(tiny_wan_config(), FRAMES, SIZE)).eval()
+    base = _randomised(load_wan(_config(), FRAMES, SIZE)).eval()
     save_file(comfy_state_dict(base), str(tmp_path / "base.safetensors"))
     adapted = add_lora(base, rank=4)
     with torch.no_grad():  # adapters that do something (peft starts B at zero)
