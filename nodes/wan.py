@@ -31,8 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from streamdit_core import FrameText, Geometry, Pipeline, SigmaWarp, TextEmbedding, per_prompt
-from streamdit_core.wan import WanFrameRule
+from streamdit_core import FrameText, Geometry, Pipeline, SigmaWarp, TextEmbedding, WanFrameRule, per_prompt
 
 from . import host
 from .common import CATEGORY, MODEL, io

@@ -87,8 +87,9 @@ class TextEncoder:
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_path), local_files_only=True)
         model_class = AutoModel
         config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
-        if getattr(config, "is_encoder_decoder", False):  # the encoder alone: the decoder is never used
-            name = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}.get(config.model_type)
+        encoders = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+        if config.model_type in encoders or getattr(config, "is_encoder_decoder", False):
+            name = encoders.get(config.model_type)  # the encoder alone: the decoder is never used
             if name is None:
                 raise ValueError(f"{self.path}: an encoder-decoder of type {config.model_type!r}; text encoders of "
                                  "type t5, mt5 and umt5 are supported, or encoder-only models")
