@@ -265,7 +265,9 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         objective = FlowMatching(mix, model.geometry.warp, cfg.subject_weight)
     model.to(device).train()
     sharded = world > 1 and cfg.shard
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    # The EMA copies what trains; frozen weights (a LoRA's base model) never move, so it shares them.
+    shared = {id(q): q for q in model.parameters() if not q.requires_grad}
+    ema = copy.deepcopy(model, shared).eval().requires_grad_(False)
     step_flops = _step_flops(model, data, encode_text, device) if progress and rank == 0 else None
     if cfg.activation_checkpointing:
         from .shard import checkpoint_blocks
@@ -347,7 +349,8 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         with torch.no_grad():  # EMA, with a short memory early so it is useful from the start
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p.detach(), 1 - decay)
+                if p.requires_grad:
+                    e.lerp_(p.detach(), 1 - decay)
         step += 1
         value = float(loss.detach())
         if not math.isfinite(value):
