@@ -568,7 +568,10 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
     if resume and shipped.exists() and read_metadata(shipped).get("step") == str(config.steps):
         log(f"StreamDiT: {shipped} already has its {config.steps} steps")
     else:
-        pool = LatentPool(world, autoencoder, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1)
+        stamp = codec_file.stat()
+        pool = LatentPool(world, autoencoder, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
+                          cache=out / "latents", cache_key=json.dumps([record, str(codec_file.resolve()),
+                                                                       stamp.st_size, stamp.st_mtime_ns]))
         encoder = TextEncoder()
         codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
         result = train(model, pool, encoder.encode, config, out=out, resume=resume,
@@ -629,7 +632,8 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
     if encoder.dim != model.config.text_dim:
         raise ValueError(f"the text encoder {encoder.path} gives {encoder.dim}-wide token states, the Wan model "
                          f"takes {model.config.text_dim}: give its own text encoder (text_encoder/ in {wan})")
-    pool = LatentPool(world, vae, clips=clips, frames=buffer_frames, clip_frames=buffer_frames + 4, seed=config.seed + 1)
+    pool = LatentPool(world, vae, clips=clips, frames=buffer_frames, clip_frames=buffer_frames + 4, seed=config.seed + 1,
+                      cache=out / "latents", cache_key=json.dumps([record, f"wan:{wan.resolve()}", size]))
     result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan",
                    metadata={"init": f"wan:{wan}", "lora_rank": str(lora_rank), "text_encoder": encoder.name,
                              **record})

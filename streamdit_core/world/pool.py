@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +39,18 @@ class LatentPool:
     """
 
     def __init__(self, world: World, codec, clips: int, frames: int, clip_frames: int | None = None,
-                 seed: int = 0, progress: bool = True, encode_batch: int = 64):
+                 seed: int = 0, progress: bool = True, encode_batch: int = 64, cache: str | os.PathLike | None = None,
+                 cache_key: str = ""):
+        """``cache``: a folder for the encoded pool as safetensors shards (one per ``encode_batch``
+        clips); a pool made again with the same ``cache_key`` (what the source and the codec are)
+        and settings is read back instead of encoded, so a resumed run does not encode again."""
         self.frames = frames
         clip_frames = clip_frames or frames
         if clip_frames < frames:
             raise ValueError(f"clip_frames ({clip_frames}) must be at least frames ({frames})")
+        key = json.dumps([cache_key, clips, clip_frames, seed, encode_batch])
+        if cache is not None and self._load(Path(cache), key):
+            return
         gen = torch.Generator().manual_seed(seed)
         tf = codec.time_factor
         latents, cover, prompts = [], [], []
@@ -51,9 +61,43 @@ class LatentPool:
                 latents.append(codec.encode(video.transpose(1, 2)).to(torch.float32))  # [n, C, F, h, w]
                 cover.append(subject_cover(video, tf, codec.space_factor).to(torch.float16))
                 prompts.extend(caps)
+                if cache is not None:
+                    self._save_shard(Path(cache), start // encode_batch, latents[-1], cover[-1], caps, key)
         self.latents = torch.cat(latents)  # [clips, C, F, h, w]
         self.subject = torch.cat(cover)  # [clips, 1, F, h, w]
         self.prompts = prompts
+        if cache is not None:
+            (Path(cache) / "pool.json").write_text(json.dumps({"key": key, "shards": len(latents)}))
+
+    @staticmethod
+    def _save_shard(folder: Path, index: int, latents: Tensor, cover: Tensor, prompts: list[str], key: str) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pool.json").unlink(missing_ok=True)  # the pool is whole only once its index is written
+        target = folder / f"latents-{index:05d}.safetensors"
+        tmp = target.with_name(target.name + ".partial")
+        save_file({"latents": latents.contiguous(), "subject": cover.contiguous()}, str(tmp),
+                  metadata={"key": key, "prompts": json.dumps(prompts)})
+        os.replace(tmp, target)
+
+    def _load(self, folder: Path, key: str) -> bool:
+        """Reads a cached pool; False (encode it) when there is none or it was made differently."""
+        from safetensors import safe_open
+
+        index = folder / "pool.json"
+        if not index.is_file() or json.loads(index.read_text()).get("key") != key:
+            return False
+        latents, cover, prompts = [], [], []
+        for i in range(json.loads(index.read_text())["shards"]):
+            with safe_open(str(folder / f"latents-{i:05d}.safetensors"), framework="pt") as f:
+                if f.metadata().get("key") != key:
+                    return False
+                latents.append(f.get_tensor("latents"))
+                cover.append(f.get_tensor("subject"))
+                prompts.extend(json.loads(f.metadata()["prompts"]))
+        self.latents, self.subject, self.prompts = torch.cat(latents), torch.cat(cover), prompts
+        return True
 
     def __len__(self) -> int:
         return len(self.prompts)

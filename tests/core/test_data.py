@@ -182,3 +182,34 @@ def test_the_world_written_as_a_folder_reads_back_as_its_clips(tmp_path):
     for index, video in enumerate(clips.videos):
         scores = score_video(clips.read(index).float() / 255, parse_caption(video.caption))
         assert (scores.color, scores.background, scores.direction) == (1.0, 1.0, 1.0), (video.caption, scores)
+
+
+def test_an_encoded_pool_is_cached_and_read_back_instead_of_encoded_again(folder, tmp_path):
+    from streamdit_core.pipeline import DEFAULT_MODEL
+    from streamdit_core.checkpoint import load_codec
+
+    class Counting:
+        """The shipped codec, counting its encodes."""
+
+        def __init__(self):
+            self.inner, self.calls = load_codec(DEFAULT_MODEL.parent / "codec.safetensors"), 0
+            self.time_factor, self.space_factor = self.inner.time_factor, self.inner.space_factor
+
+        def encode(self, video):
+            self.calls += 1
+            return self.inner.encode(video)
+
+    root, _ = folder
+    clips = ClipFolder(root, frames=8, split="all", warn=False)
+    codec = Counting()
+    first = LatentPool(clips, codec, clips=6, frames=4, clip_frames=8, progress=False, encode_batch=4,
+                       cache=tmp_path / "latents", cache_key="folder+codec")
+    assert codec.calls == 2 and len(list((tmp_path / "latents").glob("latents-*.safetensors"))) == 2
+    again = LatentPool(clips, codec, clips=6, frames=4, clip_frames=8, progress=False, encode_batch=4,
+                       cache=tmp_path / "latents", cache_key="folder+codec")
+    assert codec.calls == 2  # read back, not encoded
+    assert torch.equal(again.latents, first.latents) and again.prompts == first.prompts
+    assert torch.equal(again.subject, first.subject)
+    LatentPool(clips, codec, clips=6, frames=4, clip_frames=8, progress=False, encode_batch=4,
+               cache=tmp_path / "latents", cache_key="another codec")
+    assert codec.calls == 4  # a different source or codec encodes anew
