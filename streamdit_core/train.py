@@ -260,6 +260,7 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
     device = _device()
     cfg = config
     B = model.geometry.buffer_frames
+    own_objective = objective is None  # the FLOP count below knows only the plain flow-matching step
     if objective is None:
         mix = MixedPartitions(B=B, chunk_sizes=cfg.chunk_sizes, uniform_ratio=cfg.uniform_ratio, K=cfg.reference_frames)
         objective = FlowMatching(mix, model.geometry.warp, cfg.subject_weight)
@@ -268,7 +269,7 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
     # The EMA copies what trains; frozen weights (a LoRA's base model) never move, so it shares them.
     shared = {id(q): q for q in model.parameters() if not q.requires_grad}
     ema = copy.deepcopy(model, shared).eval().requires_grad_(False)
-    step_flops = _step_flops(model, data, encode_text, device) if progress and rank == 0 else None
+    step_flops = _step_flops(model, data, encode_text, device) if progress and rank == 0 and own_objective else None
     if cfg.activation_checkpointing:
         from .shard import checkpoint_blocks
 
