@@ -165,6 +165,14 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _validation_loss(ema: nn.Module, batch, encode_text, objective, device: torch.device, autocast) -> float:
+    """The objective on one fixed held-out batch, with its own fixed noise (the same every time)."""
+    x0 = batch.latents.to(device)
+    text = encode_text(list(batch.prompts)).to(device)
+    with torch.no_grad(), autocast:
+        return float(objective(ema, x0, text, batch, torch.Generator().manual_seed(54321)))
+
+
 def _ship(ema: nn.Module, state: dict | None, path: Path, record: dict[str, str]) -> Path:
     """Writes the shipped EMA weights (``state``: gathered from shards, else the module's own):
     our checkpoint format, or the model's own ``export`` (a Wan transformer in ComfyUI's format)."""
@@ -237,12 +245,13 @@ class TrainResult:
     seconds: float
     checkpoint: Path | None
     losses: list[float] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss of the EMA on held-out data)
 
 
 def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]], TextEmbedding],
           config: TrainConfig, out: str | os.PathLike | None = None, resume: bool = False,
           metadata: dict[str, str] | None = None, progress: bool = True, objective: Objective | None = None,
-          desc: str = "training") -> TrainResult:
+          desc: str = "training", val_data: BatchSource | None = None, val_batch: int = 64) -> TrainResult:
     """Trains ``model`` in place on ``data``; returns when ``config.steps`` steps are done.
 
     Args:
@@ -252,6 +261,9 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         out: folder for checkpoints (None: keep nothing on disk).
         resume: continue from ``out/train_state.pt`` if it exists.
         metadata: extra string entries for the shipped checkpoint (codec file, text encoder...).
+        val_data: held-out batches (a validation split, the world's held-out scenes): at every
+            checkpoint the EMA's loss on one fixed batch of ``val_batch`` samples, drawn with a
+            fixed seed, is printed and recorded (``val_loss`` in the checkpoint's metadata).
         objective: the loss (default :class:`FlowMatching` over the config's mixed partitions;
             :mod:`streamdit_core.distill` passes its teacher-matching loss).
         desc: the progress bar's label.
@@ -282,7 +294,7 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each process its own batches
-    step, losses, seconds_before = 0, [], 0.0
+    step, losses, seconds_before, val_losses = 0, [], 0.0, []
     out_dir = Path(out) if out is not None else None
     state_file = (out_dir / ("train_state" if sharded else "train_state.pt")) if out_dir else None
     if resume and state_file is not None and state_file.exists():
@@ -297,9 +309,11 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
             opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"][rank] if rank < len(state["generator"]) else state["generator"][0])
         step, losses, seconds_before = state["step"], state["losses"], float(state["seconds"])
+        val_losses = [tuple(v) for v in state.get("val_losses", [])]
     net = nn.parallel.DistributedDataParallel(model) if world > 1 and not sharded else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and not sharded \
         else torch.autocast(device.type, enabled=False)  # FSDP's policy casts the sharded model itself
+    val = val_data.sample(val_batch, torch.Generator().manual_seed(12345)) if val_data is not None else None
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress or rank != 0, dynamic_ncols=True)
     smooth = losses[-1] if losses else None
@@ -315,7 +329,7 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
             dist.all_gather_object(gathered, gen.get_state())
             gens = gathered
         elapsed = seconds_before + time.perf_counter() - start
-        extra = {"generator": gens, "step": step, "losses": losses, "seconds": elapsed}
+        extra = {"generator": gens, "step": step, "losses": losses, "seconds": elapsed, "val_losses": val_losses}
         if sharded:
             from .shard import full_state, save_sharded
 
@@ -326,6 +340,8 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         out_dir.mkdir(parents=True, exist_ok=True)
         record = {"step": str(step), "train_config": json.dumps(asdict(cfg)), "train_seconds": f"{elapsed:.1f}",
                   "train_processes": str(world), "train_device": device.type, **(metadata or {})}
+        if val_losses:
+            record["val_loss"] = json.dumps(val_losses)
         path = _ship(ema, shipped if sharded else None, out_dir / "model.safetensors", record)
         if not sharded:
             _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
@@ -362,11 +378,16 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
         bar.update(1)
         bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{_lr_at(step - 1, cfg):.2e}", **(rate.tick() if rate else {}))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if val is not None:  # every process takes part: a sharded EMA gathers its weights
+                value = _validation_loss(ema, val, encode_text, objective, device, autocast)
+                val_losses.append((step, round(value, 5)))
+                if rank == 0:
+                    bar.write(f"step {step}: validation loss {value:.4f} (training {smooth:.4f})")
             checkpoint = save() or checkpoint
     bar.close()
     model.eval()
     return TrainResult(step, smooth if smooth is not None else float("nan"),
-                       seconds_before + time.perf_counter() - start, checkpoint, losses)
+                       seconds_before + time.perf_counter() - start, checkpoint, losses, val_losses)
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,6 +482,35 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
 # --------------------------------------------------------------------------------------------
 # The embedded model's recipe
 # --------------------------------------------------------------------------------------------
+
+class _HeldOutScenes:
+    """The world's held-out combinations as a clip source (for the validation loss)."""
+
+    def __init__(self, world):
+        self.world, self.size = world, world.size
+
+    def batch(self, n: int, frames: int, gen: torch.Generator):
+        return self.world.batch(n, frames, gen, split="held_out")
+
+
+def _validation_pool(source, codec, frames: int, clip_frames: int, data, size: int, log: Callable[[str], None]):
+    """64 encoded clips of held-out data: the world's held-out scenes, or the folder's validation
+    split; None (with a line in the log) when the folder has no validation video."""
+    from .world import FPS, LatentPool
+
+    if data is None:
+        held_out = _HeldOutScenes(source)
+    else:
+        from .data import ClipFolder, DataError
+
+        try:
+            held_out = ClipFolder(data, frames=clip_frames * codec.time_factor, fps=FPS, size=size, split="val",
+                                  warn=False)
+        except DataError:
+            log(f"data: no validation video in {data}; training without a validation loss")
+            return None
+    return LatentPool(held_out, codec, clips=64, frames=frames, clip_frames=clip_frames, seed=999, progress=False)
+
 
 def _clip_source(data: str | os.PathLike | None, frames: int, size: int, log: Callable[[str], None]):
     """(the clip source, its record for the checkpoint): the synthetic world, or the train split
@@ -575,7 +625,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                                                                        stamp.st_size, stamp.st_mtime_ns]))
         encoder = TextEncoder()
         codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
-        result = train(model, pool, encoder.encode, config, out=out, resume=resume,
+        val = _validation_pool(world, autoencoder, B, B + 4, data, size, log)
+        result = train(model, pool, encoder.encode, config, out=out, resume=resume, val_data=val,
                        metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
                                  "guidance": f"{guidance:g}"})
         log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
@@ -635,7 +686,8 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
                          f"takes {model.config.text_dim}: give its own text encoder (text_encoder/ in {wan})")
     pool = LatentPool(world, vae, clips=clips, frames=buffer_frames, clip_frames=buffer_frames + 4, seed=config.seed + 1,
                       cache=out / "latents", cache_key=json.dumps([record, f"wan:{wan.resolve()}", size]))
-    result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan",
+    val = _validation_pool(world, vae, buffer_frames, buffer_frames + 4, data, size, log)
+    result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan", val_data=val,
                    metadata={"init": f"wan:{wan}", "lora_rank": str(lora_rank), "text_encoder": encoder.name,
                              **record})
     log(f"Wan: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")

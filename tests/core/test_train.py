@@ -258,3 +258,15 @@ def test_train_continues_a_checkpoint_as_the_papers_second_stage(tmp_path):
     with pytest.raises(SystemExit, match="--init: .*continue it with the codec it was trained with"):
         main(["train", "--out", str(tmp_path / "y"), "--init", str(stage1), "--codec-steps", "1",
               "--codec-option", "space_factor=4", "--codec-option", "width=16", "--steps", "1", "--clips", "4"])
+
+
+def test_the_validation_loss_is_recorded_at_every_checkpoint_and_falls_with_training(tmp_path):
+    cfg = TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup=5, ema_decay=0.9, checkpoint_every=30)
+    torch.manual_seed(0)
+    result = train(StreamDiT(MICRO), Patterns(), encode_patterns, cfg, out=tmp_path, progress=False,
+                   val_data=Patterns())
+    assert [s for s, _ in result.val_losses] == [30, 60]
+    assert result.val_losses[1][1] < result.val_losses[0][1]
+    import json
+
+    assert json.loads(read_metadata(tmp_path / "model.safetensors")["val_loss"]) == [list(v) for v in result.val_losses]
