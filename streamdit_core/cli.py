@@ -353,12 +353,13 @@ def _run_generate(args) -> int:
             opening = session.start(not args.cold_start)
             for chunk in runtime.video(total, opening):
                 writer.write(chunk.frames)
-                written += chunk.frames.shape[0]
+                written = writer.frames_written
                 if first is None:
                     first = time.perf_counter() - t0
                 bar.update(chunk.frames.shape[0])
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the writer has finished the file
         how = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        written = writer.frames_written  # the stop may land between two frames of a chunk
         if written == 0:
             print(f"generate: stopped by {how} before the first frame; nothing was written", file=sys.stderr)
         else:
@@ -611,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt as stop:  # what a command keeps is on disk (train: --resume continues)
         how = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        written = writer.frames_written  # the stop may land between two frames of a chunk
         print(f"{args.command}: stopped by {how}", file=sys.stderr)
         return 143 if isinstance(stop, Stopped) else 130
     finally:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,34 @@ def _palettize(image: Any) -> tuple[Any, Any]:
     palette[:, 0] = 255  # opaque
     palette[: len(colors), 1:] = colors
     return np.ascontiguousarray(np.asarray(quantized, dtype=np.uint8)), palette
+
+
+@contextmanager
+def _whole_frame():
+    """Holds Ctrl-C and SIGTERM while one frame is written and counted, then delivers them: an
+    interrupted run's file and its ``frames_written`` always agree (main thread only, where
+    signals arrive; elsewhere it does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[tuple[int, Any]] = []
+    held = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            held[sig] = signal.signal(sig, lambda signum, frame: pending.append((signum, frame)))
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for signum, frame in pending[:1]:
+            handler = held.get(signum)
+            if callable(handler):
+                handler(signum, frame)  # e.g. raises KeyboardInterrupt, or the CLI's Stopped
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def _is_folder(path: str | os.PathLike) -> bool:
@@ -280,11 +311,12 @@ class VideoWriter:
         from PIL import Image
 
         for image in rgb:
-            name = f"{self.frames_written:06d}"
-            tmp = self.path / f"{name}.partial.png"
-            Image.fromarray(image, mode="RGB").save(tmp, format="PNG")
-            os.replace(tmp, self.path / f"{name}.png")
-            self.frames_written += 1
+            with _whole_frame():
+                name = f"{self.frames_written:06d}"
+                tmp = self.path / f"{name}.partial.png"
+                Image.fromarray(image, mode="RGB").save(tmp, format="PNG")
+                os.replace(tmp, self.path / f"{name}.png")
+                self.frames_written += 1
 
     def _encode(self, rgb: Any, h: int, w: int) -> None:
         """Encode and mux each of ``rgb`` (``[T, H, W, 3]`` uint8)."""
@@ -298,11 +330,12 @@ class VideoWriter:
                 frame = av.VideoFrame.from_ndarray(_palettize(image), format="pal8")
             else:
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = self.frames_written
-            frame.time_base = stream.codec_context.time_base
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            self.frames_written += 1
+            with _whole_frame():  # an interrupt lands between frames, never inside one
+                frame.pts = self.frames_written
+                frame.time_base = stream.codec_context.time_base
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+                self.frames_written += 1
 
     # -- finishing -----------------------------------------------------------------------------
 

@@ -241,3 +241,22 @@ def test_an_mp4_being_written_plays_up_to_its_last_second(tmp_path):
     assert read_video(snapshot).shape[0] >= 16  # every complete second is on disk
     writer.close()
     assert read_video(tmp_path / "live.mp4").shape[0] == 24
+
+
+def test_an_interrupt_during_a_frame_lands_after_it_so_the_count_matches_the_file(tmp_path):
+    """Ctrl-C arriving while a frame is encoded is held until the frame is written and counted."""
+    import os
+    import signal
+
+    from streamdit_core.video import _whole_frame, open_writer, read_video
+
+    writer = open_writer(tmp_path / "a.mp4", 16)
+    frames = torch.rand(4, 3, 16, 16)
+    with pytest.raises(KeyboardInterrupt):
+        with writer:
+            writer.write(frames[:2])
+            with _whole_frame():
+                os.kill(os.getpid(), signal.SIGINT)  # held: nothing is raised inside
+                writer.write(frames[2:3])
+            writer.write(frames[3:])  # never reached
+    assert writer.frames_written == 3 == read_video(tmp_path / "a.mp4").shape[0]
