@@ -178,9 +178,8 @@ def _ship(ema: nn.Module, state: dict | None, path: Path, record: dict[str, str]
     our checkpoint format, or the model's own ``export`` (a Wan transformer in ComfyUI's format)."""
     if hasattr(ema, "export"):
         return ema.export(path, record, state)
-    if state is not None:
-        template = copy.deepcopy(ema.config) if hasattr(ema, "config") else None
-        plain = type(ema)(template)
+    if state is not None:  # an unsharded model to write the gathered weights from
+        plain = type(ema)(ema.config)
         plain.load_state_dict(state)
         ema = plain
     return save_checkpoint(ema, path, record)

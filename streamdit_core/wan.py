@@ -394,8 +394,8 @@ def load_lora(wan: WanVelocity, state: dict[str, Tensor]) -> WanVelocity:
     ranks = {k[:-len(".lora_down.weight")]: v.shape[0] for k, v in state.items() if k.endswith(".lora_down.weight")}
     if not ranks:
         raise ValueError("no LoRA weights in this file (expected keys ending in .lora_down.weight)")
-    rank = next(iter(ranks.values()))
-    alpha = float(state[f"{next(iter(ranks))}.alpha"]) if f"{next(iter(ranks))}.alpha" in state else rank
+    first, rank = next(iter(ranks.items()))
+    alpha = float(state.get(f"{first}.alpha", rank))
     if not any(_is_lora(m) for m in wan.transformer.modules()):
         add_lora(wan, rank, alpha)
     modules = {f"diffusion_model.{comfy_name(n)}": m for n, m in wan.transformer.named_modules() if _is_lora(m)}

@@ -68,29 +68,56 @@ def random_text(batch: int = 1, length: int = 6, dim: int = 32, seed: int = 0, r
     return TextEmbedding(tokens, mask)
 
 
-def ddp_gradient_worker(rank: int, world: int, port: int, config, x0, sigma, eps, tokens, out) -> None:
-    """One DDP process: gradients of the flow-matching loss on its share of a joint batch."""
+def _gloo(rank: int, world: int, port: int):
+    """Joins a gloo process group of ``world`` processes on this machine (one thread each)."""
     import os
 
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from streamdit_core.train import flow_matching_loss
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    return dist
+
+
+def gradient_worker(rank: int, world: int, port: int, config, x0, sigma, eps, tokens, out, shard: bool = False) -> None:
+    """One data-parallel process (DDP, or FSDP2 with ``shard``): the full gradients and the loss of
+    the flow-matching loss on its share of a joint batch; rank 0 saves them to ``out``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from streamdit_core.shard import shard_model
+    from streamdit_core.train import flow_matching_loss
+
+    dist = _gloo(rank, world, port)
     try:
         torch.manual_seed(0)
         model = StreamDiT(config)
-        net = DistributedDataParallel(model)
+        net = shard_model(model, torch.device("cpu")) if shard else DistributedDataParallel(model)
         share = slice(rank * x0.shape[0] // world, (rank + 1) * x0.shape[0] // world)
         loss = flow_matching_loss(net, x0[share], sigma[share], eps[share], TextEmbedding(tokens[share]))
         loss.backward()
+        # a sharded gradient is a DTensor: full_tensor() gathers its shards
+        grads = {k: p.grad.full_tensor() if shard else p.grad.clone() for k, p in model.named_parameters()}
+        losses = [None] * world
+        dist.all_gather_object(losses, float(loss.detach()))
         if rank == 0:
-            torch.save({k: p.grad.clone() for k, p in model.named_parameters()}, out)
+            torch.save({"grads": grads, "losses": losses, "sharded": type(next(model.parameters())).__name__}, out)
     finally:
         dist.destroy_process_group()
+
+
+class Interrupted(Patterns):
+    """Patterns that stop the run (as Ctrl-C would) when batch ``stop`` is asked for."""
+
+    def __init__(self, stop):
+        super().__init__()
+        self.stop, self.asked = stop, 0
+
+    def sample(self, batch, gen):
+        self.asked += 1
+        if self.asked == self.stop:
+            raise KeyboardInterrupt
+        return super().sample(batch, gen)
 
 
 def with_node_id(node: type, unique_id: str | None) -> type:
@@ -101,64 +128,19 @@ def with_node_id(node: type, unique_id: str | None) -> type:
                                                                      extra_pnginfo=None)})
 
 
-def fsdp_gradient_worker(rank: int, world: int, port: int, config, x0, sigma, eps, tokens, out) -> None:
-    """One FSDP2 process: the full gradients of the flow-matching loss on its share of a joint batch."""
-    import os
-
-    import torch.distributed as dist
-
-    from streamdit_core.shard import shard_model
-    from streamdit_core.train import flow_matching_loss
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model = shard_model(StreamDiT(config), torch.device("cpu"))
-        share = slice(rank * x0.shape[0] // world, (rank + 1) * x0.shape[0] // world)
-        loss = flow_matching_loss(model, x0[share], sigma[share], eps[share], TextEmbedding(tokens[share]))
-        loss.backward()
-        grads = {k: p.grad.full_tensor() for k, p in model.named_parameters()}  # gathers the shards
-        losses = [None] * world
-        dist.all_gather_object(losses, float(loss.detach()))
-        if rank == 0:
-            torch.save({"grads": grads, "losses": losses,
-                        "sharded": type(next(model.parameters())).__name__}, out)
-    finally:
-        dist.destroy_process_group()
-
-
 def fsdp_resume_worker(rank: int, world: int, port: int, config, folder: str) -> None:
     """Two sharded runs of three steps: one straight, one stopped before step 3 (after its step-2
     checkpoint) and resumed."""
-    import os
-
-    import torch.distributed as dist
-
     from streamdit_core.train import TrainConfig, train
 
-    class Stopping(Patterns):
-        def __init__(self, stop):
-            super().__init__()
-            self.stop, self.asked = stop, 0
-
-        def sample(self, batch, gen):
-            self.asked += 1
-            if self.asked == self.stop:
-                raise KeyboardInterrupt
-            return super().sample(batch, gen)
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist = _gloo(rank, world, port)
     try:
         cfg = TrainConfig(steps=3, batch_size=2, warmup=1, checkpoint_every=2, shard=True)
         torch.manual_seed(0)
         train(StreamDiT(config), Patterns(), encode_patterns, cfg, out=f"{folder}/straight", progress=False)
         torch.manual_seed(0)
         try:
-            train(StreamDiT(config), Stopping(3), encode_patterns, cfg, out=f"{folder}/stopped", progress=False)
+            train(StreamDiT(config), Interrupted(3), encode_patterns, cfg, out=f"{folder}/stopped", progress=False)
         except KeyboardInterrupt:
             pass
         torch.manual_seed(5)  # another init: the resumed state must replace it

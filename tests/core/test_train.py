@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers import Patterns, ddp_gradient_worker, encode_patterns, fsdp_gradient_worker, fsdp_resume_worker
+from helpers import Interrupted, Patterns, encode_patterns, fsdp_resume_worker, gradient_worker
 from streamdit_core import StreamDiT, StreamDiTConfig, TextEmbedding, load_checkpoint
 from streamdit_core.checkpoint import read_metadata
 from streamdit_core.train import TrainConfig, flow_matching_loss, train
@@ -35,20 +35,6 @@ def test_a_micro_model_lowers_its_loss_in_a_few_dozen_steps(tmp_path):
     assert after < 0.8 * before, (before, after)
     meta = read_metadata(result.checkpoint)
     assert meta["step"] == "60" and "train_config" in meta
-
-
-class Interrupted(Patterns):
-    """Patterns that stop the run (as Ctrl-C would) when batch ``stop`` is asked for."""
-
-    def __init__(self, stop):
-        super().__init__()
-        self.stop, self.asked = stop, 0
-
-    def sample(self, batch, gen):
-        self.asked += 1
-        if self.asked == self.stop:
-            raise KeyboardInterrupt
-        return super().sample(batch, gen)
 
 
 def test_resume_continues_where_the_run_stopped(tmp_path):
@@ -84,40 +70,35 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_with_two_gloo_processes_gives_the_gradients_of_one_process_on_the_joint_batch(tmp_path):
+def _two_processes(tmp_path, shard: bool):
+    """A joint batch of 4, the gradients and losses of 2 gloo processes on its halves, and the
+    gradients and loss of one process on all of it."""
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(4, 4, 4, 4, 4, generator=gen)
     sigma = torch.rand(4, 4, generator=gen)
     eps = torch.randn(4, 4, 4, 4, 4, generator=gen)
     tokens = torch.randn(4, 3, 8, generator=gen)
     out = tmp_path / "grads.pt"
-    mp.start_processes(ddp_gradient_worker, args=(2, _free_port(), MICRO, x0, sigma, eps, tokens, str(out)),
+    mp.start_processes(gradient_worker, args=(2, _free_port(), MICRO, x0, sigma, eps, tokens, str(out), shard),
                        nprocs=2, join=True, start_method="spawn")
-    ddp = torch.load(out)
-    torch.manual_seed(0)
-    model = StreamDiT(MICRO)
-    flow_matching_loss(model, x0, sigma, eps, TextEmbedding(tokens)).backward()
-    for name, p in model.named_parameters():
-        assert torch.allclose(ddp[name], p.grad, atol=1e-6, rtol=1e-4), name
-    assert any(g.abs().sum() > 0 for g in ddp.values())
-
-
-def test_fsdp_with_two_gloo_processes_gives_the_loss_and_gradients_of_one_process_on_the_joint_batch(tmp_path):
-    gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn(4, 4, 4, 4, 4, generator=gen)
-    sigma = torch.rand(4, 4, generator=gen)
-    eps = torch.randn(4, 4, 4, 4, 4, generator=gen)
-    tokens = torch.randn(4, 3, 8, generator=gen)
-    out = tmp_path / "grads.pt"
-    mp.start_processes(fsdp_gradient_worker, args=(2, _free_port(), MICRO, x0, sigma, eps, tokens, str(out)),
-                       nprocs=2, join=True, start_method="spawn")
-    fsdp = torch.load(out)
-    assert fsdp["sharded"] == "DTensor"  # the parameters really were sharded
     torch.manual_seed(0)
     model = StreamDiT(MICRO)
     loss = flow_matching_loss(model, x0, sigma, eps, TextEmbedding(tokens))
     loss.backward()
-    assert abs(sum(fsdp["losses"]) / 2 - float(loss.detach())) < 1e-5
+    return torch.load(out), model, float(loss.detach())
+
+
+def test_ddp_with_two_gloo_processes_gives_the_gradients_of_one_process_on_the_joint_batch(tmp_path):
+    ddp, model, _ = _two_processes(tmp_path, shard=False)
+    for name, p in model.named_parameters():
+        assert torch.allclose(ddp["grads"][name], p.grad, atol=1e-6, rtol=1e-4), name
+    assert any(g.abs().sum() > 0 for g in ddp["grads"].values())
+
+
+def test_fsdp_with_two_gloo_processes_gives_the_loss_and_gradients_of_one_process_on_the_joint_batch(tmp_path):
+    fsdp, model, loss = _two_processes(tmp_path, shard=True)
+    assert fsdp["sharded"] == "DTensor"  # the parameters really were sharded
+    assert abs(sum(fsdp["losses"]) / 2 - loss) < 1e-5
     for name, p in model.named_parameters():
         assert torch.allclose(fsdp["grads"][name], p.grad, atol=1e-6, rtol=1e-4), name
 
