@@ -231,6 +231,12 @@ def _add_distill(sub) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="the teacher's guidance scale (default: the teacher checkpoint's recommendation)")
     p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partitions to distil, e.g. 2 or 1,2,4")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a folder of captioned videos to distil on (default: what the teacher was trained on)")
+    p.add_argument("--size", type=_positive(int), default=None,
+                   help="frame size for --data (default: the teacher's training size)")
+    p.add_argument("--text-encoder", type=Path, default=None,
+                   help="for a Wan teacher: its text encoder folder (default: text_encoder/ of its base Wan folder)")
     _add_run_options(p)
     p.set_defaults(run=_run_distill)
 
@@ -239,24 +245,48 @@ def _run_distill(args) -> int:
     import torch
 
     from .checkpoint import read_metadata
-    from .distill import DistillConfig, distill_checkpoint
+    from .data import DataError
+    from .distill import DistillConfig, distill_checkpoint, distill_wan
     from .pipeline import model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     teacher = model_path(args.teacher)
-    guidance = float(read_metadata(teacher).get("guidance", "1")) if args.guidance is None else args.guidance
+    meta = _file_metadata(teacher)
+    wan = meta.get("format") == "comfyui-wan"  # a Wan model adapted by train --init wan:FOLDER
+    if not wan:
+        meta = read_metadata(teacher)  # checks it is a StreamDiT checkpoint
+    guidance = float(meta.get("guidance", "1")) if args.guidance is None else args.guidance
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=args.teacher_steps,
                        chunk_sizes=args.chunk_sizes)
+    if args.text_encoder is not None and not wan:
+        raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     t0 = time.perf_counter()
     try:
         config = DistillConfig(guidance=guidance, seed=args.seed, **overrides)
-        result = distill_checkpoint(teacher, args.out, config, clips=args.clips, resume=args.resume)
-    except ValueError as err:
+        if wan:
+            result = distill_wan(teacher, args.out, config, clips=args.clips, resume=args.resume, data=args.data,
+                                 size=args.size, text_encoder=args.text_encoder)
+        else:
+            result = distill_checkpoint(teacher, args.out, config, clips=args.clips, resume=args.resume,
+                                        data=args.data, size=args.size)
+    except DataError as err:
+        raise SystemExit(f"--data: {err}") from None
+    except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"bad distillation settings: {err}") from None
     print(f"student: {result.step} steps in {time.perf_counter() - t0:.0f} s, loss {result.loss:.5f} -> {result.checkpoint}")
     return 0
+
+def _file_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata as written (empty when there is no readable file)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # not there or not safetensors: read_metadata says which
+        return {}
 
 # --------------------------------------------------------------------------------------------
 # generate

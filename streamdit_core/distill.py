@@ -33,11 +33,10 @@ from torch import Tensor, nn
 
 from .guidance import Guided
 from .conditioning import TextEmbedding
-from .model import StreamDiT
 from .schedule import Partition, SigmaWarp, add_noise, euler_step, frame_sigma_table
 from .train import TrainConfig, TrainResult, _device, train
 
-__all__ = ["DistillConfig", "SegmentDistillation", "distill", "distill_checkpoint", "teacher_target"]
+__all__ = ["DistillConfig", "SegmentDistillation", "distill", "distill_checkpoint", "distill_wan", "teacher_target"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class SegmentDistillation(nn.Module):
     """The distillation objective for :func:`streamdit_core.train.train` (see the module docstring).
 
     Args:
-        teacher: the teacher StreamDiT (frozen here).
+        teacher: the teacher: a StreamDiT or a Wan model (frozen here).
         guidance: the teacher's guidance scale.
         buffer_frames: B.
         chunk_sizes: one partition per chunk size, drawn uniformly per step.
@@ -101,7 +100,7 @@ class SegmentDistillation(nn.Module):
         reference_frames: K.
     """
 
-    def __init__(self, teacher: StreamDiT, guidance: float, buffer_frames: int, chunk_sizes: Sequence[int],
+    def __init__(self, teacher: nn.Module, guidance: float, buffer_frames: int, chunk_sizes: Sequence[int],
                  teacher_steps: int, warp: SigmaWarp, reference_frames: int = 0):
         super().__init__()
         teacher.eval().requires_grad_(False)
@@ -126,9 +125,9 @@ class SegmentDistillation(nn.Module):
         return (err * weight).sum() / (weight.sum() * b).clamp_min(1)
 
 
-def distill(teacher: StreamDiT, data, encode_text: Callable[[list[str]], TextEmbedding], config: DistillConfig,
+def distill(teacher: nn.Module, data, encode_text: Callable[[list[str]], TextEmbedding], config: DistillConfig,
             out: str | os.PathLike | None = None, resume: bool = False, metadata: dict[str, str] | None = None,
-            progress: bool = True) -> tuple[StreamDiT, TrainResult]:
+            progress: bool = True) -> tuple[nn.Module, TrainResult]:
     """Distils ``teacher`` into a one-step-per-chunk student (a copy of it, trained in place).
 
     Args:
@@ -140,7 +139,16 @@ def distill(teacher: StreamDiT, data, encode_text: Callable[[list[str]], TextEmb
     """
     device = _device()
     teacher = teacher.to(device)
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    adapters = {n for n, _ in teacher.named_parameters() if ".lora_" in n}
+    if adapters:
+        # a LoRA-adapted teacher distils as LoRA: the student trains its own copy of the adapters
+        # and shares the frozen base weights with the teacher
+        base = {id(q): q for n, q in teacher.named_parameters() if n not in adapters}
+        student = copy.deepcopy(teacher, base).train()
+        for n, q in student.named_parameters():
+            q.requires_grad_(n in adapters)
+    else:
+        student = copy.deepcopy(teacher).train().requires_grad_(True)
     objective = SegmentDistillation(teacher, config.guidance, teacher.geometry.buffer_frames, config.chunk_sizes,
                                     config.teacher_steps, teacher.geometry.warp, config.reference_frames)
     P = objective.partitions[0]
@@ -157,28 +165,72 @@ def distill(teacher: StreamDiT, data, encode_text: Callable[[list[str]], TextEmb
 
 
 def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, config: DistillConfig,
-                       clips: int = 4096, resume: bool = False) -> TrainResult:
-    """Distils a teacher checkpoint (a path, or ``"embedded-teacher"``) on its own synthetic
-    world into ``out/model.safetensors``; the teacher's codec is copied beside the student, so
-    the folder stands alone, and the student's metadata names its teacher. ``config.guidance``
-    is the teacher's scale (see :meth:`~streamdit_core.pipeline.Pipeline.load` for the
-    checkpoint's recommendation)."""
+                       clips: int = 4096, resume: bool = False, data: str | os.PathLike | None = None,
+                       size: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Distils a teacher checkpoint (a path, or ``"embedded-teacher"``) into
+    ``out/model.safetensors`` on the clips it was trained on: its synthetic world, or the folder of
+    captioned videos its metadata records (``data``/``size`` override them). The teacher's codec is
+    copied beside the student, so the folder stands alone, and the student's metadata names its
+    teacher. ``config.guidance`` is the teacher's scale (see
+    :meth:`~streamdit_core.pipeline.Pipeline.load` for the checkpoint's recommendation)."""
     from .checkpoint import read_metadata
     from .pipeline import Pipeline
-    from .world import LatentPool, World
+    from .train import _clip_source
+    from .world import LatentPool
 
     pipe = Pipeline.load(teacher, device="cpu", fast=None)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(pipe.path)
+    B = pipe.geometry.buffer_frames
+    data, size = _teacher_data(meta, data, size)
+    source, record = _clip_source(data, (B + 4) * pipe.codec.time_factor, size, log)
+    out.mkdir(parents=True, exist_ok=True)
     codec_file = pipe.path.parent / meta["codec"] if "codec" in meta else None
     if codec_file is not None and not (out / codec_file.name).exists():
         shutil.copyfile(codec_file, out / codec_file.name)
-    B = pipe.geometry.buffer_frames
-    pool = LatentPool(World(), pipe.codec, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1)
-    keep = {k: meta[k] for k in ("text_encoder", "fps", "world") if k in meta}
+    pool = LatentPool(source, pipe.codec, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1)
+    keep = {k: meta[k] for k in ("text_encoder",) if k in meta}
     if codec_file is not None:
         keep["codec"] = codec_file.name
     _, result = distill(pipe.model, pool, pipe.text.encode, config, out=out, resume=resume,
-                        metadata={**keep, "teacher": str(pipe.path.name)})
+                        metadata={**keep, **record, "size": str(size), "teacher": str(pipe.path.name)})
     return result
+
+
+def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: DistillConfig, *, clips: int = 1024,
+                resume: bool = False, data: str | os.PathLike | None = None, size: int | None = None,
+                text_encoder: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Distils a Wan model adapted by ``train --init wan:FOLDER`` (its ``model.safetensors``) into
+    a one-step-per-chunk student, on the clips it was adapted on (or ``data``), with the base
+    folder's VAE and text encoder. A LoRA teacher gives a LoRA student. ``out`` gets the student
+    in ComfyUI's formats, as ``train`` writes them (``model.safetensors``, ``model_lora.safetensors``
+    for a LoRA), and it distils again from there like any adapted Wan model."""
+    from .train import _clip_source, wan_text_encoder
+    from .wan import load_adapted_wan, load_wan_vae
+    from .world import LatentPool
+
+    model, meta = load_adapted_wan(teacher)
+    base = Path(meta["init"][len("wan:"):])
+    vae = load_wan_vae(base)
+    B = model.geometry.buffer_frames
+    data, size = _teacher_data(meta, data, size)
+    source, record = _clip_source(data, (B + 4) * vae.time_factor, size, log)
+    encoder = wan_text_encoder(base, text_encoder, model.config.text_dim)
+    out = Path(out)
+    pool = LatentPool(source, vae, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
+                      cache=out / "latents", cache_key=json.dumps([record, meta["init"], size]))
+    _, result = distill(model, pool, encoder.encode, config, out=out, resume=resume,
+                        metadata={"init": meta["init"], "lora_rank": meta.get("lora_rank", "0"),
+                                  "text_encoder": encoder.name, "size": str(size), **record,
+                                  "teacher": str(Path(teacher).resolve())})
+    return result
+
+
+def _teacher_data(meta: dict[str, str], data, size: int | None) -> tuple:
+    """(clip folder or None for the world, frame size): what the caller gave, else what the
+    teacher's metadata records it was trained on."""
+    if data is None and "data" in meta:
+        data = meta["data"]
+        if not Path(data).is_dir():
+            raise ValueError(f"the teacher was trained on {data}, which is gone: give the clips with --data")
+    return data, size or int(meta.get("size", 64))

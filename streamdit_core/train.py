@@ -657,7 +657,6 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
     """
     from safetensors import safe_open
 
-    from .text import TextEncoder
     from .wan import add_lora, load_wan, load_wan_vae
     from .world import LatentPool
 
@@ -676,18 +675,29 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
     model = load_wan(wan, buffer_frames=buffer_frames, latent_size=(side, side), shift=shift)
     if lora_rank:
         add_lora(model, lora_rank)
-    if text_encoder is None and (wan / "text_encoder").is_dir():
-        text_encoder = wan / "text_encoder"
-    tokenizer = wan / "tokenizer" if text_encoder is not None and (wan / "tokenizer").is_dir() else None
-    encoder = TextEncoder(text_encoder, max_length=512 if text_encoder is not None else 32, tokenizer=tokenizer)
-    if encoder.dim != model.config.text_dim:
-        raise ValueError(f"the text encoder {encoder.path} gives {encoder.dim}-wide token states, the Wan model "
-                         f"takes {model.config.text_dim}: give its own text encoder (text_encoder/ in {wan})")
+    encoder = wan_text_encoder(wan, text_encoder, model.config.text_dim)
     pool = LatentPool(world, vae, clips=clips, frames=buffer_frames, clip_frames=buffer_frames + 4, seed=config.seed + 1,
                       cache=out / "latents", cache_key=json.dumps([record, f"wan:{wan.resolve()}", size]))
     val = _validation_pool(world, vae, buffer_frames, buffer_frames + 4, data, size, log)
     result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan", val_data=val,
-                   metadata={"init": f"wan:{wan}", "lora_rank": str(lora_rank), "text_encoder": encoder.name,
-                             **record})
+                   metadata={"init": f"wan:{wan.resolve()}", "lora_rank": str(lora_rank), "text_encoder": encoder.name,
+                             "size": str(size), **record})
     log(f"Wan: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     return shipped
+
+
+def wan_text_encoder(wan: str | os.PathLike, text_encoder: str | os.PathLike | None, text_dim: int):
+    """The text encoder of a Wan folder: ``text_encoder`` if given, else the folder's own
+    ``text_encoder/`` (with its ``tokenizer/``), else the default MiniLM; its width must be the
+    transformer's ``text_dim``."""
+    from .text import TextEncoder
+
+    wan = Path(wan)
+    if text_encoder is None and (wan / "text_encoder").is_dir():
+        text_encoder = wan / "text_encoder"
+    tokenizer = wan / "tokenizer" if text_encoder is not None and (wan / "tokenizer").is_dir() else None
+    encoder = TextEncoder(text_encoder, max_length=512 if text_encoder is not None else 32, tokenizer=tokenizer)
+    if encoder.dim != text_dim:
+        raise ValueError(f"the text encoder {encoder.path} gives {encoder.dim}-wide token states, the Wan model "
+                         f"takes {text_dim}: give its own text encoder (text_encoder/ in {wan})")
+    return encoder

@@ -27,8 +27,8 @@ from .schedule import SigmaWarp
 from .velocity import Geometry
 
 __all__ = ["LORA_TARGETS", "WAN_TIMESTEPS", "WanFrameRule", "WanVAE", "WanVelocity", "add_lora", "comfy_name",
-           "comfy_state_dict", "load_lora", "load_wan", "load_wan_vae", "lora_state_dict", "tiny_wan_config",
-           "tiny_wan_vae_config"]
+           "comfy_state_dict", "load_adapted_wan", "load_comfy_state_dict", "load_lora", "load_wan", "load_wan_vae",
+           "lora_state_dict", "tiny_wan_config", "tiny_wan_vae_config"]
 
 WAN_TIMESTEPS = 1000  # Wan's timestep is 1000 sigma
 
@@ -92,8 +92,9 @@ class WanVelocity(nn.Module):
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        h, w = self.geometry.latent_size
         meta = {"format": "comfyui-wan", "buffer_frames": str(self.geometry.buffer_frames),
-                "shift": f"{self.geometry.warp.value:g}", **(metadata or {})}
+                "latent_size": f"{h},{w}", "shift": f"{self.geometry.warp.value:g}", **(metadata or {})}
         files = {path: comfy_state_dict(self, state=state)}
         if any(_is_lora(m) for m in self.transformer.modules()):
             files[path.with_name(path.stem + "_lora.safetensors")] = lora_state_dict(self, state)
@@ -312,6 +313,58 @@ def comfy_state_dict(wan: WanVelocity | nn.Module, dtype: torch.dtype | None = N
         value = value.detach().cpu()
         out[name] = value.to(dtype) if dtype is not None and value.is_floating_point() else value.contiguous()
     return out
+
+
+def load_comfy_state_dict(wan: WanVelocity, state: dict[str, Tensor]) -> WanVelocity:
+    """Loads full weights under the original Wan names (:func:`comfy_state_dict`, or a file
+    ComfyUI's Load Diffusion Model reads) into a Wan model without LoRA adapters. Every weight
+    of the model must be in ``state``; a ``model.diffusion_model.`` prefix is accepted."""
+    if any(_is_lora(m) for m in wan.transformer.modules()):
+        raise ValueError("load full weights into a Wan model without LoRA adapters (they are merged in the file)")
+    prefix = "model.diffusion_model."
+    state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    own = {}
+    for key in wan.transformer.state_dict():
+        module, leaf = _split(key)
+        name = comfy_name(module) + (f".{leaf}" if leaf else "")
+        if name not in state:
+            raise ValueError(f"the weights lack {name!r} (the model's {key}): not a full Wan model of this shape")
+        own[key] = state[name]
+    wan.transformer.load_state_dict(own)
+    return wan
+
+
+def load_adapted_wan(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[WanVelocity, dict[str, str]]:
+    """A Wan model adapted by ``train --init wan:FOLDER`` (its ``model.safetensors``), with the
+    file's metadata. The base is read from FOLDER (recorded in the file); a LoRA run's adapters
+    (``model_lora.safetensors`` beside it) go onto that base, so a model distilled from it trains
+    adapters too, otherwise the full weights are loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Wan checkpoint")
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    init = meta.get("init", "")
+    if meta.get("format") != "comfyui-wan" or not init.startswith("wan:"):
+        raise ValueError(f"{path} is not a Wan model adapted by `train --init wan:FOLDER` (its metadata names no "
+                         "base Wan folder)")
+    base = Path(init[len("wan:"):])
+    h, w = (int(v) for v in meta.get("latent_size", "").split(",")) if "latent_size" in meta else (None, None)
+    if h is None:
+        raise ValueError(f"{path} does not record its latent size (latent_size): export it again with this version")
+    try:
+        wan = load_wan(base, int(meta["buffer_frames"]), (h, w), float(meta.get("shift", 3.0)), dtype)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path} was adapted from {base}, which is not a Wan folder any more: {err}") from None
+    lora = path.with_name(path.stem + "_lora.safetensors")
+    if int(meta.get("lora_rank", "0") or 0) and lora.is_file():
+        load_lora(wan, load_file(str(lora)))
+    else:
+        load_comfy_state_dict(wan, load_file(str(path)))
+    return wan.to(dtype), meta
 
 
 def _merged_state(transformer: nn.Module, state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -241,3 +241,59 @@ def test_train_adapts_a_wan_folder_with_lora_and_ships_it_for_comfyui(tmp_path):
         main(["train", "--out", str(out), "--lora", "4"])
     with pytest.raises(SystemExit, match="not a diffusers Wan VAE folder"):
         main(["train", "--init", f"wan:{tmp_path / 'nothing'}", "--out", str(out)])
+
+
+def test_full_weights_in_comfyui_names_load_back_and_predict_the_same():
+    from streamdit_core.wan import comfy_state_dict, load_comfy_state_dict
+
+    source, target = _wan(seed=0), _wan(seed=1)
+    x = torch.randn(1, 16, B_FRAMES, *SIZE, generator=torch.Generator().manual_seed(3))
+    sigma = torch.tensor([[0.2, 0.4, 0.6, 0.8]])
+    before = target(x, sigma, _text())
+    load_comfy_state_dict(target, comfy_state_dict(source))
+    after = target(x, sigma, _text())
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, source(x, sigma, _text()))
+    partial = comfy_state_dict(source)
+    del partial["head.modulation"]
+    with pytest.raises(ValueError, match="head.modulation"):
+        load_comfy_state_dict(target, partial)
+
+
+def test_distill_turns_a_lora_adapted_wan_into_a_one_step_lora_student(tmp_path):
+    """``distill --teacher RUN/model.safetensors`` on a Wan model adapted with LoRA: the student
+    loads its teacher's base and adapters, trains adapters only, and ships in ComfyUI's formats
+    with what the next distillation or the loader needs."""
+    from safetensors import safe_open
+
+    from streamdit_core.cli import main
+    from streamdit_core.wan import load_adapted_wan, load_wan_vae, tiny_wan_vae_config
+
+    torch.manual_seed(0)
+    folder = tmp_path / "wan"
+    base = load_wan(tiny_wan_config(text_dim=384), 2, (8, 8))
+    base.transformer.save_pretrained(folder / "transformer")
+    load_wan_vae(tiny_wan_vae_config()).vae.save_pretrained(folder / "vae")
+    run, student = tmp_path / "run", tmp_path / "student"
+    assert main(["train", "--init", f"wan:{folder}", "--lora", "2", "--out", str(run), "--steps", "2",
+                 "--batch-size", "2", "--clips", "2", "--model-option", "buffer_frames=4"]) == 0
+    teacher, meta = load_adapted_wan(run / "model.safetensors")
+    assert teacher.geometry.buffer_frames == 4 and teacher.geometry.latent_size == (8, 8) and meta["size"] == "64"
+    assert main(["distill", "--teacher", str(run / "model.safetensors"), "--out", str(student), "--steps", "3",
+                 "--batch-size", "2", "--clips", "2", "--teacher-steps", "4", "--guidance", "2", "--lr", "1e-2"]) == 0
+    with safe_open(student / "model.safetensors", "pt") as f:
+        smeta = f.metadata()
+    assert smeta["steps_per_chunk"] == "1" and smeta["guidance"] == "1" and smeta["init"] == meta["init"]
+    assert (student / "model_lora.safetensors").is_file()
+    distilled, _ = load_adapted_wan(student / "model.safetensors")
+    own = dict(distilled.transformer.named_parameters())
+    for name, q in teacher.transformer.named_parameters():
+        if ".lora_B." in name:
+            changed = not torch.equal(q, own[name])
+            break
+    assert changed, "the student's adapters did not train"
+    for name, q in base.transformer.named_parameters():  # the base stays the one the artist has
+        key = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        torch.testing.assert_close(own.get(key, own.get(name)), q, rtol=0, atol=0)
+    with pytest.raises(SystemExit, match="for a Wan teacher"):
+        main(["distill", "--out", str(tmp_path / "x"), "--text-encoder", str(folder)])
