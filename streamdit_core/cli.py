@@ -95,7 +95,8 @@ def _add_train(sub) -> None:
                    help="continue one of our checkpoints instead of starting from the preset (e.g. a text-to-video "
                         "run with --chunk-sizes 8, then streaming adaptation over mixed partitions), or "
                         "wan:FOLDER to adapt a Wan 2.1 text-to-video model (diffusers layout: transformer/, vae/, "
-                        "text_encoder/, tokenizer/); the result loads in ComfyUI's Load Diffusion Model")
+                        "text_encoder/, tokenizer/; or wan:RUN/model.safetensors to continue an adapted one); the "
+                        "result loads in ComfyUI's Load Diffusion Model")
     p.add_argument("--lora", type=_positive(int), default=None, metavar="RANK",
                    help="with --init wan:...: train LoRA adapters of this rank only (saved for ComfyUI's Load LoRA)")
     p.add_argument("--text-encoder", type=Path, default=None,
@@ -131,7 +132,8 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     import torch
 
-    from .train import TrainConfig, train_world
+    from .recipes import train_world
+    from .train import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,7 +178,7 @@ def _run_train(args) -> int:
 
 def _run_train_wan(args, config) -> int:
     from .data import DataError
-    from .train import train_wan
+    from .recipes import train_wan
 
     options = dict(args.model_option)
     unknown = sorted(set(options) - {"buffer_frames", "shift"})
@@ -185,7 +187,8 @@ def _run_train_wan(args, config) -> int:
                          f"buffer_frames=N and shift=S only (got {unknown or 'a codec option'})")
     try:
         train_wan(args.out, config, args.init[len("wan:"):], data=args.data, size=args.size, lora_rank=args.lora or 0,
-                  buffer_frames=int(options.get("buffer_frames", 8)), shift=float(options.get("shift", 3.0)),
+                  buffer_frames=int(options["buffer_frames"]) if "buffer_frames" in options else None,
+                  shift=float(options["shift"]) if "shift" in options else None,
                   clips=args.clips, text_encoder=args.text_encoder, resume=args.resume)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
@@ -389,7 +392,6 @@ def _run_generate(args) -> int:
                 bar.update(chunk.frames.shape[0])
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the writer has finished the file
         how = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
-        written = writer.frames_written  # the stop may land between two frames of a chunk
         if written == 0:
             print(f"generate: stopped by {how} before the first frame; nothing was written", file=sys.stderr)
         else:
@@ -642,7 +644,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt as stop:  # what a command keeps is on disk (train: --resume continues)
         how = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
-        written = writer.frames_written  # the stop may land between two frames of a chunk
         print(f"{args.command}: stopped by {how}", file=sys.stderr)
         return 143 if isinstance(stop, Stopped) else 130
     finally:

@@ -175,7 +175,7 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     :meth:`~streamdit_core.pipeline.Pipeline.load` for the checkpoint's recommendation)."""
     from .checkpoint import read_metadata
     from .pipeline import Pipeline
-    from .train import _clip_source
+    from .recipes import clip_source
     from .world import LatentPool
 
     pipe = Pipeline.load(teacher, device="cpu", fast=None)
@@ -183,7 +183,7 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     meta = read_metadata(pipe.path)
     B = pipe.geometry.buffer_frames
     data, size = _teacher_data(meta, data, size)
-    source, record = _clip_source(data, (B + 4) * pipe.codec.time_factor, size, log)
+    source, record = clip_source(data, (B + 4) * pipe.codec.time_factor, size, log)
     out.mkdir(parents=True, exist_ok=True)
     codec_file = pipe.path.parent / meta["codec"] if "codec" in meta else None
     if codec_file is not None and not (out / codec_file.name).exists():
@@ -205,7 +205,7 @@ def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: Dist
     folder's VAE and text encoder. A LoRA teacher gives a LoRA student. ``out`` gets the student
     in ComfyUI's formats, as ``train`` writes them (``model.safetensors``, ``model_lora.safetensors``
     for a LoRA), and it distils again from there like any adapted Wan model."""
-    from .train import _clip_source, wan_text_encoder
+    from .recipes import clip_source, wan_text_encoder
     from .wan import load_adapted_wan, load_wan_vae
     from .world import LatentPool
 
@@ -214,7 +214,7 @@ def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: Dist
     vae = load_wan_vae(base)
     B = model.geometry.buffer_frames
     data, size = _teacher_data(meta, data, size)
-    source, record = _clip_source(data, (B + 4) * vae.time_factor, size, log)
+    source, record = clip_source(data, (B + 4) * vae.time_factor, size, log)
     encoder = wan_text_encoder(base, text_encoder, model.config.text_dim)
     out = Path(out)
     pool = LatentPool(source, vae, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,

@@ -96,7 +96,7 @@ class StreamDiTConfig:
         if (self.hidden_size // self.num_heads) % 2:
             raise bad("num_heads", "must leave an even head width")
         if self.wrap and (self.hidden_size // self.num_heads) % 4:
-            raise bad("wrap", f"torus positions need a head width (hidden_size / num_heads) divisible by 4")
+            raise bad("wrap", "torus positions need a head width (hidden_size / num_heads) divisible by 4")
         if self.frequency_dim % 2:
             raise bad("frequency_dim", "must be even")
         for field in ("pooled_text", "wrap", "out_conv"):

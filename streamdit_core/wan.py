@@ -27,7 +27,7 @@ from .schedule import SigmaWarp
 from .velocity import Geometry
 
 __all__ = ["LORA_TARGETS", "WAN_TIMESTEPS", "WanFrameRule", "WanVAE", "WanVelocity", "add_lora", "comfy_name",
-           "comfy_state_dict", "load_adapted_wan", "load_comfy_state_dict", "load_lora", "load_wan", "load_wan_vae",
+           "comfy_state_dict", "has_lora", "load_adapted_wan", "load_comfy_state_dict", "load_lora", "load_wan", "load_wan_vae",
            "lora_state_dict", "tiny_wan_config", "tiny_wan_vae_config"]
 
 WAN_TIMESTEPS = 1000  # Wan's timestep is 1000 sigma
@@ -388,6 +388,11 @@ def _merged_state(transformer: nn.Module, state: dict[str, Tensor] | None = None
 
 def _is_lora(module: nn.Module) -> bool:
     return hasattr(module, "lora_A") and hasattr(module, "base_layer")
+
+
+def has_lora(wan: WanVelocity) -> bool:
+    """Whether the model carries LoRA adapters (:func:`add_lora`)."""
+    return any(_is_lora(m) for m in wan.transformer.modules())
 
 
 # --------------------------------------------------------------------------------------------

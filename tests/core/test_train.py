@@ -251,3 +251,15 @@ def test_the_validation_loss_is_recorded_at_every_checkpoint_and_falls_with_trai
     import json
 
     assert json.loads(read_metadata(tmp_path / "model.safetensors")["val_loss"]) == [list(v) for v in result.val_losses]
+
+
+def test_a_training_command_stopped_by_ctrl_c_says_so_and_exits_130(monkeypatch, capsys):
+    import streamdit_core.recipes as recipes
+    from streamdit_core.cli import main
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes, "train_world", stopped)
+    assert main(["train", "--out", "unused", "--steps", "1"]) == 130
+    assert "train: stopped by Ctrl-C" in capsys.readouterr().err

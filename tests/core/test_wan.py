@@ -8,7 +8,7 @@ pytest.importorskip("diffusers")
 
 from streamdit_core import FrameText, Partition, Streamer, TextEmbedding  # noqa: E402
 from streamdit_core.train import TrainConfig, flow_matching_loss, train  # noqa: E402
-from streamdit_core.wan import WanVelocity, load_wan, tiny_wan_config  # noqa: E402
+from streamdit_core.wan import load_wan, tiny_wan_config  # noqa: E402
 
 B_FRAMES, SIZE = 4, (8, 8)
 
@@ -297,3 +297,38 @@ def test_distill_turns_a_lora_adapted_wan_into_a_one_step_lora_student(tmp_path)
         torch.testing.assert_close(own.get(key, own.get(name)), q, rtol=0, atol=0)
     with pytest.raises(SystemExit, match="for a Wan teacher"):
         main(["distill", "--out", str(tmp_path / "x"), "--text-encoder", str(folder)])
+
+
+def test_an_adapted_wan_continues_from_its_file_the_papers_two_stages(tmp_path):
+    """Text-to-video first (one chunk of the whole buffer), then streaming from that run's
+    ``model.safetensors``: the second run starts at the first one's weights, keeps its buffer
+    and records the base folder, so ComfyUI and ``distill`` still find the base."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from streamdit_core.cli import main
+    from streamdit_core.wan import load_wan_vae, tiny_wan_vae_config
+
+    torch.manual_seed(0)
+    folder = tmp_path / "wan"
+    load_wan(tiny_wan_config(text_dim=384), 2, (8, 8)).transformer.save_pretrained(folder / "transformer")
+    load_wan_vae(tiny_wan_vae_config()).vae.save_pretrained(folder / "vae")
+    t2v, stream = tmp_path / "t2v", tmp_path / "stream"
+    common = ["--batch-size", "2", "--clips", "2"]
+    assert main(["train", "--init", f"wan:{folder}", "--out", str(t2v), "--steps", "3", "--lr", "1", "--chunk-sizes", "4",
+                 "--model-option", "buffer_frames=4", *common]) == 0
+    first = load_file(str(t2v / "model.safetensors"))
+    assert main(["train", "--init", f"wan:{t2v / 'model.safetensors'}", "--out", str(stream), "--steps", "1",
+                 "--lr", "1e-12", *common]) == 0
+    second = load_file(str(stream / "model.safetensors"))
+    with safe_open(stream / "model.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["buffer_frames"] == "4" and meta["init"] == f"wan:{folder.resolve()}"
+    assert meta["continued"] == str((t2v / "model.safetensors").resolve())
+    key = "blocks.0.self_attn.q.weight"
+    torch.testing.assert_close(second[key], first[key], atol=1e-6, rtol=0)
+    base = load_wan(folder, 4, (8, 8))
+    assert not torch.allclose(base.transformer.blocks[0].attn1.to_q.weight, first[key], atol=1e-3)
+    with pytest.raises(SystemExit, match="its own buffer and shift"):
+        main(["train", "--init", f"wan:{t2v / 'model.safetensors'}", "--out", str(stream),
+              "--model-option", "buffer_frames=2"])

@@ -1,0 +1,273 @@
+"""The training recipes, as ``python -m streamdit_core train`` runs them.
+
+- :func:`train_world`: the embedded model's recipe (the codec, the StreamDiT, then the decoder
+  refined on the frozen latent space), on the synthetic world or a folder of captioned videos,
+  from a preset or continuing one of our checkpoints (the paper's two stages).
+- :func:`train_wan`: a Wan 2.1 text-to-video model adapted to streaming (full or LoRA), from its
+  diffusers folder or continuing an adapted one, written in ComfyUI's formats.
+- :func:`clip_source` and :func:`wan_text_encoder`: the clips and the text encoder a run (and the
+  distillation of its result) takes.
+
+The loop itself is :func:`streamdit_core.train.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .train import CodecTrainConfig, TrainConfig, TrainResult, train, train_codec
+
+__all__ = ["WorldRun", "clip_source", "train_wan", "train_world", "wan_text_encoder"]
+
+
+class _HeldOutScenes:
+    """The world's held-out combinations as a clip source (for the validation loss)."""
+
+    def __init__(self, world):
+        self.world, self.size = world, world.size
+
+    def batch(self, n: int, frames: int, gen: torch.Generator):
+        return self.world.batch(n, frames, gen, split="held_out")
+
+
+def _validation_pool(source, codec, frames: int, clip_frames: int, data, size: int, log: Callable[[str], None]):
+    """64 encoded clips of held-out data: the world's held-out scenes, or the folder's validation
+    split; None (with a line in the log) when the folder has no validation video."""
+    from .world import FPS, LatentPool
+
+    if data is None:
+        held_out = _HeldOutScenes(source)
+    else:
+        from .data import ClipFolder, DataError
+
+        try:
+            held_out = ClipFolder(data, frames=clip_frames * codec.time_factor, fps=FPS, size=size, split="val",
+                                  warn=False)
+        except DataError:
+            log(f"data: no validation video in {data}; training without a validation loss")
+            return None
+    return LatentPool(held_out, codec, clips=64, frames=frames, clip_frames=clip_frames, seed=999, progress=False)
+
+
+def clip_source(data: str | os.PathLike | None, frames: int, size: int, log: Callable[[str], None]):
+    """(the clip source, its record for the checkpoint): the synthetic world, or the train split
+    of a folder of captioned videos scanned for clips of ``frames`` frames."""
+    from .world import FPS, World
+
+    if data is None:
+        return World(), {"world": "shapes-64", "fps": str(FPS)}
+    from .data import ClipFolder
+
+    folder = ClipFolder(data, frames=frames, fps=FPS, size=size)
+    log(f"data: {data}: {folder.report.summary()}")
+    return folder, {"data": str(Path(data).resolve()), "data_videos": str(len(folder)),
+                    "data_skipped": str(len(folder.report.skipped)), "fps": str(FPS)}
+
+
+@dataclass
+class WorldRun:
+    """What :func:`train_world` wrote: the model and codec files, and what each stage did."""
+
+    model: Path
+    codec: Path
+    result: TrainResult | None  # None when the model already had its steps (a resumed, finished run)
+    codec_mse: float | None  # reconstruction MSE of a codec trained (or refined) by this run
+
+
+def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "embedded",
+                codec: str | os.PathLike | None = None, codec_steps: int | None = None, decoder_steps: int = 3000,
+                clips: int = 4096, guidance: float = 1.0, resume: bool = False,
+                log: Callable[[str], None] = print, model_options: dict | None = None,
+                codec_config=None, data: str | os.PathLike | None = None, size: int = 64,
+                init: str | os.PathLike | None = None) -> WorldRun:
+    """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
+    names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
+    ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
+    frozen (0 skips it). Each stage that already finished in ``out`` is kept, so rerunning with
+    ``resume`` after an interrupt continues where the run stopped.
+
+    Args:
+        guidance: the classifier-free guidance scale the checkpoint recommends (1: none).
+        model_options: StreamDiTConfig fields over the preset (e.g. ``{"wrap": True}``); the
+            latent channels and size always follow the codec.
+        codec_config: the :class:`~streamdit_core.codec.CodecConfig` of a codec this run trains.
+        data: a folder of captioned videos (:class:`~streamdit_core.data.ClipFolder`, its train
+            split) to train on instead of the synthetic world; scanned before any training, so a
+            folder with no usable clip fails at once.
+        size: the square frame size clips from ``data`` are scaled and cropped to.
+        init: one of our checkpoints to continue instead of a new model from ``preset``: the
+            paper's two stages are a text-to-video run (``chunk_sizes`` = the buffer length),
+            then a run from it over mixed partitions.
+    """
+    from .checkpoint import load_codec, read_metadata
+    from .codec import CodecConfig, VideoAutoencoder
+    from .model import StreamDiT, StreamDiTConfig
+    from .text import TextEncoder
+    from .world import LatentPool
+
+    if guidance < 0:
+        raise ValueError(f"guidance must be at least 0, got {guidance}")
+    options = dict(model_options or {})
+    known = set(StreamDiTConfig.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; StreamDiTConfig fields: {', '.join(sorted(known))}")
+    buffer = options.get("buffer_frames", StreamDiTConfig.preset(preset).buffer_frames)
+    existing = Path(codec) if codec is not None else Path(out) / "codec.safetensors"
+    time_factor = load_codec(existing).time_factor if existing.exists() else (codec_config or CodecConfig()).time_factor
+    world, record = clip_source(data, (buffer + 4) * time_factor, size, log)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    codec_file = Path(codec) if codec is not None else out / "codec.safetensors"
+    t0 = time.perf_counter()
+    codec_mse = None
+    if codec_file.exists():
+        autoencoder = load_codec(codec_file)
+        log(f"codec: {codec_file}")
+    else:
+        codec_cfg = CodecTrainConfig(seed=config.seed, **({"steps": codec_steps} if codec_steps else {}))
+        autoencoder = VideoAutoencoder(codec_config)
+        codec_mse = train_codec(autoencoder, world, codec_cfg)
+        save_checkpoint(autoencoder, codec_file, {"train_config": str(asdict(codec_cfg)),
+                                                  "reconstruction_mse": f"{codec_mse:.6f}",
+                                                  "train_seconds": f"{time.perf_counter() - t0:.1f}"})
+        log(f"codec: reconstruction MSE {codec_mse:.5f} on fresh clips -> {codec_file}")
+    side = world.size // autoencoder.space_factor
+    if init is not None:
+        from .checkpoint import load_checkpoint
+
+        if options:
+            raise ValueError(f"model options {sorted(options)} cannot change a model continued from {init}; "
+                             "its config comes with its checkpoint")
+        model = load_checkpoint(init)
+        wanted = (autoencoder.latent_channels, (side, side))
+        have = (model.config.in_channels, tuple(model.config.latent_size))
+        if have != wanted:
+            raise ValueError(f"{init} works on {have[0]}-channel {have[1][0]}x{have[1][1]} latents, the codec "
+                             f"makes {wanted[0]}-channel {side}x{side} ones: continue it with the codec it was "
+                             f"trained with (--codec)")
+        record["init"] = str(init)
+    else:
+        options.update(in_channels=autoencoder.latent_channels, latent_size=(side, side))
+        model = StreamDiT.from_preset(preset, **options)
+    B = model.geometry.buffer_frames
+    shipped = out / "model.safetensors"
+    result = None
+    if resume and shipped.exists() and read_metadata(shipped).get("step") == str(config.steps):
+        log(f"StreamDiT: {shipped} already has its {config.steps} steps")
+    else:
+        stamp = codec_file.stat()
+        pool = LatentPool(world, autoencoder, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
+                          cache=out / "latents", cache_key=json.dumps([record, str(codec_file.resolve()),
+                                                                       stamp.st_size, stamp.st_mtime_ns]))
+        encoder = TextEncoder()
+        codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
+        val = _validation_pool(world, autoencoder, B, B + 4, data, size, log)
+        result = train(model, pool, encoder.encode, config, out=out, resume=resume, val_data=val,
+                       metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
+                                 "guidance": f"{guidance:g}"})
+        log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
+    meta = read_metadata(codec_file)
+    if decoder_steps > 0 and "decoder_refined_steps" not in meta:
+        t1 = time.perf_counter()
+        refine = CodecTrainConfig(steps=decoder_steps, lr=1e-3, seed=config.seed)
+        codec_mse = train_codec(autoencoder, world, refine, decoder_only=True)
+        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "class", "config")}
+        save_checkpoint(autoencoder, codec_file, {**extra, "decoder_refined_steps": str(decoder_steps),
+                                                  "decoder_refined_seconds": f"{time.perf_counter() - t1:.1f}",
+                                                  "refined_reconstruction_mse": f"{codec_mse:.6f}"})
+        log(f"codec: decoder refined for {decoder_steps} steps, reconstruction MSE {codec_mse:.5f} -> {codec_file}")
+    return WorldRun(shipped, codec_file, result, codec_mse)
+
+
+def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLike, *,
+              data: str | os.PathLike | None = None, size: int = 64, lora_rank: int = 0,
+              buffer_frames: int | None = None, shift: float | None = None, clips: int = 1024,
+              text_encoder: str | os.PathLike | None = None, resume: bool = False,
+              log: Callable[[str], None] = print) -> Path:
+    """Adapts a pretrained Wan 2.1 text-to-video model to streaming: buffered flow matching over
+    mixed partitions on ``data`` (a folder of captioned videos; default the synthetic world), the
+    whole transformer or, with ``lora_rank``, LoRA adapters only.
+
+    ``wan`` is a diffusers folder (``transformer/``, ``vae/`` and, optionally, ``text_encoder/`` +
+    ``tokenizer/``), or the ``model.safetensors`` of an earlier run, which continues (the paper's
+    two stages: a text-to-video run with ``chunk_sizes`` = the buffer, then streaming); such a run
+    keeps its buffer, shift and LoRA adapters, and its base folder gives the VAE and text encoder.
+    ``buffer_frames`` (default 8) and ``shift`` (default 3) set a new model's.
+
+    Writes ``out/model.safetensors`` in the format ComfyUI's Load Diffusion Model reads (and, with
+    LoRA, ``out/model_lora.safetensors`` for its Load LoRA on the base); the StreamDiT Wan Model
+    node streams the result. Returns the model file.
+    """
+    from safetensors import safe_open
+
+    from .wan import add_lora, has_lora, load_adapted_wan, load_wan, load_wan_vae
+    from .world import LatentPool
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wan = Path(wan)
+    shipped = out / "model.safetensors"
+    if resume and shipped.exists():
+        with safe_open(str(shipped), framework="pt") as f:
+            if (f.metadata() or {}).get("step") == str(config.steps):
+                log(f"Wan: {shipped} already has its {config.steps} steps")
+                return shipped
+    record: dict[str, str] = {}
+    if wan.is_file():
+        if buffer_frames is not None or shift is not None:
+            raise ValueError(f"{wan} continues with its own buffer and shift; drop buffer_frames and shift")
+        model, meta = load_adapted_wan(wan)
+        base = Path(meta["init"][len("wan:"):])
+        record["continued"] = str(wan.resolve())
+        lora_rank = lora_rank or int(meta.get("lora_rank", "0") or 0)
+    else:
+        base = wan
+        model = None
+    vae = load_wan_vae(base)
+    B = model.geometry.buffer_frames if model is not None else buffer_frames or 8
+    world, source = clip_source(data, (B + 4) * vae.time_factor, size, log)
+    record.update(source)
+    side = size // vae.space_factor
+    if model is None:
+        model = load_wan(base, buffer_frames=B, latent_size=(side, side), shift=3.0 if shift is None else shift)
+    elif tuple(model.geometry.latent_size) != (side, side):
+        h, w = model.geometry.latent_size
+        raise ValueError(f"{wan} works on {h}x{w} latents and size {size} makes {side}x{side}: continue it at "
+                         f"size {h * vae.space_factor}")
+    if lora_rank and not has_lora(model):
+        add_lora(model, lora_rank)
+    encoder = wan_text_encoder(base, text_encoder, model.config.text_dim)
+    pool = LatentPool(world, vae, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
+                      cache=out / "latents", cache_key=json.dumps([record, f"wan:{wan.resolve()}", size]))
+    val = _validation_pool(world, vae, B, B + 4, data, size, log)
+    result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan", val_data=val,
+                   metadata={"init": f"wan:{base.resolve()}", "lora_rank": str(lora_rank),
+                             "text_encoder": encoder.name, "size": str(size), **record})
+    log(f"Wan: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
+    return shipped
+
+
+def wan_text_encoder(wan: str | os.PathLike, text_encoder: str | os.PathLike | None, text_dim: int):
+    """The text encoder of a Wan folder: ``text_encoder`` if given, else the folder's own
+    ``text_encoder/`` (with its ``tokenizer/``), else the default MiniLM; its width must be the
+    transformer's ``text_dim``."""
+    from .text import TextEncoder
+
+    wan = Path(wan)
+    if text_encoder is None and (wan / "text_encoder").is_dir():
+        text_encoder = wan / "text_encoder"
+    tokenizer = wan / "tokenizer" if text_encoder is not None and (wan / "tokenizer").is_dir() else None
+    encoder = TextEncoder(text_encoder, max_length=512 if text_encoder is not None else 32, tokenizer=tokenizer)
+    if encoder.dim != text_dim:
+        raise ValueError(f"the text encoder {encoder.path} gives {encoder.dim}-wide token states, the Wan model "
+                         f"takes {text_dim}: give its own text encoder (text_encoder/ in {wan})")
+    return encoder
