@@ -352,9 +352,9 @@ def load_adapted_wan(path: str | os.PathLike, dtype: torch.dtype = torch.float32
         raise ValueError(f"{path} is not a Wan model adapted by `train --init wan:FOLDER` (its metadata names no "
                          "base Wan folder)")
     base = Path(init[len("wan:"):])
-    h, w = (int(v) for v in meta.get("latent_size", "").split(",")) if "latent_size" in meta else (None, None)
-    if h is None:
+    if "latent_size" not in meta:
         raise ValueError(f"{path} does not record its latent size (latent_size): export it again with this version")
+    h, w = (int(v) for v in meta["latent_size"].split(","))
     try:
         wan = load_wan(base, int(meta["buffer_frames"]), (h, w), float(meta.get("shift", 3.0)), dtype)
     except FileNotFoundError as err:
