@@ -17,7 +17,7 @@ and users rely on), by the module it lives in:
 - ``session``: :class:`Session` (one running stream), :class:`StreamSnapshot`, :class:`FrameChunk`.
 - ``runtime``: :class:`Runtime` (denoise and decode threads), :class:`RuntimeStats`.
 - ``video``: :func:`open_writer`, :func:`read_video`.
-- ``wan``: :class:`WanFrameRule` (Wan 2.1's VAE time rule, for codecs over a Wan VAE).
+- ``wan_vae``: :class:`WanFrameRule` (Wan 2.1's VAE time rule, for codecs over a Wan VAE).
 
 Around them, imported on demand: ``text`` (TextEncoder), ``codec`` (latent codecs, seam-free
 chunk decoding), ``attention``, ``guidance``, ``world`` (the synthetic world, its metrics and
@@ -36,7 +36,7 @@ from .session import FrameChunk, Session, StreamSnapshot
 from .stream import EmittedChunk, StreamError, Streamer, StreamState
 from .velocity import CallCounter, Codec, Geometry, ModelWrapper, VelocityModel, placement
 from .video import open_writer, read_video
-from .wan import WanFrameRule
+from .wan_vae import WanFrameRule
 
 __version__ = "0.1.0"
 

@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 from .codec import CodecConfig, VideoAutoencoder
 from .model import StreamDiT, StreamDiTConfig
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_codec", "read_config", "read_metadata"]
+__all__ = ["CheckpointError", "file_metadata", "save_checkpoint", "load_checkpoint", "load_codec", "read_config",
+           "read_metadata"]
 
 FORMAT = "streamdit"
 FORMAT_VERSION = "1"
@@ -68,6 +69,16 @@ def save_checkpoint(model: StreamDiT | VideoAutoencoder, path: str | os.PathLike
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
+
+
+def file_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A safetensors file's metadata as written, whatever wrote it (empty when there is no
+    readable file: :func:`read_metadata` says which problem it is)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # not there, or not safetensors
+        return {}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -95,8 +95,10 @@ def _add_train(sub) -> None:
                    help="continue one of our checkpoints instead of starting from the preset (e.g. a text-to-video "
                         "run with --chunk-sizes 8, then streaming adaptation over mixed partitions), or "
                         "wan:FOLDER to adapt a Wan 2.1 text-to-video model (diffusers layout: transformer/, vae/, "
-                        "text_encoder/, tokenizer/; or wan:RUN/model.safetensors to continue an adapted one); the "
-                        "result loads in ComfyUI's Load Diffusion Model")
+                        "text_encoder/, tokenizer/; or wan:RUN/model.safetensors to continue an adapted one; or "
+                        "wan:new for a small Wan-architecture model from scratch: a Wan 2.1-architecture VAE "
+                        "trained on the clips for --codec-steps, then a random transformer); the result loads in "
+                        "ComfyUI's Load Diffusion Model")
     p.add_argument("--lora", type=_positive(int), default=None, metavar="RANK",
                    help="with --init wan:...: train LoRA adapters of this rank only (saved for ComfyUI's Load LoRA)")
     p.add_argument("--text-encoder", type=Path, default=None,
@@ -180,21 +182,33 @@ def _run_train_wan(args, config) -> int:
     from .data import DataError
     from .recipes import train_wan
 
-    options = dict(args.model_option)
+    options, source = dict(args.model_option), args.init[len("wan:"):]
+    new = None
+    if source == "new":  # a Wan-architecture model from scratch: its VAE trained here, a random transformer
+        codec = dict(args.codec_option)
+        if set(codec) - {"width", "batch"} or args.codec is not None:
+            raise SystemExit("--init wan:new trains its own Wan VAE: it takes --codec-option width=W and batch=N only")
+        transformer = {k: options.pop(k) for k in _WAN_NEW if k in options}
+        new = dict(transformer=transformer, vae_steps=args.codec_steps or 1500, vae_width=int(codec.get("width", 16)),
+                   vae_batch=int(codec.get("batch", 8)))
     unknown = sorted(set(options) - {"buffer_frames", "shift"})
-    if unknown or args.codec is not None or args.codec_option:
+    if unknown or (new is None and (args.codec is not None or args.codec_option)):
         raise SystemExit(f"--init wan: the Wan model brings its own VAE and config; it takes --model-option "
-                         f"buffer_frames=N and shift=S only (got {unknown or 'a codec option'})")
+                         f"buffer_frames=N and shift=S only (and, with wan:new, {', '.join(_WAN_NEW)}; "
+                         f"got {unknown or 'a codec option'})")
     try:
-        train_wan(args.out, config, args.init[len("wan:"):], data=args.data, size=args.size, lora_rank=args.lora or 0,
+        train_wan(args.out, config, source, data=args.data, size=args.size, lora_rank=args.lora or 0,
                   buffer_frames=int(options["buffer_frames"]) if "buffer_frames" in options else None,
                   shift=float(options["shift"]) if "shift" in options else None,
-                  clips=args.clips, text_encoder=args.text_encoder, resume=args.resume)
+                  clips=args.clips, text_encoder=args.text_encoder, resume=args.resume, new=new)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"--init {args.init}: {err}") from None
     return 0
+
+
+_WAN_NEW = ("num_layers", "num_attention_heads", "attention_head_dim", "ffn_dim")  # a new Wan transformer's size
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -256,7 +270,9 @@ def _run_distill(args) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     teacher = model_path(args.teacher)
-    meta = _file_metadata(teacher)
+    from .checkpoint import file_metadata
+
+    meta = file_metadata(teacher)
     wan = meta.get("format") == "comfyui-wan"  # a Wan model adapted by train --init wan:FOLDER
     if not wan:
         meta = read_metadata(teacher)  # checks it is a StreamDiT checkpoint
@@ -281,15 +297,6 @@ def _run_distill(args) -> int:
     print(f"student: {result.step} steps in {time.perf_counter() - t0:.0f} s, loss {result.loss:.5f} -> {result.checkpoint}")
     return 0
 
-def _file_metadata(path: Path) -> dict[str, str]:
-    """A safetensors file's metadata as written (empty when there is no readable file)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # not there or not safetensors: read_metadata says which
-        return {}
 
 # --------------------------------------------------------------------------------------------
 # generate

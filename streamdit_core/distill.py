@@ -206,7 +206,8 @@ def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: Dist
     in ComfyUI's formats, as ``train`` writes them (``model.safetensors``, ``model_lora.safetensors``
     for a LoRA), and it distils again from there like any adapted Wan model."""
     from .recipes import clip_source, wan_text_encoder
-    from .wan import load_adapted_wan, load_wan_vae
+    from .wan import load_adapted_wan
+    from .wan_vae import load_wan_vae
     from .world import LatentPool
 
     model, meta = load_adapted_wan(teacher)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 from .accel import Accelerated, FastPath, accelerate
-from .checkpoint import CheckpointError, load_checkpoint, load_codec, read_metadata
+from .checkpoint import CheckpointError, file_metadata, load_checkpoint, load_codec, read_metadata
 from .codec import PixelCodec
 from .model import StreamDiT
 from .prompts import PromptSchedule, PromptSwitch
@@ -120,6 +120,8 @@ class Pipeline:
                          + " / ".join(repr(n) for n in EMBEDDED_MODELS))
             raise CheckpointError(f"{path}: no such model file{hint}")
         dev = resolve_device(device)
+        if file_metadata(path).get("format") == "comfyui-wan":  # a Wan model adapted by train --init wan:...
+            return cls._load_wan(path, dev, dtype)
         meta = read_metadata(path)
         model = load_checkpoint(path, device=dev, dtype=dtype)
         codec_name = meta.get("codec", "pixel")
@@ -135,6 +137,24 @@ class Pipeline:
         if fast == "auto":
             fast = FastPath.auto(dev) if dev.type == "cuda" else None
         return pipe.accelerate(fast) if fast is not None else pipe
+
+    @classmethod
+    def _load_wan(cls, path: Path, dev: torch.device, dtype: torch.dtype | None) -> "Pipeline":
+        """A Wan model adapted here (its file and the base folder it records): the base folder's
+        VAE and text encoder (its ``text_encoder/``, else MiniLM), Wan's 16 fps."""
+        from .recipes import wan_text_encoder
+        from .wan import load_adapted_wan
+        from .wan_vae import load_wan_vae
+
+        model, meta = load_adapted_wan(path)
+        base = Path(meta["init"][len("wan:"):])
+        model = model.to(dev, dtype) if dtype is not None else model.to(dev)
+        codec = load_wan_vae(base)
+        codec.vae.to(dev)
+        text = wan_text_encoder(base, None, model.config.text_dim)
+        return cls(model.eval(), codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
+                   steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None,
+                   vocabulary=_vocabulary(meta))
 
     def accelerate(self, path: FastPath | None = None) -> "Pipeline":
         """Streams from now on run the model on ``path`` (default: the best for its device);

@@ -4,7 +4,9 @@
   refined on the frozen latent space), on the synthetic world or a folder of captioned videos,
   from a preset or continuing one of our checkpoints (the paper's two stages).
 - :func:`train_wan`: a Wan 2.1 text-to-video model adapted to streaming (full or LoRA), from its
-  diffusers folder or continuing an adapted one, written in ComfyUI's formats.
+  diffusers folder or continuing an adapted one, written in ComfyUI's formats; or a new
+  Wan-architecture model trained from scratch on your clips (:func:`new_wan_base` makes its
+  base folder: a Wan 2.1-architecture VAE trained on the clips and a random transformer).
 - :func:`clip_source` and :func:`wan_text_encoder`: the clips and the text encoder a run (and the
   distillation of its result) takes.
 
@@ -25,7 +27,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .train import CodecTrainConfig, TrainConfig, TrainResult, train, train_codec
 
-__all__ = ["WorldRun", "clip_source", "train_wan", "train_world", "wan_text_encoder"]
+__all__ = ["WorldRun", "clip_source", "new_wan_base", "train_wan", "train_world", "wan_text_encoder"]
 
 
 class _HeldOutScenes:
@@ -188,11 +190,43 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
     return WorldRun(shipped, codec_file, result, codec_mse)
 
 
+def new_wan_base(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, size: int = 64,
+                 vae_steps: int = 1500, vae_width: int = 16, vae_batch: int = 8,
+                 transformer: dict | None = None, seed: int = 0, check_clips: int = 64,
+                 log: Callable[[str], None] = print) -> Path:
+    """A Wan-architecture base folder made from scratch for ``data`` (default the synthetic world),
+    in the layout :func:`train_wan` adapts: ``vae/`` (a Wan 2.1-architecture VAE of base width
+    ``vae_width`` trained on the clips for ``vae_steps`` steps, calibrated to Wan's latent
+    normalisation), ``vae_comfyui.safetensors`` beside it for ComfyUI's Load VAE, and
+    ``transformer/``: random weights, :func:`~streamdit_core.wan.tiny_wan_config` with the
+    default MiniLM's 384-wide text and ``transformer`` over it (e.g. ``num_layers``). A folder
+    that already has both is kept as it is. Returns the folder."""
+    from .wan import load_wan, tiny_wan_config
+    from .wan_vae import new_wan_vae, save_wan_vae
+
+    folder = Path(folder)
+    if (folder / "vae" / "config.json").is_file() and (folder / "transformer" / "config.json").is_file():
+        log(f"Wan base: {folder} has its VAE and transformer")
+        return folder
+    torch.manual_seed(seed)
+    vae = new_wan_vae(vae_width)
+    world, record = clip_source(data, 8 * vae.time_factor, size, log)  # what train_codec measures on
+    started = time.perf_counter()
+    mse = train_codec(vae, world, CodecTrainConfig(steps=vae_steps, batch_size=vae_batch, pool=256, seed=seed,
+                                                   check_clips=check_clips))
+    log(f"Wan VAE: {vae_steps} steps in {time.perf_counter() - started:.0f} s, reconstruction MSE {mse:.5f}")
+    save_wan_vae(vae, folder, {"steps": str(vae_steps), "mse": f"{mse:.6f}", **record})
+    side = size // vae.space_factor
+    config = tiny_wan_config(**{"text_dim": 384, **(transformer or {})})
+    load_wan(config, buffer_frames=1, latent_size=(side, side)).transformer.save_pretrained(folder / "transformer")
+    return folder
+
+
 def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLike, *,
               data: str | os.PathLike | None = None, size: int = 64, lora_rank: int = 0,
               buffer_frames: int | None = None, shift: float | None = None, clips: int = 1024,
               text_encoder: str | os.PathLike | None = None, resume: bool = False,
-              log: Callable[[str], None] = print) -> Path:
+              new: dict | None = None, log: Callable[[str], None] = print) -> Path:
     """Adapts a pretrained Wan 2.1 text-to-video model to streaming: buffered flow matching over
     mixed partitions on ``data`` (a folder of captioned videos; default the synthetic world), the
     whole transformer or, with ``lora_rank``, LoRA adapters only.
@@ -201,7 +235,9 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
     ``tokenizer/``), or the ``model.safetensors`` of an earlier run, which continues (the paper's
     two stages: a text-to-video run with ``chunk_sizes`` = the buffer, then streaming); such a run
     keeps its buffer, shift and LoRA adapters, and its base folder gives the VAE and text encoder.
-    ``buffer_frames`` (default 8) and ``shift`` (default 3) set a new model's.
+    ``buffer_frames`` (default 8) and ``shift`` (default 3) set a new model's. ``wan="new"`` trains
+    a Wan-architecture model from scratch: :func:`new_wan_base` (with the ``new`` options) makes
+    ``out/base/`` first, and the run then adapts it as any Wan folder.
 
     Writes ``out/model.safetensors`` in the format ComfyUI's Load Diffusion Model reads (and, with
     LoRA, ``out/model_lora.safetensors`` for its Load LoRA on the base); the StreamDiT Wan Model
@@ -209,11 +245,16 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
     """
     from safetensors import safe_open
 
-    from .wan import add_lora, has_lora, load_adapted_wan, load_wan, load_wan_vae
+    from .wan import add_lora, has_lora, load_adapted_wan, load_wan
+    from .wan_vae import load_wan_vae
     from .world import LatentPool
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if str(wan) == "new":
+        wan = new_wan_base(out / "base", data=data, size=size, seed=config.seed, log=log, **(new or {}))
+    elif new:
+        raise ValueError("the options of a new Wan base go with wan='new'")
     wan = Path(wan)
     shipped = out / "model.safetensors"
     if resume and shipped.exists():

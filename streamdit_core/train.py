@@ -407,6 +407,7 @@ class CodecTrainConfig:
     # change decodes the first frame after a background switch mottled (mean background
     # deviation 0.025 against 0.009).
     switch_share: float = 0.25
+    check_clips: int = 64  # fresh clips the final reconstruction MSE (and the calibration) is measured on
 
 
 def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, decoder_only: bool = False) -> float:
@@ -470,7 +471,7 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
     codec.eval()
     codec.encoder.requires_grad_(True)
     with torch.no_grad():
-        video, _ = world.batch(64, 8 * codec.time_factor, gen)
+        video, _ = world.batch(cfg.check_clips, 8 * codec.time_factor, gen)
         video = video.transpose(1, 2)
         if not decoder_only:
             codec.calibrate(video)

@@ -26,9 +26,8 @@ from .conditioning import FrameText, TextEmbedding, per_prompt
 from .schedule import SigmaWarp
 from .velocity import Geometry
 
-__all__ = ["LORA_TARGETS", "WAN_TIMESTEPS", "WanFrameRule", "WanVAE", "WanVelocity", "add_lora", "comfy_name",
-           "comfy_state_dict", "has_lora", "load_adapted_wan", "load_comfy_state_dict", "load_lora", "load_wan", "load_wan_vae",
-           "lora_state_dict", "tiny_wan_config", "tiny_wan_vae_config"]
+__all__ = ["LORA_TARGETS", "WAN_TIMESTEPS", "WanVelocity", "add_lora", "comfy_name", "comfy_state_dict", "has_lora",
+           "load_adapted_wan", "load_comfy_state_dict", "load_lora", "load_wan", "lora_state_dict", "tiny_wan_config"]
 
 WAN_TIMESTEPS = 1000  # Wan's timestep is 1000 sigma
 
@@ -146,107 +145,6 @@ def load_wan(source: str | os.PathLike | dict, buffer_frames: int, latent_size: 
                                     "or in its transformer/ folder)")
         transformer = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     return WanVelocity(transformer, buffer_frames, latent_size, shift)
-
-
-# --------------------------------------------------------------------------------------------
-# Wan 2.1's VAE as a streaming codec
-# --------------------------------------------------------------------------------------------
-
-class WanFrameRule:
-    """Wan 2.1's VAE time rule for streams: latents ``[b, C, F, h, w]`` in the model's space <->
-    video ``[b, 3, 4F, 8h, 8w]`` in 0..1, every latent standing for 4 frames.
-
-    Wan's VAE encodes and decodes the first latent of a clip as a single frame. Here a decode
-    puts one latent in front (a copy of the first, or the ``context`` latents before the chunk)
-    and drops the frames that gives; an encode puts a copy of the first frame in front and drops
-    its latent. Subclasses give the VAE's own calls: :meth:`_decode_clip` (model-space latents
-    ``[b, C, f, h, w]`` -> ``[b, 3, 1 + 4 (f - 1), H, W]`` in 0..1) and :meth:`_encode_clip`
-    (``[b, 3, 1 + 4k, H, W]`` in 0..1 -> ``[b, C, 1 + k, h, w]`` in model space).
-    """
-
-    time_factor = 4
-    latent_channels = 16
-    space_factor = 8
-    context = 2
-
-    def _decode_clip(self, z: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _encode_clip(self, video: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        """``[b, C, F, h, w]`` -> ``[b, 3, 4F, H, W]``: the first latent behind a copy of itself."""
-        return self._decode_clip(torch.cat([latents[:, :, :1], latents], 2))[:, :, 1:]
-
-    @torch.no_grad()
-    def decode_with_context(self, tail: Tensor, latents: Tensor) -> Tensor:
-        """The frames of ``latents`` decoded behind ``tail`` (the previous chunk's last latents)."""
-        k = tail.shape[2]
-        return self._decode_clip(torch.cat([tail, latents], 2))[:, :, 1 + 4 * (k - 1):]
-
-    @torch.no_grad()
-    def encode(self, video: Tensor) -> Tensor:
-        """``[b, 3, T, H, W]`` in 0..1 (T a multiple of 4) -> ``[b, C, T / 4, h, w]``: frames
-        4i..4i+3 make latent i (the first frame is encoded alone in front and dropped)."""
-        if video.dim() != 5 or video.shape[1] != 3 or video.shape[2] % 4:
-            raise ValueError(f"video must be [b, 3, T, H, W] with T a multiple of 4, got {list(video.shape)}")
-        return self._encode_clip(torch.cat([video[:, :, :1], video], 2))[:, :, 1:]
-
-
-class WanVAE(WanFrameRule):
-    """diffusers' ``AutoencoderKLWan`` (Wan 2.1's VAE) as a streaming codec, latents normalised
-    per channel with the VAE's ``latents_mean`` / ``latents_std`` as Wan's pipelines do."""
-
-    def __init__(self, vae: nn.Module):
-        self.vae = vae.eval()
-        config = vae.config
-        self.latent_channels = int(config.z_dim)
-        self.space_factor = 2 ** (len(config.dim_mult) - 1)
-        self.mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        self.std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
-
-    def _encode_clip(self, video: Tensor) -> Tensor:
-        dtype = next(self.vae.parameters()).dtype
-        z = self.vae.encode((video * 2 - 1).to(self.device, dtype)).latent_dist.mode().float()
-        return (z - self.mean.to(z.device)) / self.std.to(z.device)
-
-    def _decode_clip(self, z: Tensor) -> Tensor:
-        dtype = next(self.vae.parameters()).dtype
-        raw = z.float() * self.std.to(z.device) + self.mean.to(z.device)
-        video = self.vae.decode(raw.to(self.device, dtype), return_dict=False)[0]
-        return ((video.float() + 1) / 2).clamp(0, 1).to(z.device)
-
-
-def tiny_wan_vae_config(**overrides) -> dict:
-    """A small Wan VAE config (random weights, for tests): 16 latent channels, 8x in space, 4x in time."""
-    config = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
-                  temperal_downsample=[False, True, True])
-    config.update(overrides)
-    return config
-
-
-def load_wan_vae(source: str | os.PathLike | dict, dtype: torch.dtype = torch.float32) -> WanVAE:
-    """Wan 2.1's VAE from a diffusers folder (``vae/`` of a Wan repository, or that folder), from
-    disk only, or with random weights from a config dict (:func:`tiny_wan_vae_config`)."""
-    try:
-        from diffusers import AutoencoderKLWan
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"the Wan VAE needs diffusers: pip install -r requirements-train.txt; {err}") from None
-    if isinstance(source, dict):
-        vae = AutoencoderKLWan(**source)
-        return WanVAE(vae if dtype == torch.float32 else vae.to(dtype))
-    folder = os.fspath(source)
-    if os.path.isdir(os.path.join(folder, "vae")):
-        folder = os.path.join(folder, "vae")
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise FileNotFoundError(f"{source}: not a diffusers Wan VAE folder (no config.json in it or in its vae/ folder)")
-    return WanVAE(AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype, local_files_only=True))
 
 
 # --------------------------------------------------------------------------------------------

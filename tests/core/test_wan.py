@@ -194,25 +194,6 @@ def test_the_trainer_ships_a_wan_model_for_comfyui_and_its_lora_beside_it(tmp_pa
         assert "diffusion_model.blocks.1.cross_attn.v.lora_up.weight" in set(f.keys())
 
 
-def test_the_wan_vae_makes_one_latent_per_four_frames_and_decodes_chunks_behind_their_context():
-    from streamdit_core.wan import load_wan_vae, tiny_wan_vae_config
-
-    torch.manual_seed(0)
-    vae = load_wan_vae(tiny_wan_vae_config())
-    assert (vae.latent_channels, vae.space_factor, vae.time_factor) == (16, 8, 4)
-    video = torch.rand(1, 3, 12, 32, 32, generator=torch.Generator().manual_seed(0))
-    z = vae.encode(video)
-    assert z.shape == (1, 16, 3, 4, 4) and torch.isfinite(z).all()
-    whole = vae.decode(z)
-    assert whole.shape == (1, 3, 12, 32, 32) and 0 <= float(whole.min()) and float(whole.max()) <= 1
-    # a chunk decoded behind the latents before it gives just its own frames (the frame rule
-    # itself is checked on a stand-in VAE in tests/nodes/test_wan_codec.py)
-    tail = vae.decode_with_context(z[:, :, :2], z[:, :, 2:])
-    assert tail.shape == (1, 3, 4, 32, 32) and torch.isfinite(tail).all()
-    with pytest.raises(ValueError, match="multiple of 4"):
-        vae.encode(video[:, :, :6])
-
-
 def test_train_adapts_a_wan_folder_with_lora_and_ships_it_for_comfyui(tmp_path):
     """``train --init wan:FOLDER --lora R`` on a tiny random Wan in diffusers' layout (the
     transformer takes the default MiniLM text encoder's 384-wide states): the adapters train and
@@ -220,7 +201,7 @@ def test_train_adapts_a_wan_folder_with_lora_and_ships_it_for_comfyui(tmp_path):
     from safetensors import safe_open
 
     from streamdit_core.cli import main
-    from streamdit_core.wan import load_wan_vae, tiny_wan_vae_config
+    from streamdit_core.wan_vae import load_wan_vae, tiny_wan_vae_config
 
     torch.manual_seed(0)
     folder = tmp_path / "wan"
@@ -267,7 +248,8 @@ def test_distill_turns_a_lora_adapted_wan_into_a_one_step_lora_student(tmp_path)
     from safetensors import safe_open
 
     from streamdit_core.cli import main
-    from streamdit_core.wan import load_adapted_wan, load_wan_vae, tiny_wan_vae_config
+    from streamdit_core.wan import load_adapted_wan
+    from streamdit_core.wan_vae import load_wan_vae, tiny_wan_vae_config
 
     torch.manual_seed(0)
     folder = tmp_path / "wan"
@@ -307,7 +289,7 @@ def test_an_adapted_wan_continues_from_its_file_the_papers_two_stages(tmp_path):
     from safetensors.torch import load_file
 
     from streamdit_core.cli import main
-    from streamdit_core.wan import load_wan_vae, tiny_wan_vae_config
+    from streamdit_core.wan_vae import load_wan_vae, tiny_wan_vae_config
 
     torch.manual_seed(0)
     folder = tmp_path / "wan"
@@ -332,3 +314,34 @@ def test_an_adapted_wan_continues_from_its_file_the_papers_two_stages(tmp_path):
     with pytest.raises(SystemExit, match="its own buffer and shift"):
         main(["train", "--init", f"wan:{t2v / 'model.safetensors'}", "--out", str(stream),
               "--model-option", "buffer_frames=2"])
+
+
+def test_train_makes_a_new_wan_architecture_model_from_scratch_with_a_vae_for_comfyui(tmp_path):
+    from safetensors import safe_open
+
+    from streamdit_core.cli import main
+    from streamdit_core.data import render_world_folder
+    from streamdit_core.recipes import train_wan
+    from streamdit_core.wan_vae import COMFY_VAE_FILE
+
+    clips = render_world_folder(tmp_path / "clips", videos=3, seconds=2.5)
+    new = dict(vae_steps=2, vae_width=8, vae_batch=1, check_clips=2, transformer=dict(num_layers=1))
+    shipped = train_wan(tmp_path / "run", TrainConfig(steps=2, batch_size=2, warmup=1), "new",
+                        data=clips, size=32, buffer_frames=2, clips=4, new=new, log=lambda _: None)
+    base = tmp_path / "run" / "base"
+    assert (base / "vae" / "config.json").is_file() and (base / "transformer" / "config.json").is_file()
+    with safe_open(str(base / COMFY_VAE_FILE), framework="pt") as f:
+        assert f.metadata()["format"] == "comfyui-wan-vae" and f.metadata()["steps"] == "2"
+        assert f.metadata()["data"] == str(clips.resolve())
+    with safe_open(str(shipped), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "comfyui-wan" and meta["init"] == f"wan:{base.resolve()}" and meta["latent_size"] == "4,4"
+    # generate and evaluate load it as any model: its base folder's VAE, the MiniLM text encoder
+    from streamdit_core import Pipeline
+
+    pipe = Pipeline.load(shipped)
+    assert pipe.frame_size == (32, 32) and pipe.fps == 16 and pipe.codec.time_factor == 4
+    video = torch.cat([c.frames for c in pipe.frames("a red circle moving left on a black background", frames=8)])
+    assert video.shape == (8, 3, 32, 32) and torch.isfinite(video).all()
+    with pytest.raises(SystemExit, match="width=W and batch=N only"):
+        main(["train", "--init", "wan:new", "--out", str(tmp_path / "bad"), "--codec-option", "space_factor=4"])

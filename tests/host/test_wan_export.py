@@ -111,3 +111,27 @@ def test_the_lora_loads_with_comfyuis_lora_loader_onto_the_base(comfy, tmp_path)
         plain = _through_comfyui(comfy, tmp_path / "base.safetensors")(x, sigma, text)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(plain, expected, atol=1e-3)  # the LoRA changed the prediction
+
+
+def test_a_wan_vae_trained_here_loads_in_comfyuis_load_vae_and_codes_as_ours(comfy, tmp_path):
+    """:func:`streamdit_core.wan_vae.save_wan_vae` writes the file ComfyUI's Load VAE detects as a
+    Wan 2.1 VAE; decoding and encoding through it, with ComfyUI's Wan latent format, equal ours."""
+    import comfy.latent_formats
+
+    from nodes.wan import WanVideoCodec
+    from streamdit_core.wan_vae import new_wan_vae, save_wan_vae
+
+    torch.manual_seed(0)
+    vae = new_wan_vae(base_dim=8)
+    with torch.no_grad():
+        for p in vae.vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    video = torch.rand(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1))
+    vae.calibrate(video)
+    path = save_wan_vae(vae, tmp_path)
+    theirs = WanVideoCodec(comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path))), comfy.latent_formats.Wan21())
+    assert (theirs.latent_channels, theirs.space_factor) == (16, 8)
+    z = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.decode(z), vae.decode(z), atol=2e-3, rtol=0)
+        torch.testing.assert_close(theirs.encode(video[:1]), vae.encode(video[:1]), atol=2e-3, rtol=1e-3)
