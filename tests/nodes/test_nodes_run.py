@@ -94,10 +94,11 @@ def test_video_to_video_is_aligned_one_to_one_at_the_input_size(model):
     clip, _ = NODES["StreamDiTSampler"].execute(model, _schedule(RED), seconds=1.25, warm_start=True, **STREAM)
     clip = torch.nn.functional.interpolate(clip.permute(0, 3, 1, 2), size=(96, 80)).permute(0, 2, 3, 1)
     v2v = NODES["StreamDiTVideoToVideo"]
-    out, fps = v2v.execute(model, clip, _schedule(BLUE), strength=0.7, **STREAM)
+    out, fps = v2v.execute(model, clip, _schedule(BLUE), strength=0.8, **STREAM)
     assert out.shape == clip.shape == (20, 96, 80, 3) and fps == 16.0
     # Restyled: the frames that entered at the top of the buffer fully (the first buffer's worth
-    # entered lower, at their chunk's level, and keep more of the source).
+    # entered lower, at their chunk's level, and keep more of the source). At strength 0.7 the
+    # shipped model loses the subject instead in the second half of this clip (model card).
     assert _colors(out)[8:] == ["blue"] * 12
     # Frame i out is frame i in: at a low strength every frame stays close to its own source
     # frame, and further from its neighbours (the subject moves about 2 px a frame).
