@@ -399,6 +399,7 @@ def _run_generate(args) -> int:
                 bar.update(chunk.frames.shape[0])
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the writer has finished the file
         how = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        written = writer.frames_written  # a stop between two frames of a chunk: the frames the file holds
         if written == 0:
             print(f"generate: stopped by {how} before the first frame; nothing was written", file=sys.stderr)
         else:
