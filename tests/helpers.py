@@ -102,6 +102,7 @@ def gradient_worker(rank: int, world: int, port: int, config, x0, sigma, eps, to
         dist.all_gather_object(losses, float(loss.detach()))
         if rank == 0:
             torch.save({"grads": grads, "losses": losses, "sharded": type(next(model.parameters())).__name__}, out)
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (seen: SIGABRT)
     finally:
         dist.destroy_process_group()
 
@@ -146,5 +147,6 @@ def fsdp_resume_worker(rank: int, world: int, port: int, config, folder: str) ->
         torch.manual_seed(5)  # another init: the resumed state must replace it
         train(StreamDiT(config), Patterns(), encode_patterns, cfg, out=f"{folder}/stopped", resume=True,
               progress=False)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
