@@ -131,9 +131,7 @@ class Pipeline:
             codec_path = Path(codec_name) if Path(codec_name).is_absolute() else path.parent / codec_name
             codec = load_codec(codec_path, device=dev)
         text = TextEncoder()  # the only encoder shipped; other folders can be passed to TextEncoder
-        pipe = cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
-                   steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None,
-                   vocabulary=_vocabulary(meta))
+        pipe = cls._from_metadata(model, codec, text, path, meta)
         if fast == "auto":
             fast = FastPath.auto(dev) if dev.type == "cuda" else None
         return pipe.accelerate(fast) if fast is not None else pipe
@@ -152,7 +150,12 @@ class Pipeline:
         codec = load_wan_vae(base)
         codec.vae.to(dev)
         text = wan_text_encoder(base, None, model.config.text_dim)
-        return cls(model.eval(), codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
+        return cls._from_metadata(model.eval(), codec, text, path, meta)
+
+    @classmethod
+    def _from_metadata(cls, model, codec, text, path: Path, meta: dict[str, str]) -> "Pipeline":
+        """The pipeline of a loaded model: fps, guidance, steps per chunk and vocabulary from its file."""
+        return cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
                    steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None,
                    vocabulary=_vocabulary(meta))
 

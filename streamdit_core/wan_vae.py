@@ -26,6 +26,11 @@ __all__ = ["COMFY_VAE_FILE", "WanFrameRule", "WanVAE", "comfy_vae_state_dict", "
 COMFY_VAE_FILE = "vae_comfyui.safetensors"  # beside vae/ in a folder written by save_wan_vae
 
 
+def _check_video(video: Tensor) -> None:
+    if video.dim() != 5 or video.shape[1] != 3 or video.shape[2] % 4:
+        raise ValueError(f"video must be [b, 3, T, H, W] with T a multiple of 4, got {list(video.shape)}")
+
+
 class WanFrameRule:
     """Wan 2.1's VAE time rule for streams: latents ``[b, C, F, h, w]`` in the model's space <->
     video ``[b, 3, 4F, 8h, 8w]`` in 0..1, every latent standing for 4 frames.
@@ -64,8 +69,7 @@ class WanFrameRule:
     def encode(self, video: Tensor) -> Tensor:
         """``[b, 3, T, H, W]`` in 0..1 (T a multiple of 4) -> ``[b, C, T / 4, h, w]``: frames
         4i..4i+3 make latent i (the first frame is encoded alone in front and dropped)."""
-        if video.dim() != 5 or video.shape[1] != 3 or video.shape[2] % 4:
-            raise ValueError(f"video must be [b, 3, T, H, W] with T a multiple of 4, got {list(video.shape)}")
+        _check_video(video)
         return self._encode_clip(torch.cat([video[:, :, :1], video], 2))[:, :, 1:]
 
 
@@ -124,8 +128,7 @@ class WanVAE(WanFrameRule, nn.Module):
     def encode_raw(self, video: Tensor) -> Tensor:
         """Raw latents ``[b, C, T / 4, h, w]`` of ``[b, 3, T, H, W]`` in 0..1, with gradients
         (the frame rule of :meth:`encode`)."""
-        if video.dim() != 5 or video.shape[1] != 3 or video.shape[2] % 4:
-            raise ValueError(f"video must be [b, 3, T, H, W] with T a multiple of 4, got {list(video.shape)}")
+        _check_video(video)
         return self._mu(torch.cat([video[:, :, :1], video], 2))[:, :, 1:]
 
     def decode_raw(self, raw: Tensor) -> Tensor:
@@ -153,12 +156,7 @@ class WanVAE(WanFrameRule, nn.Module):
 def new_wan_vae(base_dim: int = 16, **overrides) -> WanVAE:
     """A Wan 2.1-architecture VAE with random weights, to train on your clips: Wan 2.1's layout
     (what ComfyUI's Load VAE recognises) at base width ``base_dim`` (Wan's own is 96)."""
-    from diffusers import AutoencoderKLWan
-
-    config = dict(base_dim=base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                  temperal_downsample=[False, True, True])
-    config.update(overrides)
-    return WanVAE(AutoencoderKLWan(**config))
+    return load_wan_vae(tiny_wan_vae_config(base_dim=base_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, **overrides))
 
 
 def tiny_wan_vae_config(**overrides) -> dict:
