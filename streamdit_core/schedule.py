@@ -312,10 +312,13 @@ class TrainingNoise:
     Attributes:
         sigma: float32 ``[batch, B]``.
         chunk_size: int64 ``[batch]``, frames per chunk for each sample (``B`` for the uniform scheme).
+        references: int64 ``[batch]``, clean reference frames of each sample (0 for the uniform
+            scheme); None where the sampler has no references to report.
     """
 
     sigma: Tensor
     chunk_size: Tensor
+    references: Tensor | None = None
 
 
 def _power_of_two_chunks(frames: int) -> tuple[int, ...]:
@@ -328,43 +331,58 @@ class MixedPartitions:
     """The mixed-scheme training sampler.
 
     Each sample draws a partition: with probability ``uniform_ratio`` the uniform (text-to-video)
-    scheme, one sigma for the whole buffer; otherwise a chunk size uniformly from
-    ``chunk_sizes``, then Eq. 8 noise for that partition. ``c = B - K`` in the set is the uniform
-    scheme too, so the default set already trains plain text-to-video one draw in five.
+    scheme, one sigma for the whole buffer; otherwise a reference count uniformly from ``K`` (when
+    it names several), a chunk size uniformly from those in ``chunk_sizes`` that divide
+    ``B - K``, then Eq. 8 noise for that partition. ``c = B - K`` in the set is the uniform scheme
+    too, so the default set already trains plain text-to-video one draw in five.
 
     Attributes:
         B: frames in the buffer.
-        chunk_sizes: chunk sizes to mix; each must divide ``B - K``. Default: the powers of two
-            dividing ``B - K`` and ``B - K`` itself, which for ``B = 16`` is the paper's best mix
-            {1, 2, 4, 8, 16}.
+        chunk_sizes: chunk sizes to mix. Each must divide ``B - K`` for some K of the mix, and
+            every K needs one. Default: the powers of two dividing ``B - K`` and ``B - K`` itself,
+            which for ``B = 16``, K = 0 is the paper's best mix {1, 2, 4, 8, 16}.
         uniform_ratio: extra probability of the uniform scheme, in ``[0, 1]``.
-        K: clean reference frames kept at sigma 0 in the chunked schemes.
+        K: clean reference frames kept at sigma 0 in the chunked schemes, or a tuple of counts to
+            mix (e.g. ``(0, 2)``: a model that streams with and without reference frames).
     """
 
     B: int = 16
     chunk_sizes: tuple[int, ...] | None = None
     uniform_ratio: float = 0.0
-    K: int = 0
+    K: int | tuple[int, ...] = 0
 
     def __post_init__(self) -> None:
-        frames = self.B - self.K
-        if self.K < 0 or frames < 1:
+        counts = (self.K,) if isinstance(self.K, int) else tuple(self.K)
+        if not counts or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 or k >= self.B
+                             for k in counts):
             raise ValueError(f"mixed partitions need 0 <= K < B, got B={self.B}, K={self.K}")
-        sizes = _power_of_two_chunks(frames) if self.chunk_sizes is None else tuple(self.chunk_sizes)
-        bad = [c for c in sizes if not isinstance(c, int) or c < 1 or frames % c]
-        if not sizes or bad:
-            raise ValueError(
-                f"chunk sizes {bad or list(sizes)} do not divide the {frames} streamed frames "
-                f"(B={self.B}, K={self.K}); use sizes that divide B - K"
-            )
+        counts = tuple(sorted(set(counts)))
+        sizes = {k: _power_of_two_chunks(self.B - k) for k in counts} if self.chunk_sizes is None else None
+        if sizes is None:
+            given = tuple(self.chunk_sizes)
+            bad = [c for c in given if not isinstance(c, int) or c < 1 or all((self.B - k) % c for k in counts)]
+            sizes = {k: tuple(c for c in given if c not in bad and (self.B - k) % c == 0) for k in counts}
+            lacking = [k for k in counts if not sizes[k]]
+            if not given or bad or lacking:
+                raise ValueError(
+                    f"chunk sizes {bad or list(given)} do not divide the {', '.join(str(self.B - k) for k in lacking or counts)} "
+                    f"streamed frames (B={self.B}, K={self.K}); use sizes that divide B - K"
+                )
         if not 0.0 <= self.uniform_ratio <= 1.0:
             raise ValueError(f"uniform_ratio must be in [0, 1], got {self.uniform_ratio}")
-        object.__setattr__(self, "chunk_sizes", tuple(sorted(set(sizes))))
+        object.__setattr__(self, "K", counts[0] if len(counts) == 1 else counts)
+        object.__setattr__(self, "chunk_sizes", tuple(sorted({c for v in sizes.values() for c in v})))
+        object.__setattr__(self, "_sizes", {k: tuple(sorted(set(v))) for k, v in sizes.items()})
+
+    @property
+    def reference_counts(self) -> tuple[int, ...]:
+        """The K values of the mix."""
+        return tuple(self._sizes)
 
     @property
     def partitions(self) -> tuple[Partition, ...]:
         """The chunked partitions in the mix (``s = 1``; training noise does not depend on ``s``)."""
-        return tuple(Partition.streamdit(self.B, c, K=self.K) for c in self.chunk_sizes)
+        return tuple(Partition.streamdit(self.B, c, K=k) for k, sizes in self._sizes.items() for c in sizes)
 
     def sample(
         self, batch: int, generator: torch.Generator | None = None, warp: SigmaWarp = IDENTITY
@@ -374,18 +392,24 @@ class MixedPartitions:
         Returns:
             :class:`TrainingNoise` with sigma ``[batch, B]``.
         """
-        sizes = torch.tensor(self.chunk_sizes, dtype=torch.int64)
-        pick = torch.randint(len(sizes), (batch,), generator=generator)
-        chunk = sizes[pick]  # [batch]
+        counts = self.reference_counts
+        which = torch.randint(len(counts), (batch,), generator=generator) if len(counts) > 1 else torch.zeros(batch, dtype=torch.int64)
+        groups = [(k, (which == i).nonzero().flatten()) for i, k in enumerate(counts)]
+        chunk = torch.zeros(batch, dtype=torch.int64)
+        for k, rows in groups:  # a chunk size per sample, from those its K allows
+            sizes = torch.tensor(self._sizes[k], dtype=torch.int64)
+            chunk[rows] = sizes[torch.randint(len(sizes), (len(rows),), generator=generator)]
         uniform = _uniform((batch,), generator) < self.uniform_ratio  # [batch]
-        frames = self.B - self.K
-        # Per-sample chunk index of every streamed frame and the sample's chunk count.
-        f = torch.arange(frames)  # [frames]
-        index = f[None, :] // chunk[:, None]  # [batch, frames]
-        u = _chunk_levels(index, (frames // chunk)[:, None], generator)  # [batch, frames]
-        sigma = torch.cat([u.new_zeros(batch, self.K), warp(u)], dim=1)  # [batch, B]
+        sigma = torch.zeros(batch, self.B, dtype=torch.float64)
+        for k, rows in groups:
+            frames = self.B - k
+            # Per-sample chunk index of every streamed frame and the sample's chunk count.
+            index = torch.arange(frames)[None, :] // chunk[rows][:, None]  # [rows, frames]
+            u = _chunk_levels(index, (frames // chunk[rows])[:, None], generator)  # [rows, frames]
+            sigma[rows, k:] = warp(u)  # references stay at 0
         # The uniform scheme: one level for all B frames, references included.
         flat = warp(_uniform((batch, 1), generator)).expand(batch, self.B)  # [batch, B]
         sigma = torch.where(uniform[:, None], flat, sigma)
         chunk = torch.where(uniform, torch.full_like(chunk, self.B), chunk)
-        return TrainingNoise(sigma=sigma.float(), chunk_size=chunk)
+        refs = torch.tensor(counts, dtype=torch.int64)[which].masked_fill(uniform, 0)
+        return TrainingNoise(sigma=sigma.float(), chunk_size=chunk, references=refs)

@@ -59,7 +59,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # about 1000 steps of memory
     chunk_sizes: tuple[int, ...] | None = None  # None: powers of two dividing B - K, and B - K
     uniform_ratio: float = 0.1  # extra share of plain text-to-video (one sigma for the buffer)
-    reference_frames: int = 0  # K clean frames at the output end in the chunked schemes
+    reference_frames: int | tuple[int, ...] = 0  # K clean frames at the output end in the chunked schemes (a tuple mixes counts)
     text_dropout: float = 0.1  # share of samples trained without text (classifier-free guidance)
     subject_weight: float = 0.0  # extra loss weight on latent pixels the subject covers (0: plain MSE)
     checkpoint_every: int = 500

@@ -229,3 +229,26 @@ def test_uniform_ratio_mixes_in_text_to_video_samples():
     assert (chunked[:, 2:].view(-1, 3, 2)[:, :, 0].diff(dim=1) > 0).all(), "levels rise to the input end"
     all_uniform = MixedPartitions(B=8, uniform_ratio=1.0).sample(50, torch.Generator().manual_seed(0))
     assert (all_uniform.chunk_size == 8).all()
+
+
+def test_mixed_reference_counts_draw_a_count_and_a_chunk_size_it_allows():
+    mix = MixedPartitions(B=8, K=(2, 0))
+    assert mix.reference_counts == (0, 2)
+    assert mix.chunk_sizes == (1, 2, 4, 6, 8)
+    assert {(q.K, q.c) for q in mix.partitions} == {(0, 1), (0, 2), (0, 4), (0, 8), (2, 1), (2, 2), (2, 6)}
+    noise = mix.sample(4000, torch.Generator().manual_seed(5))
+    refs, chunk = noise.references, noise.chunk_size
+    assert 0.45 < (refs == 2).float().mean() < 0.55
+    assert set(chunk[refs == 2].tolist()) == {1, 2, 6} and set(chunk[refs == 0].tolist()) == {1, 2, 4, 8}
+    with_refs = noise.sigma[refs == 2]
+    assert (with_refs[:, :2] == 0).all() and (with_refs[:, 2:] > 0).all()
+    for c in (1, 2, 6):  # Eq. 8 bands over the six streamed frames
+        rows = noise.sigma[(refs == 2) & (chunk == c)][:, 2:].view(-1, 6 // c, c)
+        assert (rows == rows[:, :, :1]).all()
+        band = torch.arange(6 // c)
+        assert (rows[:, :, 0] >= band / (6 // c) - 1e-6).all() and (rows[:, :, 0] <= (band + 1) / (6 // c) + 1e-6).all()
+    assert (noise.sigma[refs == 0] > 0).all()
+    with pytest.raises(ValueError, match="divide the 6 streamed frames"):
+        MixedPartitions(B=8, K=(0, 2), chunk_sizes=(4, 8))
+    with pytest.raises(ValueError, match="0 <= K < B"):
+        MixedPartitions(B=8, K=(0, 8))
