@@ -123,6 +123,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; StreamDiTConfig fields: {', '.join(sorted(known))}")
     buffer = options.get("buffer_frames", StreamDiTConfig.preset(preset).buffer_frames)
+    if codec is not None and not Path(codec).is_file():
+        raise FileNotFoundError(f"{codec}: no such codec file; leave the codec out to train one in {out}")
     existing = Path(codec) if codec is not None else Path(out) / "codec.safetensors"
     time_factor = load_codec(existing).time_factor if existing.exists() else (codec_config or CodecConfig()).time_factor
     world, record = clip_source(data, (buffer + 4) * time_factor, size, log)
@@ -171,11 +173,15 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                           cache=out / "latents", cache_key=json.dumps([record, str(codec_file.resolve()),
                                                                        stamp.st_size, stamp.st_mtime_ns]))
         encoder = TextEncoder()
-        codec_name = codec_file.name if codec_file.parent.resolve() == out.resolve() else str(codec_file)
+        # the model names its codec relative to its own folder, which is where loaders look
+        codec_name = Path(os.path.relpath(codec_file.resolve(), out.resolve())).as_posix()
         val = _validation_pool(world, autoencoder, B, B + 4, data, size, log)
+        refs = config.reference_frames if isinstance(config.reference_frames, tuple) else (config.reference_frames,)
+        # a model trained with reference frames streams with them by default (the most it learned)
+        recommended = {"reference_frames": str(max(refs))} if max(refs) > 0 else {}
         result = train(model, pool, encoder.encode, config, out=out, resume=resume, val_data=val,
                        metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
-                                 "guidance": f"{guidance:g}"})
+                                 "guidance": f"{guidance:g}", **recommended})
         log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     meta = read_metadata(codec_file)
     if decoder_steps > 0 and "decoder_refined_steps" not in meta:

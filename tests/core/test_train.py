@@ -172,24 +172,35 @@ def test_subject_weight_needs_batches_with_subject_cover():
         TrainConfig(subject_weight=-1.0)
 
 
-def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(tmp_path, capsys):
-    """``train`` with a given codec: the StreamDiT is trained on world clips and ships with the
-    codec's path and the recommended guidance; a resumed rerun of a finished run trains nothing."""
-    from streamdit_core.cli import main
-    from streamdit_core.pipeline import DEFAULT_MODEL
+def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(tmp_path, capsys, monkeypatch):
+    """``train`` with a given codec (a path relative to the working folder, outside the run): the
+    StreamDiT is trained on world clips and ships naming that codec so that it loads from anywhere,
+    with the recommended guidance; a resumed rerun of a finished run trains nothing."""
+    import shutil
 
-    codec = DEFAULT_MODEL.parent / "codec.safetensors"
-    args = ["train", "--out", str(tmp_path), "--codec", str(codec), "--steps", "2", "--batch-size", "2",
+    from streamdit_core.cli import main
+    from streamdit_core.pipeline import DEFAULT_MODEL, Pipeline
+
+    (tmp_path / "shared").mkdir()
+    shutil.copy(DEFAULT_MODEL.parent / "codec.safetensors", tmp_path / "shared" / "codec.safetensors")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--out", "run", "--codec", "shared/codec.safetensors", "--steps", "2", "--batch-size", "2",
             "--clips", "4", "--decoder-steps", "0", "--guidance", "3"]
     assert main(args) == 0
-    meta = read_metadata(tmp_path / "model.safetensors")
-    assert meta["step"] == "2" and meta["codec"] == str(codec) and meta["guidance"] == "3"
-    assert meta["world"] == "shapes-64" and load_checkpoint(tmp_path / "model.safetensors").config.buffer_frames == 8
+    meta = read_metadata(tmp_path / "run" / "model.safetensors")
+    assert meta["step"] == "2" and meta["codec"] == "../shared/codec.safetensors" and meta["guidance"] == "3"
+    assert meta["world"] == "shapes-64" and load_checkpoint(tmp_path / "run" / "model.safetensors").config.buffer_frames == 8
+    monkeypatch.chdir(tmp_path / "shared")  # elsewhere: the model still finds its codec
+    assert Pipeline.load(tmp_path / "run" / "model.safetensors").frame_size == (64, 64)
+    monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert main(args + ["--resume"]) == 0
     assert "already has its 2 steps" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="guidance must be at least 0"):
         main(args[:-1] + ["-1"])
+    with pytest.raises(SystemExit, match="no such codec file"):
+        main(["train", "--out", "run2", "--codec", "shared/typo.safetensors"])
+    assert not (tmp_path / "shared" / "typo.safetensors").exists() and not (tmp_path / "run2").exists()
 
 
 def test_train_takes_model_and_codec_options_and_names_bad_ones(tmp_path):
