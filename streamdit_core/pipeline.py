@@ -14,6 +14,7 @@ and yields decoded frames as they are produced.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class Pipeline:
     guidance: float = 1.0  # the checkpoint's recommended classifier-free guidance scale
     accelerated: Accelerated | None = None  # the model on a fast path (see accelerate), or None
     steps_per_chunk: int | None = None  # a distilled student's micro steps per chunk (None: not distilled)
+    # K the checkpoint recommends (its recommended_partition, or the reference_frames it was trained with)
+    reference_frames: int = 0
     vocabulary: frozenset[str] | None = None  # every word the model was trained on, when it is known
 
     def unknown_words(self, prompt: str) -> list[str]:
@@ -155,8 +158,10 @@ class Pipeline:
     @classmethod
     def _from_metadata(cls, model, codec, text, path: Path, meta: dict[str, str]) -> "Pipeline":
         """The pipeline of a loaded model: fps, guidance, steps per chunk and vocabulary from its file."""
+        recommended = json.loads(meta.get("recommended_partition", "{}"))
         return cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
                    steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None,
+                   reference_frames=int(recommended.get("K", meta.get("reference_frames", 0))),
                    vocabulary=_vocabulary(meta))
 
     def accelerate(self, path: FastPath | None = None) -> "Pipeline":
@@ -196,12 +201,17 @@ class Pipeline:
         return max(1, round(self.default_steps(chunks) / chunks))
 
     def default_partition(self, chunk: int = 2, steps: int | None = None) -> Partition:
-        """StreamDiT partition of this model's buffer: ``c = chunk``, ``T = steps`` (K = 0;
-        default: :meth:`default_steps_per_chunk` micro steps per chunk)."""
+        """StreamDiT partition of this model's buffer: ``c = chunk``, ``T = steps`` (default:
+        :meth:`default_steps_per_chunk` micro steps per chunk), with the checkpoint's recommended
+        :attr:`reference_frames` K when ``chunk`` divides the rest of the buffer (and ``steps``
+        splits evenly over its chunks), else K = 0."""
         B = self.geometry.buffer_frames
+        K = self.reference_frames
+        if not (0 < K < B and (B - K) % chunk == 0 and (steps is None or steps % ((B - K) // chunk) == 0)):
+            K = 0
         if steps is None:
-            return Partition.streamdit(B, chunk, s=self.default_steps_per_chunk(max(1, B // chunk)))
-        return Partition.streamdit(B, chunk, T=steps)
+            return Partition.streamdit(B, chunk, s=self.default_steps_per_chunk(max(1, (B - K) // chunk)), K=K)
+        return Partition.streamdit(B, chunk, T=steps, K=K)
 
     def encode(self, prompts: str | Sequence[str]):
         return self.text.encode(prompts).to(self.device)

@@ -281,7 +281,8 @@ class Streamer:
         """Starts the stream from uniform sampling of the whole buffer (the paper's Fig. 13).
 
         Runs ``steps`` Euler steps of ordinary text-to-video over all ``B`` frames (default
-        ``T``; must be a multiple of ``N``) and caches, for chunk ``j``, its frames at the moment
+        ``T``, and at least two per chunk band: a one-step-per-chunk student opened with ``N``
+        steps lost its subject from the start in some scenes; must be a multiple of ``N``) and caches, for chunk ``j``, its frames at the moment
         the shared level reaches that chunk's starting level; reference frames take the clean
         result. Uses ``steps - steps / N`` calls (all ``steps`` when ``K > 0``). The stream is
         unchanged until the last call returns; a video-to-video stream becomes text-to-video.
@@ -292,7 +293,7 @@ class Streamer:
         if text is not None:
             self.set_text(text)
         P, st = self.partition, self.state
-        steps = P.T if steps is None else steps
+        steps = max(P.T, 2 * P.N) if steps is None else steps
         if steps < P.N or steps % P.N:
             raise ValueError(f"warm-start steps={steps} must be a multiple of N={P.N} so each chunk's level is on the grid")
         gen = torch.Generator()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ from ..schedule import Partition
 from ..velocity import CallCounter, placement
 
 __all__ = ["SCHEMES", "CodecResult", "SchemeResult", "codec_round_trip", "compare_schemes", "drift", "fair_partition",
-           "prompt_switch", "scheme_partition", "seams"]
+           "prompt_switch", "scheme_name", "scheme_partition", "seams"]
 
 # name -> description. With a given T every scheme uses T denoising steps per frame; by default
 # each gets the model calls per video frame of the model's own partition (see fair_partition).
@@ -37,7 +38,13 @@ SCHEMES = {
     "diagonal": "c=1 (FIFO-style): one latent frame per chunk",
     "streamdit-c2": "c=2",
     "streamdit-c4": "c=4",
+    "streamdit-c2-k2": "c=2 with K=2 clean reference frames (the last two emitted) kept as context",
 }
+
+
+def scheme_name(partition: Partition) -> str:
+    """The scheme name of a StreamDiT partition (``streamdit-cC``, ``-kK`` with references)."""
+    return f"streamdit-c{partition.c}" + (f"-k{partition.K}" if partition.K else "")
 
 
 def scheme_partition(name: str, B: int, T: int) -> Partition:
@@ -46,8 +53,15 @@ def scheme_partition(name: str, B: int, T: int) -> Partition:
         return Partition(K=2, N=1, c=B - 2, s=T)
     if name == "diagonal":
         return Partition.streamdit(B, 1, T=T)
-    if name.startswith("streamdit-c"):
-        return Partition.streamdit(B, int(name[len("streamdit-c"):]), T=T)
+    found = re.fullmatch(r"streamdit-c(\d+)(?:-k(\d+))?", name)
+    if found:
+        K = int(found[2] or 0)
+        c = int(found[1])
+        if (B - K) % c or B - K < c:
+            raise ValueError(f"scheme {name!r} needs c={c} to divide the {B - K} frames of a buffer of {B} with K={K}")
+        N = (B - K) // c
+        # with references the chunk count may not divide T (N = 3 for T = 16): the nearest lower T
+        return Partition.streamdit(B, c, T=max(N, T - T % N) if K else T, K=K)
     raise ValueError(f"unknown scheme {name!r}; schemes: {', '.join(SCHEMES)}")
 
 

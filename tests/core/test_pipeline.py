@@ -62,3 +62,15 @@ def test_prompt_schedule_validation_names_the_problem():
         PromptSchedule(((0.0, " "),))
     s = PromptSchedule(((0.0, "x"), (2.0, "y")))
     assert (s.at(0), s.at(1.99), s.at(2.0), s.at(50)) == ("x", "x", "y", "y")
+
+
+def test_the_recommended_reference_frames_shape_the_default_partition_where_they_fit():
+    pipe = Pipeline(randomized(PIXEL_CONFIG), PixelCodec(), Words(), 4, reference_frames=2)
+    B = pipe.geometry.buffer_frames
+    P = pipe.default_partition()
+    assert (P.K, P.N, P.c) == (2, (B - 2) // 2, 2)
+    assert pipe.default_partition(chunk=B).K == 0, "a chunk that does not divide B - K streams without references"
+    assert pipe.default_partition(2, steps=(B - 2) // 2 * 3) == P.__class__(K=2, N=(B - 2) // 2, c=2, s=3)
+    chunks = next(iter(pipe.frames("abc", P, seed=1))).frames
+    assert chunks.shape[0] >= 2 and torch.isfinite(chunks).all()
+    assert Pipeline(randomized(PIXEL_CONFIG), PixelCodec(), Words(), 4).default_partition().K == 0
