@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import signal
 import sys
 import time
@@ -107,6 +108,9 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=_positive(int), default=None, help="samples per step and process")
     p.add_argument("--lr", type=_positive(float), default=None)
     p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partition chunk sizes to mix, e.g. 1,2,4,8")
+    p.add_argument("--reference-frames", type=_chunk_sizes, default=None, metavar="K[,K...]",
+                   help="clean reference frames (the last frames emitted) kept in the buffer in the chunked schemes; "
+                        "several counts are mixed, e.g. 0,2 (default 0)")
     p.add_argument("--uniform-ratio", type=float, default=None, help="extra share of plain text-to-video samples")
     p.add_argument("--subject-weight", type=float, default=None,
                    help="extra loss weight on latent pixels the subject covers (default 0: plain MSE)")
@@ -142,8 +146,10 @@ def _run_train(args) -> int:
     if args.guidance < 0:
         raise SystemExit(f"--guidance must be at least 0, got {args.guidance}")
     torch.manual_seed(args.seed)
+    refs = args.reference_frames
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk_sizes=args.chunk_sizes,
-                       uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight)
+                       uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight,
+                       reference_frames=refs[0] if refs is not None and len(refs) == 1 else refs)
     overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing)
     try:
         config = TrainConfig(seed=args.seed, **overrides)
@@ -162,6 +168,8 @@ def _run_train(args) -> int:
     if args.lora is not None or args.text_encoder is not None:
         raise SystemExit("--lora and --text-encoder adapt a Wan model: use them with --init wan:FOLDER")
     init = Path(args.init) if args.init is not None else None
+    if args.codec is not None and not args.codec.is_file():
+        raise SystemExit(f"--codec {args.codec}: no such codec file; leave --codec out to train one in {args.out}")
     try:
         train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
@@ -248,6 +256,9 @@ def _add_distill(sub) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="the teacher's guidance scale (default: the teacher checkpoint's recommendation)")
     p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partitions to distil, e.g. 2 or 1,2,4")
+    p.add_argument("--reference-frames", type=int, default=None, metavar="K",
+                   help="clean reference frames in the student's partitions (default 0); the student's file "
+                        "recommends its partition, which generate, the nodes and evaluate then stream by default")
     p.add_argument("--data", type=Path, default=None,
                    help="a folder of captioned videos to distil on (default: what the teacher was trained on)")
     p.add_argument("--size", type=_positive(int), default=None,
@@ -278,7 +289,7 @@ def _run_distill(args) -> int:
         meta = read_metadata(teacher)  # checks it is a StreamDiT checkpoint
     guidance = float(meta.get("guidance", "1")) if args.guidance is None else args.guidance
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=args.teacher_steps,
-                       chunk_sizes=args.chunk_sizes)
+                       chunk_sizes=args.chunk_sizes, reference_frames=args.reference_frames)
     if args.text_encoder is not None and not wan:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     t0 = time.perf_counter()
@@ -318,7 +329,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
     p.add_argument("--model", type=Path, default=None, help=_MODEL_HELP)
-    p.add_argument("--chunk", type=_positive(int), default=2, help="latent frames per chunk c (default 2)")
+    p.add_argument("--chunk", type=_positive(int), default=2,
+                   help="latent frames per chunk c (default 2); the model's recommended reference frames K "
+                        "(2 for the embedded models) stay in the buffer when c divides the rest of it")
     p.add_argument("--steps", type=_positive(int), default=None,
                    help="denoising steps per frame T = s*N (default: N, one per chunk, for a distilled student "
                         "such as the embedded default; 16 otherwise)")
@@ -435,7 +448,9 @@ def _add_evaluate(sub) -> None:
                                    "(color, shape, direction, background read from pixels) and VBench-style "
                                    "scores; then a long-stream drift check and prompt-switch checks.")
     p.add_argument("--model", type=Path, default=None, help=_MODEL_HELP)
-    p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated, from {', '.join(SCHEMES)}")
+    p.add_argument("--schemes", default=",".join(SCHEMES),
+                   help=f"comma-separated, from {', '.join(SCHEMES)}, or any streamdit-cC or streamdit-cC-kK "
+                        "(c = C frames per chunk, K clean reference frames)")
     p.add_argument("--seconds", type=_positive(float), default=4.0, help="video per scene and scheme (default 4)")
     p.add_argument("--steps", type=_positive(int), default=None,
                    help="denoising steps per frame T for every scheme (default: each scheme gets the model calls "
@@ -466,13 +481,18 @@ def _run_evaluate(args) -> int:
     from .pipeline import Pipeline
     from .world import held_out_scenes
     from .prompts import SWITCH_MODES, PromptSwitch
-    from .world.evaluate import SCHEMES, codec_round_trip, compare_schemes, drift, prompt_switch, seams
+    from .world.evaluate import SCHEMES, codec_round_trip, compare_schemes, drift, prompt_switch, scheme_partition, seams
 
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
-    unknown = [s for s in schemes if s not in SCHEMES]
+    unknown = [s for s in schemes if s not in SCHEMES and not re.fullmatch(r"streamdit-c\d+(-k\d+)?", s)]
     if unknown:
-        raise SystemExit(f"unknown schemes {unknown}; choose from {', '.join(SCHEMES)}")
+        raise SystemExit(f"unknown schemes {unknown}; choose from {', '.join(SCHEMES)}, or streamdit-cC[-kK]")
     pipe = Pipeline.load(args.model, device=args.device)
+    try:
+        for name in schemes:
+            scheme_partition(name, pipe.geometry.buffer_frames, 16)
+    except ValueError as err:
+        raise SystemExit(f"--schemes: {err}") from None
     g = pipe.guidance if args.guidance is None else args.guidance
     modes = [m.strip() for m in args.switch_modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in SWITCH_MODES]

@@ -62,7 +62,7 @@ def test_generate_rejects_bad_input_with_a_clear_message(tmp_path):
     run = _generate("--prompt", "x", "--model", "nosuch.safetensors", "--out", str(tmp_path / "a.mp4"))
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "nosuch.safetensors: no such model file" in run.stderr and "'embedded-teacher'" in run.stderr
-    run = _generate("--prompt", "x", "--chunk", "3", "--out", str(tmp_path / "a.mp4"))
+    run = _generate("--prompt", "x", "--chunk", "5", "--out", str(tmp_path / "a.mp4"))  # divides neither 8 nor 8 - K
     assert run.returncode != 0 and "bad partition" in run.stderr
 
 
