@@ -33,9 +33,10 @@ def model_input(tooltip: str = "From StreamDiT Model Loader (or StreamDiT Wan Mo
 def partition_inputs() -> list:
     """K, N, c, s widgets; the defaults fit the embedded model's 8-frame buffer (B = K + N c)."""
     return [
-        io.Int.Input("reference_frames", default=0, min=0, max=64, tooltip=
-                     "K: clean frames kept at the output end of the buffer as context."),
-        io.Int.Input("chunks", default=4, min=1, max=64, tooltip=
+        io.Int.Input("reference_frames", default=2, min=0, max=64, tooltip=
+                     "K: the last frames emitted, kept clean at the output end of the buffer as context "
+                     "(the embedded models move smoothest with 2; 0 for a model trained without them)."),
+        io.Int.Input("chunks", default=3, min=1, max=64, tooltip=
                      "N: chunks in the buffer, each at its own noise band. K + N x c must equal the "
                      "model's buffer (8 latent frames for the embedded model)."),
         io.Int.Input("chunk_frames", default=2, min=1, max=64, tooltip=
@@ -53,7 +54,7 @@ def stream_inputs() -> list:
                      "Seeds all of the stream's noise: the same seed gives the same video."),
         io.Float.Input("guidance", default=0.0, min=0.0, max=20.0, step=0.5, tooltip=
                        "Classifier-free guidance scale. 0 uses the model's recommended scale "
-                       "(none for the embedded default, 5 for its teacher); 1 turns guidance off."),
+                       "(none for the embedded default, 2 for its teacher); 1 turns guidance off."),
         io.Combo.Input("switch_mode", options=list(SWITCH_MODES), default="immediate", tooltip=
                        "How a new prompt takes over: immediate (every buffered frame still below "
                        "half formed at once, as in the paper; nearly finished frames end as they "
@@ -77,9 +78,10 @@ def make_partition(pipe: Pipeline, reference_frames: int, chunks: int, chunk_fra
     P = Partition(K=reference_frames, N=chunks, c=chunk_frames, s=steps_per_chunk)
     B = pipe.geometry.buffer_frames
     if P.B != B:
-        fits = [f"N={B // c}, c={c}" for c in range(1, B + 1) if B % c == 0]
+        K = P.K if P.K < B else 0
+        fits = [f"N={(B - K) // c}, c={c}" for c in range(1, B - K + 1) if (B - K) % c == 0]
         raise ValueError(f"reference_frames + chunks x chunk_frames = {P.K} + {P.N} x {P.c} = {P.B} latent frames, "
-                         f"but this model's buffer holds {B}; with K=0 choose one of: {'; '.join(fits)}")
+                         f"but this model's buffer holds {B}; with K={K} choose one of: {'; '.join(fits)}")
     return P
 
 

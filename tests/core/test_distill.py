@@ -91,7 +91,8 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
     assert pipe.guidance == 1.0 and pipe.steps_per_chunk == 1
     assert pipe.default_partition() == Partition(K=0, N=4, c=2, s=1)
     assert read_metadata(out / "model.safetensors")["teacher"] == "teacher.safetensors"  # the embedded teacher
-    assert Pipeline.load("embedded-teacher", device="cpu").default_partition() == Partition(K=0, N=4, c=2, s=4)
+    # the embedded teacher recommends K = 2 reference frames: N = 3 chunks of 2, 16 / 3 -> 5 steps each
+    assert Pipeline.load("embedded-teacher", device="cpu").default_partition() == Partition(K=2, N=3, c=2, s=5)
     video = tmp_path / "v"
     assert main(["generate", "--model", str(out / "model.safetensors"), "--prompt", "a red circle moving left on a "
                  "black background", "--seconds", "0.5", "--out", f"{video}/"]) == 0
@@ -100,13 +101,14 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
     assert main(["bench", "--model", "embedded-teacher", "--model", str(out / "model.safetensors"), "--variants",
                  "window/eager/fp32", "--calls", "2", "--stream-frames", "8", "--json", str(tmp_path / "b.json")]) == 0
     table = capsys.readouterr().out.split("| subject |")[-1]
-    assert "| embedded-teacher | K=0 N=4 c=2 s=4 | 4 (8) |" in table  # s guided calls, two branches each
+    assert "| embedded-teacher | K=2 N=3 c=2 s=5 | 5 (10) |" in table  # s guided calls, two branches each
     assert "model.safetensors | K=0 N=4 c=2 s=1 | 1 (1) |" in table
 
 
 def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():
     """One unguided call per chunk of the embedded default lands nearer the embedded teacher's guided
-    4-step stream than the teacher's own one unguided call per chunk does (same scenes and noise)."""
+    4-step stream (K = 2, the partition it was distilled for) than the teacher's own one unguided
+    call per chunk does (same scenes and noise)."""
     from streamdit_core.world import held_out_scenes
     from streamdit_core.world.evaluate import _stream
     from streamdit_core import Pipeline, PromptSchedule
@@ -117,17 +119,18 @@ def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():
     from streamdit_core.pipeline import DEFAULT_MODEL
 
     student, teacher = Pipeline.load(device="cpu"), Pipeline.load("embedded-teacher", device="cpu")
-    assert student.default_partition() == Partition(K=0, N=4, c=2, s=1) and student.guidance == 1.0
-    assert teacher.default_partition() == Partition(K=0, N=4, c=2, s=4) and teacher.guidance == 2.0
-    distilled_at = json.loads(read_metadata(DEFAULT_MODEL)["distilled"])["guidance"]
-    assert distilled_at == teacher.guidance  # the student learned the teacher at its recommendation
+    one_step = Partition(K=2, N=3, c=2, s=1)  # the partition the student was distilled for
+    assert student.default_partition() == one_step and student.guidance == 1.0
+    assert teacher.default_partition() == Partition(K=2, N=3, c=2, s=5) and teacher.guidance == 2.0
+    distilled = json.loads(read_metadata(DEFAULT_MODEL)["distilled"])
+    assert distilled["guidance"] == teacher.guidance  # the student learned the teacher at its recommendation
+    assert distilled["reference_frames"] == 2 and distilled["teacher_steps"] == 12
     schedules = [PromptSchedule.single(s.caption) for s in held_out_scenes()[:4]]
-    guided = _stream(teacher, schedules, teacher.default_partition(), 16, 0, 4, guidance=teacher.guidance)
-    one_step = Partition(K=0, N=4, c=2, s=1)
+    guided = _stream(teacher, schedules, Partition(K=2, N=3, c=2, s=4), 16, 0, 4, guidance=teacher.guidance)
     shortcut = _stream(teacher, schedules, one_step, 16, 0, 4, guidance=1.0)
     distilled = _stream(student, schedules, one_step, 16, 0, 4, guidance=1.0)
     gap_teacher = float((shortcut - guided).abs().mean())
     gap_student = float((distilled - guided).abs().mean())
-    # measured on the shipped pair (second generation): 0.034 against 0.048 (mean absolute
-    # pixel difference); an undistilled copy of the teacher would read 1.0 of it
+    # measured on the shipped pair (third generation): 0.020 against 0.034 (mean absolute pixel
+    # difference); an undistilled copy of the teacher would read 1.0 of it
     assert gap_student < 0.85 * gap_teacher, (gap_student, gap_teacher)

@@ -235,14 +235,16 @@ def test_switch_settings_are_checked():
 def test_embedded_model_per_chunk_switch_changes_only_frames_entering_after_it():
     """On the embedded model, a color switch made when frame 16 enters the buffer: per chunk,
     every frame before 16 keeps the old color and every frame from 16 on has the new one; an
-    immediate switch at the same moment also recolors frames already in the buffer."""
+    immediate switch at the same moment also recolors frames already in the buffer. (Streamed
+    without reference frames: with its default K = 2 the student turns frames 14-15, the chunk
+    just before the switch, blue too, though their text is red.)"""
     from streamdit_core.world import detect
 
     pipe = Pipeline.load()
     colors = {}
     for mode in ("chunk", "immediate"):
-        session = pipe.session("a red circle moving right on a black background", seed=0,
-                               switch=PromptSwitch(mode))
+        session = pipe.session("a red circle moving right on a black background", Partition(K=0, N=4, c=2, s=1),
+                               seed=0, switch=PromptSwitch(mode))
         session.start()
         frames = []
         while sum(f.shape[0] for f in frames) < 24:
