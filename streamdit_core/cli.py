@@ -252,13 +252,14 @@ def _add_distill(sub) -> None:
     p.add_argument("--steps", type=_positive(int), default=None, help="distillation steps")
     p.add_argument("--batch-size", type=_positive(int), default=None, help="samples per step and process")
     p.add_argument("--lr", type=_positive(float), default=None)
-    p.add_argument("--teacher-steps", type=_positive(int), default=None, help="the teacher's T (default 16)")
+    p.add_argument("--teacher-steps", type=_positive(int), default=None, help="the teacher's T (default 16; with reference frames from the teacher, 4 per chunk)")
     p.add_argument("--guidance", type=float, default=None,
                    help="the teacher's guidance scale (default: the teacher checkpoint's recommendation)")
     p.add_argument("--chunk-sizes", type=_chunk_sizes, default=None, help="partitions to distil, e.g. 2 or 1,2,4")
     p.add_argument("--reference-frames", type=int, default=None, metavar="K",
-                   help="clean reference frames in the student's partitions (default 0); the student's file "
-                        "recommends its partition, which generate, the nodes and evaluate then stream by default")
+                   help="clean reference frames in the student's partitions (default: the teacher's recommendation, "
+                        "2 for the embedded teacher, with --teacher-steps 4 per chunk); the student's file recommends "
+                        "its partition, which generate, evaluate and bench then stream by default")
     p.add_argument("--data", type=Path, default=None,
                    help="a folder of captioned videos to distil on (default: what the teacher was trained on)")
     p.add_argument("--size", type=_positive(int), default=None,
@@ -288,8 +289,16 @@ def _run_distill(args) -> int:
     if not wan:
         meta = read_metadata(teacher)  # checks it is a StreamDiT checkpoint
     guidance = float(meta.get("guidance", "1")) if args.guidance is None else args.guidance
-    overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=args.teacher_steps,
-                       chunk_sizes=args.chunk_sizes, reference_frames=args.reference_frames)
+    refs, teacher_steps = args.reference_frames, args.teacher_steps
+    if refs is None and not wan:  # the reference frames the teacher streams with, and 4 of its steps per chunk
+        refs = int(meta.get("reference_frames", "0"))
+        if refs and teacher_steps is None:
+            import json
+
+            B = json.loads(meta["config"])["buffer_frames"]
+            teacher_steps = 4 * ((B - refs) // min(args.chunk_sizes or (2,)))
+    overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=teacher_steps,
+                       chunk_sizes=args.chunk_sizes, reference_frames=refs)
     if args.text_encoder is not None and not wan:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     t0 = time.perf_counter()

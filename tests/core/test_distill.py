@@ -3,6 +3,8 @@ result on noise it never trained on; the student streams with one call per chunk
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -89,7 +91,9 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
     assert (out / "model.safetensors").exists() and (out / "codec.safetensors").exists()
     pipe = Pipeline.load(out / "model.safetensors", device="cpu")
     assert pipe.guidance == 1.0 and pipe.steps_per_chunk == 1
-    assert pipe.default_partition() == Partition(K=0, N=4, c=2, s=1)
+    # the teacher's reference frames by default, against 4 of its guided steps per chunk (T = 12)
+    assert pipe.default_partition() == Partition(K=2, N=3, c=2, s=1)
+    assert json.loads(read_metadata(out / "model.safetensors")["distilled"])["teacher_steps"] == 12
     assert read_metadata(out / "model.safetensors")["teacher"] == "teacher.safetensors"  # the embedded teacher
     # the embedded teacher recommends K = 2 reference frames: N = 3 chunks of 2, 16 / 3 -> 5 steps each
     assert Pipeline.load("embedded-teacher", device="cpu").default_partition() == Partition(K=2, N=3, c=2, s=5)
@@ -102,7 +106,11 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
                  "window/eager/fp32", "--calls", "2", "--stream-frames", "8", "--json", str(tmp_path / "b.json")]) == 0
     table = capsys.readouterr().out.split("| subject |")[-1]
     assert "| embedded-teacher | K=2 N=3 c=2 s=5 | 5 (10) |" in table  # s guided calls, two branches each
-    assert "model.safetensors | K=0 N=4 c=2 s=1 | 1 (1) |" in table
+    assert "model.safetensors | K=2 N=3 c=2 s=1 | 1 (1) |" in table
+    k0 = tmp_path / "k0"  # asked for: a student without reference frames
+    assert main(["distill", "--out", str(k0), "--steps", "1", "--batch-size", "2", "--clips", "8",
+                 "--reference-frames", "0"]) == 0
+    assert Pipeline.load(k0 / "model.safetensors", device="cpu").default_partition() == Partition(K=0, N=4, c=2, s=1)
 
 
 def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():
@@ -112,10 +120,6 @@ def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():
     from streamdit_core.world import held_out_scenes
     from streamdit_core.world.evaluate import _stream
     from streamdit_core import Pipeline, PromptSchedule
-
-    import json
-
-    from streamdit_core.checkpoint import read_metadata
     from streamdit_core.pipeline import DEFAULT_MODEL
 
     student, teacher = Pipeline.load(device="cpu"), Pipeline.load("embedded-teacher", device="cpu")
