@@ -29,7 +29,7 @@ from ..schedule import Partition
 from ..velocity import CallCounter, placement
 
 __all__ = ["SCHEMES", "CodecResult", "SchemeResult", "codec_round_trip", "compare_schemes", "drift", "fair_partition",
-           "prompt_switch", "scheme_name", "scheme_partition", "seams"]
+           "prompt_switch", "scheme_partition", "seams"]
 
 # name -> description. With a given T every scheme uses T denoising steps per frame; by default
 # each gets the model calls per video frame of the model's own partition (see fair_partition).
@@ -40,11 +40,6 @@ SCHEMES = {
     "streamdit-c4": "c=4",
     "streamdit-c2-k2": "c=2 with K=2 clean reference frames (the last two emitted) kept as context",
 }
-
-
-def scheme_name(partition: Partition) -> str:
-    """The scheme name of a StreamDiT partition (``streamdit-cC``, ``-kK`` with references)."""
-    return f"streamdit-c{partition.c}" + (f"-k{partition.K}" if partition.K else "")
 
 
 def scheme_partition(name: str, B: int, T: int) -> Partition:
@@ -62,7 +57,7 @@ def scheme_partition(name: str, B: int, T: int) -> Partition:
         N = (B - K) // c
         # with references the chunk count may not divide T (N = 3 for T = 16): the nearest lower T
         return Partition.streamdit(B, c, T=max(N, T - T % N) if K else T, K=K)
-    raise ValueError(f"unknown scheme {name!r}; schemes: {', '.join(SCHEMES)}")
+    raise ValueError(f"unknown scheme {name!r}; schemes: {', '.join(SCHEMES)}, or any streamdit-cC-kK")
 
 
 def fair_partition(name: str, B: int, calls_per_frame: float) -> Partition:
