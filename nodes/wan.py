@@ -10,7 +10,9 @@ sample. :class:`ComfyVelocity` fits a ComfyUI MODEL to the velocity protocol
 - The schedule's sigma warp is the model's shift (ComfyUI's ``time_snr_shift``, what
   ModelSamplingSD3 sets), unless one is given.
 - Text comes from the CLIP input (token states ``[1, L, D]``, cached per prompt); classifier-free
-  guidance runs the negative prompt as the second half of one batched call.
+  guidance runs the negative prompt as the second half of one batched call. With no CLIP, the
+  pack's own text encoder (all-MiniLM-L6-v2) zero-padded to the model's text width: what a small
+  Wan model made here from scratch (``train --init wan:new``) was trained on.
 - ComfyUI's model management loads the model to its device before calls (and may offload it
   between runs).
 
@@ -139,6 +141,12 @@ class WanVideoCodec(WanFrameRule):
         return torch.cat(out).to(video.device)
 
 
+def text_width(model) -> int:
+    """The width of the text token states a ComfyUI Wan MODEL takes (4096 for Wan 2.1's umT5)."""
+    embedding = model.model.diffusion_model.text_embedding[0]  # Linear(text width, model width)
+    return int(embedding.weight.shape[1])
+
+
 def comfy_pipeline(model, clip, vae, *, width: int = 832, height: int = 480, buffer_frames: int = 8,
                    guidance: float = 5.0, negative_prompt: str = "", shift: float = 0.0, fps: int = WAN_FPS,
                    context: int = 2) -> Pipeline:
@@ -146,6 +154,8 @@ def comfy_pipeline(model, clip, vae, *, width: int = 832, height: int = 480, buf
 
     Args:
         model, clip, vae: ComfyUI's MODEL (a text-to-video Wan 2.1-format model), CLIP and VAE.
+            ``clip`` None: the pack's MiniLM text encoder, zero-padded to the model's text width
+            (for Wan-architecture models trained here with ``train --init wan:new``).
         width, height: default frame size in pixels (multiples of 16).
         buffer_frames: latent frames in the moving buffer (B = K + N c; 4 video frames each).
         guidance: the recommended classifier-free guidance scale (1 = none, for distilled models).
@@ -175,7 +185,17 @@ def comfy_pipeline(model, clip, vae, *, width: int = 832, height: int = 480, buf
         raise ValueError(f"buffer_frames must be at least 1, got {buffer_frames}")
     shift = float(shift) if shift > 0 else float(getattr(base.model_sampling, "shift", 1.0))
     geometry = Geometry(buffer_frames, channels, (height // space, width // space), patch, SigmaWarp.shift(shift))
-    text = ComfyText(clip)
+    if clip is not None:
+        text = ComfyText(clip)
+    else:
+        from streamdit_core import TextEncoder
+
+        width = text_width(model)
+        text = TextEncoder(width=width)
+        if width < text.native_dim:
+            raise ValueError(f"with no CLIP input the pack's {text.name} text encoder gives {text.native_dim}-wide "
+                             f"text and this model takes {width}-wide text; connect the model's own text encoder "
+                             "(Load CLIP)")
     negative = text.encode([negative_prompt]) if guidance != 1.0 else None
     velocity = ComfyVelocity(model, geometry, negative)
     return Pipeline(velocity, WanVideoCodec(vae, base.latent_format, context), text, int(fps), None, float(guidance))
@@ -194,8 +214,10 @@ class StreamDiTWanModel(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1 text-to-video model (Load Diffusion Model, from "
                                                 "models/diffusion_models/)."),
-                io.Clip.Input("clip", tooltip="Its text encoder, umt5_xxl (Load CLIP, type wan, from "
-                                              "models/text_encoders/)."),
+                io.Clip.Input("clip", optional=True, tooltip=
+                              "Its text encoder, umt5_xxl (Load CLIP, type wan, from models/text_encoders/). Leave "
+                              "it unconnected for a small Wan model trained by this pack from scratch (train "
+                              "--init wan:new): the pack's own MiniLM text encoder then reads the prompts."),
                 io.Vae.Input("vae", tooltip="The Wan 2.1 VAE (Load VAE, from models/vae/)."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip=
                              "Frame width in pixels (a multiple of 16)."),
@@ -221,8 +243,8 @@ class StreamDiTWanModel(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, width, height, buffer_frames, guidance, negative_prompt, shift, fps,
-                decode_context=2) -> io.NodeOutput:
+    def execute(cls, model, vae, width, height, buffer_frames, guidance, negative_prompt, shift, fps,
+                decode_context=2, clip=None) -> io.NodeOutput:
         return io.NodeOutput(comfy_pipeline(model, clip, vae, width=width, height=height, buffer_frames=buffer_frames,
                                             guidance=guidance, negative_prompt=negative_prompt, shift=shift, fps=fps,
                                             context=decode_context))

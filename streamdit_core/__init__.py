@@ -18,8 +18,9 @@ and users rely on), by the module it lives in:
 - ``runtime``: :class:`Runtime` (denoise and decode threads), :class:`RuntimeStats`.
 - ``video``: :func:`open_writer`, :func:`read_video`.
 - ``wan_vae``: :class:`WanFrameRule` (Wan 2.1's VAE time rule, for codecs over a Wan VAE).
+- ``text``: :class:`TextEncoder` (transformers itself is imported when a prompt is first encoded).
 
-Around them, imported on demand: ``text`` (TextEncoder), ``codec`` (latent codecs, seam-free
+Around them, imported on demand: ``codec`` (latent codecs, seam-free
 chunk decoding), ``attention``, ``guidance``, ``world`` (the synthetic world, its metrics and
 evaluation), ``train``, ``distill``, ``accel`` (the GPU fast path), ``bench``, and the CLI
 ``python -m streamdit_core generate|train|distill|evaluate|bench``.
@@ -33,6 +34,7 @@ from .prompts import SWITCH_MODES, PromptSchedule, PromptState, PromptSwitch
 from .runtime import Runtime, RuntimeStats
 from .schedule import MixedPartitions, Partition, SigmaWarp, TrainingNoise
 from .session import FrameChunk, Session, StreamSnapshot
+from .text import TextEncoder
 from .stream import EmittedChunk, StreamError, Streamer, StreamState
 from .velocity import CallCounter, Codec, Geometry, ModelWrapper, VelocityModel, placement
 from .video import open_writer, read_video
@@ -73,6 +75,7 @@ __all__ = [
     "TextEmbedding",
     "TrainingNoise",
     "VelocityModel",
+    "TextEncoder",
     "WanFrameRule",
     "load_checkpoint",
     "model_path",

@@ -27,7 +27,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .train import CodecTrainConfig, TrainConfig, TrainResult, train, train_codec
 
-__all__ = ["WorldRun", "clip_source", "new_wan_base", "train_wan", "train_world", "wan_text_encoder"]
+__all__ = ["NEW_WAN_TRANSFORMER", "WorldRun", "clip_source", "new_wan_base", "train_wan", "train_world", "wan_text_encoder"]
 
 
 class _HeldOutScenes:
@@ -196,6 +196,11 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
     return WorldRun(shipped, codec_file, result, codec_mse)
 
 
+NEW_WAN_TRANSFORMER = dict(num_attention_heads=2, attention_head_dim=128, text_dim=4096, freq_dim=256, ffn_dim=512,
+                           num_layers=4)  # a new Wan base: small, with the widths ComfyUI's loader takes for Wan
+BASE_RECORD = "streamdit_base.json"  # what a base folder made here says of itself (its text encoder)
+
+
 def new_wan_base(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, size: int = 64,
                  vae_steps: int = 1500, vae_width: int = 16, vae_batch: int = 8,
                  transformer: dict | None = None, seed: int = 0, check_clips: int = 64,
@@ -204,26 +209,42 @@ def new_wan_base(folder: str | os.PathLike, *, data: str | os.PathLike | None = 
     in the layout :func:`train_wan` adapts: ``vae/`` (a Wan 2.1-architecture VAE of base width
     ``vae_width`` trained on the clips for ``vae_steps`` steps, calibrated to Wan's latent
     normalisation), ``vae_comfyui.safetensors`` beside it for ComfyUI's Load VAE, and
-    ``transformer/``: random weights, :func:`~streamdit_core.wan.tiny_wan_config` with the
-    default MiniLM's 384-wide text and ``transformer`` over it (e.g. ``num_layers``). A folder
-    that already has both is kept as it is. Returns the folder."""
+    ``transformer/``: random weights, :func:`~streamdit_core.wan.tiny_wan_config` with
+    :data:`NEW_WAN_TRANSFORMER` and ``transformer`` over it (e.g. ``num_layers``). The default
+    keeps what ComfyUI's Load Diffusion Model assumes of a Wan model (128-wide attention heads,
+    4096-wide text, a 256-wide time embedding), so the result loads there too; its text is the
+    default MiniLM's, zero-padded to the text width (recorded in ``streamdit_base.json``, which
+    :func:`wan_text_encoder` reads). A finished ``vae/`` is kept (an interrupted run does not
+    train it again), and a folder that has both is kept as it is. Returns the folder."""
+    from .text import TextEncoder
     from .wan import load_wan, tiny_wan_config
-    from .wan_vae import new_wan_vae, save_wan_vae
+    from .wan_vae import COMFY_VAE_FILE, load_wan_vae, new_wan_vae, save_wan_vae
 
     folder = Path(folder)
     if (folder / "vae" / "config.json").is_file() and (folder / "transformer" / "config.json").is_file():
         log(f"Wan base: {folder} has its VAE and transformer")
         return folder
+    config = tiny_wan_config(**{**NEW_WAN_TRANSFORMER, **(transformer or {})})
+    encoder = TextEncoder()
+    if config["text_dim"] < encoder.native_dim:
+        raise ValueError(f"a new Wan base reads {encoder.name}'s {encoder.native_dim}-wide text: its text_dim "
+                         f"must be at least that, got {config['text_dim']}")
     torch.manual_seed(seed)
-    vae = new_wan_vae(vae_width)
-    world, record = clip_source(data, 8 * vae.time_factor, size, log)  # what train_codec measures on
-    started = time.perf_counter()
-    mse = train_codec(vae, world, CodecTrainConfig(steps=vae_steps, batch_size=vae_batch, pool=256, seed=seed,
-                                                   check_clips=check_clips))
-    log(f"Wan VAE: {vae_steps} steps in {time.perf_counter() - started:.0f} s, reconstruction MSE {mse:.5f}")
-    save_wan_vae(vae, folder, {"steps": str(vae_steps), "mse": f"{mse:.6f}", **record})
+    if (folder / "vae" / "config.json").is_file() and (folder / COMFY_VAE_FILE).is_file():  # saved last
+        vae = load_wan_vae(folder)
+        log(f"Wan VAE: {folder / 'vae'} is trained; making the transformer")
+    else:
+        vae = new_wan_vae(vae_width)
+        world, record = clip_source(data, 8 * vae.time_factor, size, log)  # what train_codec measures on
+        started = time.perf_counter()
+        mse = train_codec(vae, world, CodecTrainConfig(steps=vae_steps, batch_size=vae_batch, pool=256, seed=seed,
+                                                       check_clips=check_clips))
+        log(f"Wan VAE: {vae_steps} steps in {time.perf_counter() - started:.0f} s, reconstruction MSE {mse:.5f}")
+        save_wan_vae(vae, folder, {"steps": str(vae_steps), "mse": f"{mse:.6f}", **record})
     side = size // vae.space_factor
-    config = tiny_wan_config(**{"text_dim": 384, **(transformer or {})})
+    (folder / BASE_RECORD).write_text(json.dumps({"text_encoder": encoder.name, "text_width": config["text_dim"]},
+                                                 indent=1) + "\n", encoding="utf-8")
+    torch.manual_seed(seed + 1)  # the same transformer whether the VAE was trained now or before
     load_wan(config, buffer_frames=1, latent_size=(side, side)).transformer.save_pretrained(folder / "transformer")
     return folder
 
@@ -305,15 +326,20 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
 
 def wan_text_encoder(wan: str | os.PathLike, text_encoder: str | os.PathLike | None, text_dim: int):
     """The text encoder of a Wan folder: ``text_encoder`` if given, else the folder's own
-    ``text_encoder/`` (with its ``tokenizer/``), else the default MiniLM; its width must be the
-    transformer's ``text_dim``."""
+    ``text_encoder/`` (with its ``tokenizer/``), else the default MiniLM (zero-padded to the
+    width a base made by :func:`new_wan_base` records); its width must be the transformer's
+    ``text_dim``."""
     from .text import TextEncoder
 
     wan = Path(wan)
+    width = None
     if text_encoder is None and (wan / "text_encoder").is_dir():
         text_encoder = wan / "text_encoder"
+    elif text_encoder is None and (wan / BASE_RECORD).is_file():
+        width = int(json.loads((wan / BASE_RECORD).read_text(encoding="utf-8"))["text_width"])
     tokenizer = wan / "tokenizer" if text_encoder is not None and (wan / "tokenizer").is_dir() else None
-    encoder = TextEncoder(text_encoder, max_length=512 if text_encoder is not None else 32, tokenizer=tokenizer)
+    encoder = TextEncoder(text_encoder, max_length=512 if text_encoder is not None else 32, tokenizer=tokenizer,
+                          width=width)
     if encoder.dim != text_dim:
         raise ValueError(f"the text encoder {encoder.path} gives {encoder.dim}-wide token states, the Wan model "
                          f"takes {text_dim}: give its own text encoder (text_encoder/ in {wan})")

@@ -57,16 +57,22 @@ class TextEncoder:
         device: where the encoder runs (default CPU; resolved when the encoder is first used).
         tokenizer: the tokenizer's folder, where it is not ``path`` (Wan's repositories keep it
             in ``tokenizer/`` beside ``text_encoder/``).
+        width: token states are zero-padded to this width (at least the encoder's own): a small
+            model with a wide text input (the Wan layout ComfyUI loads takes 4096-wide text) then
+            trains and streams on a small encoder. Default: the encoder's own width.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32, device: str | None = None,
-                 tokenizer: str | os.PathLike | None = None):
+                 tokenizer: str | os.PathLike | None = None, width: int | None = None):
         self.path = Path(path) if path is not None else default_text_encoder_path()
         if not self.path.is_dir():
             raise FileNotFoundError(f"text encoder folder {self.path} does not exist")
+        if width is not None and width < 1:
+            raise ValueError(f"width must be positive, got {width}")
         self.tokenizer_path = Path(tokenizer) if tokenizer is not None else self.path
         self.max_length = max_length
         self.device = device
+        self.width = width
         self._tokenizer = None
         self._model = None
         self._cache: dict[str, tuple[Tensor, int]] = {}  # prompt -> (token states [L, D] on CPU, L)
@@ -99,9 +105,20 @@ class TextEncoder:
             self._model.to(self.device)
 
     @property
-    def dim(self) -> int:
+    def native_dim(self) -> int:
+        """The width of the encoder's own token states."""
         self._load()
         return int(self._model.config.hidden_size)
+
+    @property
+    def dim(self) -> int:
+        """The width of the token states :meth:`encode` gives (``width``, or the encoder's own)."""
+        if self.width is None:
+            return self.native_dim
+        if self.width < self.native_dim:
+            raise ValueError(f"width {self.width} is narrower than the {self.native_dim}-wide token states of "
+                             f"{self.name}: give a width of at least {self.native_dim}, or none")
+        return self.width
 
     @torch.no_grad()
     def _encode_one(self, prompt: str) -> Tensor:
@@ -116,7 +133,9 @@ class TextEncoder:
                                 "%r", whole, self.max_length, _short(prompt), _short(self._kept(prompt)))
                 ids = self._tokenizer(prompt, truncation=True, max_length=self.max_length, return_tensors="pt")
                 ids = {k: v.to(self._model.device) for k, v in ids.items()}
-                states = self._model(**ids).last_hidden_state[0].float().cpu()  # [L, D]
+                states = self._model(**ids).last_hidden_state[0].float().cpu()  # [L, D0]
+                if self.width is not None:
+                    states = torch.nn.functional.pad(states, (0, self.dim - states.shape[1]))  # [L, D]
             self._cache[prompt] = states
         return self._cache[prompt]
 

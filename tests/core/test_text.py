@@ -38,6 +38,17 @@ def test_empty_prompt_is_no_text(encoder):
         encoder.encode([])
 
 
+def test_a_width_pads_the_token_states_with_zeros_and_keeps_the_encoders_own(encoder):
+    wide = TextEncoder(width=4096)
+    prompts = ["a red circle moving left on a black background", ""]
+    emb, own = wide.encode(prompts), encoder.encode(prompts)
+    assert wide.dim == 4096 and wide.native_dim == 384 and emb.tokens.shape[2] == 4096
+    assert torch.equal(emb.tokens[..., :384], own.tokens) and torch.equal(emb.mask, own.mask)
+    assert (emb.tokens[..., 384:] == 0).all() and emb.tokens[0, 0, :384].abs().sum() > 0
+    with pytest.raises(ValueError, match="narrower than the 384-wide"):
+        TextEncoder(width=100).encode("a red circle")
+
+
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextEncoder(tmp_path / "nope")

@@ -1,6 +1,9 @@
 """A tiny random Wan-architecture transformer (diffusers) as a velocity model: per-frame sigma,
 per-frame prompts, training through our trainer. No downloads."""
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -343,5 +346,34 @@ def test_train_makes_a_new_wan_architecture_model_from_scratch_with_a_vae_for_co
     assert pipe.frame_size == (32, 32) and pipe.fps == 16 and pipe.codec.time_factor == 4
     video = torch.cat([c.frames for c in pipe.frames("a red circle moving left on a black background", frames=8)])
     assert video.shape == (8, 3, 32, 32) and torch.isfinite(video).all()
+    # the widths ComfyUI's Wan loader assumes (128-wide heads, 4096-wide text), the MiniLM padded to it
+    config = json.loads((base / "transformer" / "config.json").read_text())
+    assert (config["attention_head_dim"], config["text_dim"], config["freq_dim"], config["num_layers"]) == (128, 4096, 256, 1)
+    assert pipe.text.dim == 4096 and pipe.text.native_dim == 384
+    assert json.loads((base / "streamdit_base.json").read_text())["text_width"] == 4096
     with pytest.raises(SystemExit, match="width=W and batch=N only"):
         main(["train", "--init", "wan:new", "--out", str(tmp_path / "bad"), "--codec-option", "space_factor=4"])
+
+
+def test_a_new_wan_base_keeps_a_trained_vae_and_makes_the_same_transformer(tmp_path):
+    from safetensors.torch import load_file
+
+    from streamdit_core.data import render_world_folder
+    from streamdit_core.recipes import new_wan_base
+    from streamdit_core.wan_vae import COMFY_VAE_FILE
+
+    clips = render_world_folder(tmp_path / "clips", videos=2, seconds=2.5)
+    options = dict(data=clips, size=32, vae_steps=1, vae_width=8, vae_batch=1, check_clips=1,
+                   transformer=dict(num_layers=1, num_attention_heads=1, ffn_dim=32))
+    base = new_wan_base(tmp_path / "base", **options, log=lambda _: None)
+    vae_bytes = (base / COMFY_VAE_FILE).read_bytes()
+    first = load_file(str(base / "transformer" / "diffusion_pytorch_model.safetensors"))
+    shutil.rmtree(base / "transformer")  # interrupted after the VAE
+    lines = []
+    new_wan_base(base, **options, log=lines.append)
+    assert any("is trained" in line for line in lines) and not any("steps in" in line for line in lines)
+    assert (base / COMFY_VAE_FILE).read_bytes() == vae_bytes
+    again = load_file(str(base / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+    with pytest.raises(ValueError, match="at least that"):
+        new_wan_base(tmp_path / "narrow", **{**options, "transformer": dict(text_dim=64)}, log=lambda _: None)

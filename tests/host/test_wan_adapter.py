@@ -179,7 +179,7 @@ def test_a_c2_n4_stream_runs_through_the_nodes(comfy):
     from nodes import node_classes
 
     NODES = {name: with_node_id(cls, "5") for name, cls in node_classes().items()}
-    (pipe,) = NODES["StreamDiTWanModel"].execute(comfy.model, comfy.clip, comfy.vae, width=64, height=64,
+    (pipe,) = NODES["StreamDiTWanModel"].execute(model=comfy.model, clip=comfy.clip, vae=comfy.vae, width=64, height=64,
                                                  buffer_frames=8, guidance=3.0, negative_prompt=NEGATIVE,
                                                  shift=0.0, fps=16)
     (prompts,) = NODES["StreamDiTPromptSchedule"].execute("0s: a cat\n1s: a dog")

@@ -135,3 +135,37 @@ def test_a_wan_vae_trained_here_loads_in_comfyuis_load_vae_and_codes_as_ours(com
     with torch.no_grad():
         torch.testing.assert_close(theirs.decode(z), vae.decode(z), atol=2e-3, rtol=0)
         torch.testing.assert_close(theirs.encode(video[:1]), vae.encode(video[:1]), atol=2e-3, rtol=1e-3)
+
+
+def test_a_new_wan_model_made_here_streams_through_comfyuis_loaders_with_no_clip(comfy, tmp_path):
+    """``train --init wan:new`` writes a model and VAE ComfyUI's own loaders take; the Wan node
+    with no CLIP reads prompts with the pack's MiniLM padded to the model's text width, and
+    predicts and streams what the pack's own pipeline does."""
+    from nodes.wan import comfy_pipeline
+    from streamdit_core import Partition, Pipeline
+    from streamdit_core.data import render_world_folder
+    from streamdit_core.recipes import train_wan
+    from streamdit_core.train import TrainConfig
+    from streamdit_core.wan_vae import COMFY_VAE_FILE
+
+    clips = render_world_folder(tmp_path / "clips", videos=2, seconds=2.5)
+    new = dict(vae_steps=1, vae_width=8, vae_batch=1, check_clips=1,
+               transformer=dict(num_layers=1, num_attention_heads=1, ffn_dim=64))
+    shipped = train_wan(tmp_path / "run", TrainConfig(steps=2, batch_size=2, warmup=1), "new", data=clips,
+                        size=32, buffer_frames=4, clips=4, new=new, log=lambda _: None)
+    ours = Pipeline.load(shipped)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(tmp_path / "run" / "base" / COMFY_VAE_FILE)))
+    theirs = comfy_pipeline(comfy.sd.load_diffusion_model(str(shipped)), None, vae, width=32, height=32,
+                            buffer_frames=4, guidance=1.0, shift=3.0)
+    prompt = "a red circle moving left on a black background"
+    text = theirs.text.encode(prompt)
+    assert text.tokens.shape[-1] == 4096 and torch.equal(text.tokens, ours.text.encode(prompt).tokens)
+    g = torch.Generator().manual_seed(3)
+    x, sigma = torch.randn(1, 16, 4, 4, 4, generator=g), torch.tensor([[0.1, 0.4, 0.7, 0.95]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.model(x, sigma, text), ours.model(x, sigma, text), rtol=1e-4, atol=1e-4)
+    P = Partition(K=0, N=2, c=2, s=2)
+    a = torch.cat([c.frames for c in ours.frames(prompt, frames=16, partition=P, seed=1)])
+    b = torch.cat([c.frames for c in theirs.frames(prompt, frames=16, partition=P, seed=1)])
+    assert a.shape == b.shape == (16, 3, 32, 32)
+    assert (a - b).abs().max() < 0.02  # ComfyUI's VAE decodes what ours does (within its float32 ops)
