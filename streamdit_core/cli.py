@@ -154,6 +154,8 @@ def _run_train(args) -> int:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:
         raise SystemExit(f"bad training settings: {err}") from None
+    if args.init is not None and args.init.startswith("wan:"):
+        return _run_train_wan(args, config)  # a Wan VAE's options are its own (width, batch)
     from .codec import CodecConfig
 
     try:
@@ -162,8 +164,6 @@ def _run_train(args) -> int:
         raise SystemExit(f"bad --codec-option: {err}") from None
     from .data import DataError
 
-    if args.init is not None and args.init.startswith("wan:"):
-        return _run_train_wan(args, config)
     if args.lora is not None or args.text_encoder is not None:
         raise SystemExit("--lora and --text-encoder adapt a Wan model: use them with --init wan:FOLDER")
     init = Path(args.init) if args.init is not None else None

@@ -377,3 +377,16 @@ def test_a_new_wan_base_keeps_a_trained_vae_and_makes_the_same_transformer(tmp_p
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     with pytest.raises(ValueError, match="at least that"):
         new_wan_base(tmp_path / "narrow", **{**options, "transformer": dict(text_dim=64)}, log=lambda _: None)
+
+
+def test_train_cli_hands_a_new_wan_base_its_vae_and_transformer_options(tmp_path, monkeypatch):
+    import streamdit_core.recipes as recipes
+    from streamdit_core.cli import main
+
+    seen = {}
+    monkeypatch.setattr(recipes, "train_wan", lambda out, config, source, **kw: seen.update(kw, source=source))
+    main(["train", "--init", "wan:new", "--out", str(tmp_path / "run"), "--codec-option", "width=8",
+          "--codec-option", "batch=2", "--codec-steps", "300", "--model-option", "num_layers=1",
+          "--model-option", "buffer_frames=4"])
+    assert seen["source"] == "new" and seen["buffer_frames"] == 4
+    assert seen["new"] == dict(transformer={"num_layers": 1}, vae_steps=300, vae_width=8, vae_batch=2)
