@@ -214,10 +214,6 @@ class StreamDiTWanModel(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1 text-to-video model (Load Diffusion Model, from "
                                                 "models/diffusion_models/)."),
-                io.Clip.Input("clip", optional=True, tooltip=
-                              "Its text encoder, umt5_xxl (Load CLIP, type wan, from models/text_encoders/). Leave "
-                              "it unconnected for a small Wan model trained by this pack from scratch (train "
-                              "--init wan:new): the pack's own MiniLM text encoder then reads the prompts."),
                 io.Vae.Input("vae", tooltip="The Wan 2.1 VAE (Load VAE, from models/vae/)."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip=
                              "Frame width in pixels (a multiple of 16)."),
@@ -238,6 +234,10 @@ class StreamDiTWanModel(io.ComfyNode):
                 io.Int.Input("decode_context", default=2, min=0, max=16, tooltip=
                              "Latents of the previous chunk decoded again in front of each chunk: more hides the "
                              "seams of Wan's causal VAE better and costs more decoding (0 = chunks alone)."),
+                io.Clip.Input("clip", optional=True, tooltip=
+                              "Its text encoder, umt5_xxl (Load CLIP, type wan, from models/text_encoders/). Leave "
+                              "it unconnected for a small Wan model trained by this pack from scratch (train "
+                              "--init wan:new): the pack's own MiniLM text encoder then reads the prompts."),
             ],
             outputs=[MODEL.Output("model", tooltip="The Wan model as a StreamDiT model, for every stream node.")],
         )
