@@ -193,11 +193,12 @@ def _run_train_wan(args, config) -> int:
     new = None
     if source == "new":  # a Wan-architecture model from scratch: its VAE trained here, a random transformer
         codec = dict(args.codec_option)
-        if set(codec) - {"width", "batch"} or args.codec is not None:
-            raise SystemExit("--init wan:new trains its own Wan VAE: it takes --codec-option width=W and batch=N only")
+        if set(codec) - {"width", "batch", "frames"} or args.codec is not None:
+            raise SystemExit("--init wan:new trains its own Wan VAE: it takes --codec-option width=W, batch=N and "
+                             "frames=F (frames per training clip, default 4 x the buffer) only")
         transformer = {k: options.pop(k) for k in _WAN_NEW if k in options}
         new = dict(transformer=transformer, vae_steps=args.codec_steps or 1500, vae_width=int(codec.get("width", 16)),
-                   vae_batch=int(codec.get("batch", 8)))
+                   vae_batch=int(codec.get("batch", 8)), **({"vae_frames": int(codec["frames"])} if "frames" in codec else {}))
     unknown = sorted(set(options) - {"buffer_frames", "shift"})
     if unknown or (new is None and (args.codec is not None or args.codec_option)):
         raise SystemExit(f"--init wan: the Wan model brings its own VAE and config; it takes --model-option "

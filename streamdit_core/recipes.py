@@ -202,13 +202,14 @@ BASE_RECORD = "streamdit_base.json"  # what a base folder made here says of itse
 
 
 def new_wan_base(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, size: int = 64,
-                 vae_steps: int = 1500, vae_width: int = 16, vae_batch: int = 8,
+                 vae_steps: int = 1500, vae_width: int = 16, vae_batch: int = 8, vae_frames: int = 32,
                  transformer: dict | None = None, seed: int = 0, check_clips: int = 64,
                  log: Callable[[str], None] = print) -> Path:
     """A Wan-architecture base folder made from scratch for ``data`` (default the synthetic world),
     in the layout :func:`train_wan` adapts: ``vae/`` (a Wan 2.1-architecture VAE of base width
     ``vae_width`` trained on the clips for ``vae_steps`` steps, calibrated to Wan's latent
-    normalisation), ``vae_comfyui.safetensors`` beside it for ComfyUI's Load VAE, and
+    normalisation) on clips of ``vae_frames`` frames (the VAE decodes well only as far into a clip as
+    it was trained; 32 covers the default 8-latent buffer), ``vae_comfyui.safetensors`` beside it for ComfyUI's Load VAE, and
     ``transformer/``: random weights, :func:`~streamdit_core.wan.tiny_wan_config` with
     :data:`NEW_WAN_TRANSFORMER` and ``transformer`` over it (e.g. ``num_layers``). The default
     keeps what ComfyUI's Load Diffusion Model assumes of a Wan model (128-wide attention heads,
@@ -238,9 +239,10 @@ def new_wan_base(folder: str | os.PathLike, *, data: str | os.PathLike | None = 
         world, record = clip_source(data, 8 * vae.time_factor, size, log)  # what train_codec measures on
         started = time.perf_counter()
         mse = train_codec(vae, world, CodecTrainConfig(steps=vae_steps, batch_size=vae_batch, pool=256, seed=seed,
-                                                       check_clips=check_clips))
+                                                       check_clips=check_clips, clip_frames=vae_frames))
         log(f"Wan VAE: {vae_steps} steps in {time.perf_counter() - started:.0f} s, reconstruction MSE {mse:.5f}")
-        save_wan_vae(vae, folder, {"steps": str(vae_steps), "mse": f"{mse:.6f}", **record})
+        save_wan_vae(vae, folder, {"steps": str(vae_steps), "clip_frames": str(vae_frames), "mse": f"{mse:.6f}",
+                                   **record})
     side = size // vae.space_factor
     (folder / BASE_RECORD).write_text(json.dumps({"text_encoder": encoder.name, "text_width": config["text_dim"]},
                                                  indent=1) + "\n", encoding="utf-8")
@@ -279,7 +281,9 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if str(wan) == "new":
-        wan = new_wan_base(out / "base", data=data, size=size, seed=config.seed, log=log, **(new or {}))
+        # the VAE trains on clips of the buffer (at least the 3 latents its causal context needs)
+        new = {"vae_frames": 4 * max(buffer_frames or 8, 3), **(new or {})}
+        wan = new_wan_base(out / "base", data=data, size=size, seed=config.seed, log=log, **new)
     elif new:
         raise ValueError("the options of a new Wan base go with wan='new'")
     wan = Path(wan)

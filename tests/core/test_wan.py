@@ -336,6 +336,7 @@ def test_train_makes_a_new_wan_architecture_model_from_scratch_with_a_vae_for_co
     with safe_open(str(base / COMFY_VAE_FILE), framework="pt") as f:
         assert f.metadata()["format"] == "comfyui-wan-vae" and f.metadata()["steps"] == "2"
         assert f.metadata()["data"] == str(clips.resolve())
+        assert f.metadata()["clip_frames"] == "12"  # a 2-frame buffer: the 3 latents the causal context needs
     with safe_open(str(shipped), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "comfyui-wan" and meta["init"] == f"wan:{base.resolve()}" and meta["latent_size"] == "4,4"
@@ -351,7 +352,7 @@ def test_train_makes_a_new_wan_architecture_model_from_scratch_with_a_vae_for_co
     assert (config["attention_head_dim"], config["text_dim"], config["freq_dim"], config["num_layers"]) == (128, 4096, 256, 1)
     assert pipe.text.dim == 4096 and pipe.text.native_dim == 384
     assert json.loads((base / "streamdit_base.json").read_text())["text_width"] == 4096
-    with pytest.raises(SystemExit, match="width=W and batch=N only"):
+    with pytest.raises(SystemExit, match="width=W, batch=N and frames=F"):
         main(["train", "--init", "wan:new", "--out", str(tmp_path / "bad"), "--codec-option", "space_factor=4"])
 
 
@@ -387,6 +388,26 @@ def test_train_cli_hands_a_new_wan_base_its_vae_and_transformer_options(tmp_path
     monkeypatch.setattr(recipes, "train_wan", lambda out, config, source, **kw: seen.update(kw, source=source))
     main(["train", "--init", "wan:new", "--out", str(tmp_path / "run"), "--codec-option", "width=8",
           "--codec-option", "batch=2", "--codec-steps", "300", "--model-option", "num_layers=1",
-          "--model-option", "buffer_frames=4"])
+          "--model-option", "buffer_frames=4", "--codec-option", "frames=16"])
     assert seen["source"] == "new" and seen["buffer_frames"] == 4
-    assert seen["new"] == dict(transformer={"num_layers": 1}, vae_steps=300, vae_width=8, vae_batch=2)
+    assert seen["new"] == dict(transformer={"num_layers": 1}, vae_steps=300, vae_width=8, vae_batch=2, vae_frames=16)
+
+
+def test_a_new_wan_models_vae_trains_on_clips_as_long_as_its_buffer(tmp_path, monkeypatch):
+    import streamdit_core.recipes as recipes
+    from streamdit_core.train import TrainConfig
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(folder, **kw):
+        seen.append(kw)
+        raise Stop
+
+    monkeypatch.setattr(recipes, "new_wan_base", record)
+    for buffer, new, frames in ((None, None, 32), (6, None, 24), (2, None, 12), (6, {"vae_frames": 16}, 16)):
+        with pytest.raises(Stop):
+            recipes.train_wan(tmp_path / "run", TrainConfig(steps=1), "new", buffer_frames=buffer, new=new)
+        assert seen[-1]["vae_frames"] == frames

@@ -90,6 +90,26 @@ def test_a_pixel_clamped_on_the_wrong_side_still_gets_a_gradient():
     assert float(vae.vae.decoder.conv_out.bias.grad.abs().min()) > 0
 
 
+def test_the_codec_trainer_trains_on_clips_of_the_asked_length_and_refuses_one_the_codec_cannot_take():
+    lengths = []
+
+    class Counted(_Squares):
+        def batch(self, n, frames, gen):
+            lengths.append(frames)
+            return super().batch(n, frames, gen)
+
+    vae = new_wan_vae(base_dim=8)
+    train_codec(vae, Counted(), CodecTrainConfig(steps=1, batch_size=1, pool=2, check_clips=1, clip_frames=20),
+                progress=False)
+    assert lengths[0] == 20  # the training pool (the check clips after it are 32 frames, as before)
+    lengths.clear()
+    train_codec(vae, Counted(), CodecTrainConfig(steps=1, batch_size=1, pool=2, check_clips=1), progress=False)
+    assert lengths[0] == 4 * (vae.context + 1)  # the default: the shortest clip with the causal context
+    for bad in (18, 8):  # not a multiple of 4; shorter than the context needs
+        with pytest.raises(ValueError, match=f"clip_frames={bad}.*multiple of 4 frames, at least 12"):
+            train_codec(vae, Counted(), CodecTrainConfig(steps=1, pool=2, clip_frames=bad), progress=False)
+
+
 def test_a_wan_architecture_vae_learns_clips_and_is_written_for_diffusers_and_comfyui(tmp_path):
     from safetensors import safe_open
 
