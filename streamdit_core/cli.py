@@ -319,6 +319,51 @@ def _run_distill(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# refine-codec
+# --------------------------------------------------------------------------------------------
+
+def _add_refine_codec(sub) -> None:
+    p = sub.add_parser("refine-codec", help="train a codec's decoder further, its latent space kept",
+                       description="Trains the decoder of a codec file further on the world (or --data) with "
+                                   "the encoder frozen, so every model trained on the codec's latents streams "
+                                   "with the new file unchanged; only the decoded frames change.")
+    p.add_argument("codec", type=Path, help="the codec file (e.g. streamdit_core/weights/embedded/codec.safetensors)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="where to write the refined codec (may be the input: it is replaced when the run is done)")
+    p.add_argument("--steps", type=_positive(int), default=2000)
+    p.add_argument("--lr", type=_positive(float), default=1e-3)
+    p.add_argument("--outline-weight", type=float, default=0.0,
+                   help="extra loss weight on the pixels within 2 of the subject's outline, where corners and "
+                        "tips are (default 0)")
+    p.add_argument("--batch-size", type=_positive(int), default=None, help="clips per step (default 32)")
+    p.add_argument("--data", type=Path, default=None, help="a folder of captioned videos (default: the world)")
+    p.add_argument("--size", type=_positive(int), default=64, help="frame size for --data")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    p.set_defaults(run=_run_refine_codec)
+
+
+def _run_refine_codec(args) -> int:
+    import torch
+
+    from .data import DataError
+    from .recipes import refine_codec
+    from .train import CodecTrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.outline_weight < 0:
+        raise SystemExit(f"--outline-weight must be 0 or more, got {args.outline_weight}")
+    try:
+        config = CodecTrainConfig(steps=args.steps, lr=args.lr, outline_weight=args.outline_weight, seed=args.seed,
+                                  **_given(batch_size=args.batch_size))
+        refine_codec(args.codec, args.out, config, data=args.data, size=args.size)
+    except DataError as err:
+        raise SystemExit(f"--data: {err}") from None
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # generate
 # --------------------------------------------------------------------------------------------
 
@@ -658,10 +703,11 @@ def _run_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streamdit_core",
                                      description="StreamDiT: streaming text-to-video with a moving-buffer DiT.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,distill,evaluate,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,distill,refine-codec,evaluate,bench}")
     _add_generate(sub)
     _add_train(sub)
     _add_distill(sub)
+    _add_refine_codec(sub)
     _add_evaluate(sub)
     _add_bench(sub)
     return parser

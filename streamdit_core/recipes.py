@@ -27,7 +27,8 @@ import torch
 from .checkpoint import save_checkpoint
 from .train import CodecTrainConfig, TrainConfig, TrainResult, train, train_codec
 
-__all__ = ["NEW_WAN_TRANSFORMER", "WorldRun", "clip_source", "new_wan_base", "train_wan", "train_world", "wan_text_encoder"]
+__all__ = ["NEW_WAN_TRANSFORMER", "WorldRun", "clip_source", "new_wan_base", "refine_codec", "train_wan", "train_world",
+           "wan_text_encoder"]
 
 
 class _HeldOutScenes:
@@ -194,6 +195,43 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                                                   "refined_reconstruction_mse": f"{codec_mse:.6f}"})
         log(f"codec: decoder refined for {decoder_steps} steps, reconstruction MSE {codec_mse:.5f} -> {codec_file}")
     return WorldRun(shipped, codec_file, result, codec_mse)
+
+
+def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: CodecTrainConfig, *,
+                 data: str | os.PathLike | None = None, size: int = 64, progress: bool = True,
+                 log: Callable[[str], None] = print) -> Path:
+    """Trains the decoder of the codec file ``codec`` further and writes it to ``out``.
+
+    The encoder and the latent normalisation stay as they are, so every StreamDiT trained on the
+    codec's latents streams with the new file unchanged; only the decoding improves. The file's
+    metadata keeps the codec's record and adds up the refinement steps. ``out`` may be ``codec``
+    itself: it is replaced only once the refinement is done (an interrupted run leaves it as it was).
+    """
+    from .checkpoint import file_metadata, load_codec
+
+    codec, out = Path(codec), Path(out)
+    autoencoder = load_codec(codec)
+    meta = file_metadata(codec)
+    world, record = clip_source(data, 8, size, log)
+    before = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    started = time.perf_counter()
+    mse = train_codec(autoencoder, world, config, progress=progress, decoder_only=True)
+    seconds = time.perf_counter() - started
+    for name, value in autoencoder.state_dict().items():  # the latent space the models know
+        if name.startswith("encoder.") or name in ("shift", "scale"):
+            if not torch.equal(value, before[name]):
+                raise RuntimeError(f"refining the decoder changed the encoder's {name}")
+    steps = int(meta.get("decoder_refined_steps", 0)) + config.steps
+    extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "class", "config")}
+    extra.update(decoder_refined_steps=str(steps), refined_reconstruction_mse=f"{mse:.6f}",
+                 last_refinement=json.dumps({"steps": config.steps, "lr": config.lr, "outline_weight":
+                                             config.outline_weight, "seed": config.seed, "seconds": round(seconds, 1),
+                                             **({"data": record["data"]} if "data" in record else {})}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(autoencoder, out, extra)
+    log(f"codec: decoder refined {config.steps} more steps ({steps} in all) in {seconds:.0f} s, "
+        f"reconstruction MSE {mse:.5f} -> {out}")
+    return out
 
 
 NEW_WAN_TRANSFORMER = dict(num_attention_heads=2, attention_head_dim=128, text_dim=4096, freq_dim=256, ffn_dim=512,

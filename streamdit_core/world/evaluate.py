@@ -250,7 +250,7 @@ class CodecResult:
 
 def codec_round_trip(codec, scenes: list[Scene], seconds: float = 2.0, seed: int = 0, size: int = 64) -> CodecResult:
     """Encodes and decodes one world clip per scene (wrapping borders included) and scores both."""
-    from .metrics import _torus_max
+    from .metrics import torus_dilate
 
     gen = torch.Generator().manual_seed(seed)
     world = World(size=size)
@@ -265,7 +265,7 @@ def codec_round_trip(codec, scenes: list[Scene], seconds: float = 2.0, seed: int
     dec = [score_video(v, s) for v, s in zip(decoded, scenes)]
     bg = video.flatten(3).median(dim=3).values[..., None, None]  # [n, T, 3, 1, 1]
     inside = ((video - bg).norm(dim=2) > 0.25).flatten(0, 1)  # [nT, H, W]
-    grown, shrunk = _torus_max(inside, 3), ~_torus_max(~inside, 3)
+    grown, shrunk = torus_dilate(inside, 3), ~torus_dilate(~inside, 3)
     ring, core, far = grown & ~shrunk, shrunk, ~grown
     err = (decoded - video).abs().mean(2).flatten(0, 1)  # [nT, H, W]
 

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from .scenes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SPEED_RANGE, Scene, _sdf
 
-__all__ = ["FrameDetection", "VideoScores", "detect", "score_video", "summarize"]
+__all__ = ["FrameDetection", "VideoScores", "detect", "score_video", "summarize", "torus_dilate"]
 
 _FG_THRESHOLD = 0.25
 _COLOR_NAMES = list(COLORS)
@@ -114,8 +114,8 @@ def _circular_mean(weights: Tensor, size: int) -> Tensor:
     return torch.remainder(torch.atan2(s, c), 2 * math.pi) * size / (2 * math.pi)
 
 
-def _torus_max(mask: Tensor, px: int = 1) -> Tensor:
-    """Dilation of ``[T, H, W]`` masks by ``px`` pixels (square neighbourhood), borders wrapping."""
+def torus_dilate(mask: Tensor, px: int = 1) -> Tensor:
+    """Dilation of ``[..., H, W]`` masks by ``px`` pixels (square neighbourhood), borders wrapping."""
     out = mask
     for _ in range(px):
         for moved in list(_neighbours(out)):
@@ -175,11 +175,11 @@ def detect(frames: Tensor) -> FrameDetection:
             every[t] = torch.isin(labels[t], ids[big])
     present = subjects > 0
     # Background noise: how far the pixels away from every subject stray from the background color.
-    away = ~_torus_max(every, 2)
+    away = ~torus_dilate(every, 2)
     noise = ((frames - bg[:, :, None, None]).abs().mean(1) * away).flatten(1).sum(1) / away.flatten(1).sum(1).clamp_min(1)
     # Soft weights (the anti-aliased edge counts by how far it is from the background) give a
     # sub-pixel centre, so a shape moving at constant speed has a constant measured step.
-    near = _torus_max(main, 1)
+    near = torus_dilate(main, 1)
     weight = (dist / dist.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]) * near
     cx = _circular_mean(weight.sum(1), W)  # [T]
     cy = _circular_mean(weight.sum(2), H)  # [T]

@@ -1,5 +1,7 @@
 """Codecs: shapes, causality, and overlap chunk decoding equal to a whole decode."""
 
+import json
+
 import pytest
 import torch
 
@@ -95,3 +97,56 @@ def test_a_wrapping_codec_treats_the_frame_as_a_torus(space_factor):
         same = torch.allclose(torch.roll(z, 3, dims=4), z_rolled, atol=1e-5) and \
             torch.allclose(torch.roll(out, shift, dims=4), out_rolled, atol=1e-5)
         assert same == wrap  # zero padding makes the borders special
+
+
+def _decoder_state(codec):
+    return {k: v.clone() for k, v in codec.state_dict().items() if not k.startswith("encoder.") and k not in ("shift", "scale")}
+
+
+def test_refining_a_codec_file_keeps_its_latent_space_and_adds_up_its_steps(tmp_path):
+    from streamdit_core.checkpoint import file_metadata, load_codec, save_checkpoint
+    from streamdit_core.recipes import refine_codec
+    from streamdit_core.train import CodecTrainConfig
+
+    codec = VideoAutoencoder(CodecConfig(width=16, wrap=True))
+    with torch.no_grad():
+        codec.shift.fill_(0.5), codec.scale.fill_(2.0)  # a calibrated codec's normalisation
+    source = save_checkpoint(codec, tmp_path / "codec.safetensors", {"decoder_refined_steps": "10", "note": "kept"})
+    before = source.read_bytes()
+    config = CodecTrainConfig(steps=2, batch_size=2, pool=4, check_clips=2, outline_weight=5.0)
+    out = refine_codec(source, tmp_path / "refined.safetensors", config, progress=False, log=lambda _: None)
+    assert source.read_bytes() == before  # the input is left as it was
+    refined = load_codec(out)
+    video = torch.rand(1, 3, 2, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(refined.encode(video), codec.encode(video))  # models trained on it still fit
+        assert not torch.equal(refined.decode(codec.encode(video)), codec.decode(codec.encode(video)))
+    meta = file_metadata(out)
+    assert meta["decoder_refined_steps"] == "12" and meta["note"] == "kept"
+    assert json.loads(meta["last_refinement"])["outline_weight"] == 5.0
+
+
+def test_the_outline_weight_changes_what_a_codec_learns():
+    from streamdit_core.train import CodecTrainConfig, train_codec
+    from streamdit_core.world import World
+
+    states = []
+    for weight in (0.0, 0.0, 50.0):
+        torch.manual_seed(0)
+        codec = VideoAutoencoder(CodecConfig(width=16))
+        train_codec(codec, World(), CodecTrainConfig(steps=2, batch_size=2, pool=4, check_clips=2, outline_weight=weight),
+                    progress=False, decoder_only=True)
+        states.append(_decoder_state(codec))
+    same = all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    differs = any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
+    assert same and differs
+
+
+def test_the_refine_codec_command_names_a_bad_input(tmp_path, capsys):
+    from streamdit_core.cli import main
+
+    with pytest.raises(SystemExit, match="--outline-weight must be 0 or more"):
+        main(["refine-codec", str(tmp_path / "codec.safetensors"), "--out", str(tmp_path / "x.safetensors"),
+              "--outline-weight", "-1"])
+    with pytest.raises(SystemExit, match="error: .*missing.safetensors"):
+        main(["refine-codec", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x.safetensors")])
