@@ -205,18 +205,30 @@ def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: Codec
     The encoder and the latent normalisation stay as they are, so every StreamDiT trained on the
     codec's latents streams with the new file unchanged; only the decoding improves. The file's
     metadata keeps the codec's record and adds up the refinement steps. ``out`` may be ``codec``
-    itself: it is replaced only once the refinement is done (an interrupted run leaves it as it was).
+    itself: it is replaced only once the refinement is done (an interrupted run leaves it as it was),
+    and only if the reconstruction error on fixed check clips did not grow (a short run at a high
+    rate can make it worse: Adam's first steps are large); otherwise the result is written beside
+    it as ``NAME-refined.safetensors``.
     """
     from .checkpoint import file_metadata, load_codec
 
     codec, out = Path(codec), Path(out)
     autoencoder = load_codec(codec)
     meta = file_metadata(codec)
-    world, record = clip_source(data, 8, size, log)
+    world, record = clip_source(data, 8 * autoencoder.time_factor, size, log)
+    check, _ = world.batch(config.check_clips, 8 * autoencoder.time_factor, torch.Generator().manual_seed(12345))
+    check = check.transpose(1, 2)  # [n, 3, T, H, W]
+
+    @torch.no_grad()
+    def error() -> float:
+        return float((autoencoder.decode(autoencoder.encode(check)) - check).square().mean())
+
     before = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    was = error()
     started = time.perf_counter()
-    mse = train_codec(autoencoder, world, config, progress=progress, decoder_only=True)
+    train_codec(autoencoder, world, config, progress=progress, decoder_only=True)
     seconds = time.perf_counter() - started
+    mse = error()
     for name, value in autoencoder.state_dict().items():  # the latent space the models know
         if name.startswith("encoder.") or name in ("shift", "scale"):
             if not torch.equal(value, before[name]):
@@ -227,10 +239,16 @@ def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: Codec
                  last_refinement=json.dumps({"steps": config.steps, "lr": config.lr, "outline_weight":
                                              config.outline_weight, "seed": config.seed, "seconds": round(seconds, 1),
                                              **({"data": record["data"]} if "data" in record else {})}))
+    if mse > was:
+        log(f"codec: the refinement made the reconstruction worse (MSE {was:.5f} -> {mse:.5f} on "
+            f"{config.check_clips} check clips); train longer or at a lower --lr")
+        if out.resolve() == codec.resolve():  # keep the better file the user has
+            out = codec.with_name(f"{codec.stem}-refined{codec.suffix}")
+            log(f"codec: {codec} is kept as it was; the refined decoder goes to {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(autoencoder, out, extra)
     log(f"codec: decoder refined {config.steps} more steps ({steps} in all) in {seconds:.0f} s, "
-        f"reconstruction MSE {mse:.5f} -> {out}")
+        f"reconstruction MSE {was:.5f} -> {mse:.5f} -> {out}")
     return out
 
 

@@ -1,6 +1,7 @@
 """Codecs: shapes, causality, and overlap chunk decoding equal to a whole decode."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +125,25 @@ def test_refining_a_codec_file_keeps_its_latent_space_and_adds_up_its_steps(tmp_
     meta = file_metadata(out)
     assert meta["decoder_refined_steps"] == "12" and meta["note"] == "kept"
     assert json.loads(meta["last_refinement"])["outline_weight"] == 5.0
+
+
+def test_a_refinement_that_makes_the_codec_worse_never_replaces_it(tmp_path):
+    import shutil
+
+    from streamdit_core.checkpoint import file_metadata, read_metadata
+    from streamdit_core.pipeline import EMBEDDED_MODELS
+    from streamdit_core.recipes import refine_codec
+    from streamdit_core.train import CodecTrainConfig
+
+    model = EMBEDDED_MODELS["embedded"]
+    codec = Path(shutil.copy(model.parent / read_metadata(model)["codec"], tmp_path / "codec.safetensors"))
+    before = codec.read_bytes()
+    lines = []
+    config = CodecTrainConfig(steps=1, batch_size=2, pool=4, check_clips=4, lr=1e-2)  # one big first Adam step
+    out = refine_codec(codec, codec, config, progress=False, log=lines.append)
+    assert codec.read_bytes() == before and out == tmp_path / "codec-refined.safetensors" and out.is_file()
+    assert any("made the reconstruction worse" in line for line in lines)
+    assert file_metadata(out)["decoder_refined_steps"] == str(int(file_metadata(codec)["decoder_refined_steps"]) + 1)
 
 
 def test_the_outline_weight_changes_what_a_codec_learns():
