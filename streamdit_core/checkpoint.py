@@ -29,12 +29,18 @@ from .codec import CodecConfig, VideoAutoencoder
 from .model import StreamDiT, StreamDiTConfig
 
 __all__ = ["CheckpointError", "file_metadata", "save_checkpoint", "load_checkpoint", "load_codec", "read_config",
-           "read_metadata"]
+           "read_metadata", "record_of"]
 
 FORMAT = "streamdit"
 FORMAT_VERSION = "1"
 _RESERVED = ("format", "format_version", "config", "class")
 _CLASSES = {"StreamDiT": (StreamDiT, StreamDiTConfig), "VideoAutoencoder": (VideoAutoencoder, CodecConfig)}
+
+
+def record_of(metadata: Mapping[str, str]) -> dict[str, str]:
+    """A checkpoint's metadata without the format's own keys: what a rewrite of the file carries
+    over into :func:`save_checkpoint`."""
+    return {k: v for k, v in metadata.items() if k not in _RESERVED}
 
 
 class CheckpointError(ValueError):

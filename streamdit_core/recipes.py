@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import record_of, save_checkpoint
 from .train import CodecTrainConfig, TrainConfig, TrainResult, train, train_codec
 
 __all__ = ["NEW_WAN_TRANSFORMER", "WorldRun", "clip_source", "new_wan_base", "refine_codec", "train_wan", "train_world",
@@ -189,8 +189,7 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         t1 = time.perf_counter()
         refine = CodecTrainConfig(steps=decoder_steps, lr=1e-3, seed=config.seed)
         codec_mse = train_codec(autoencoder, world, refine, decoder_only=True)
-        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "class", "config")}
-        save_checkpoint(autoencoder, codec_file, {**extra, "decoder_refined_steps": str(decoder_steps),
+        save_checkpoint(autoencoder, codec_file, {**record_of(meta), "decoder_refined_steps": str(decoder_steps),
                                                   "decoder_refined_seconds": f"{time.perf_counter() - t1:.1f}",
                                                   "refined_reconstruction_mse": f"{codec_mse:.6f}"})
         log(f"codec: decoder refined for {decoder_steps} steps, reconstruction MSE {codec_mse:.5f} -> {codec_file}")
@@ -223,18 +222,20 @@ def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: Codec
     def error() -> float:
         return float((autoencoder.decode(autoencoder.encode(check)) - check).square().mean())
 
-    before = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    def latent_space() -> dict[str, torch.Tensor]:  # what the models trained on the codec know
+        return {k: v.clone() for k, v in autoencoder.state_dict().items() if k.startswith("encoder.") or k in ("shift", "scale")}
+
+    frozen = latent_space()
     was = error()
     started = time.perf_counter()
     train_codec(autoencoder, world, config, progress=progress, decoder_only=True)
     seconds = time.perf_counter() - started
     mse = error()
-    for name, value in autoencoder.state_dict().items():  # the latent space the models know
-        if name.startswith("encoder.") or name in ("shift", "scale"):
-            if not torch.equal(value, before[name]):
-                raise RuntimeError(f"refining the decoder changed the encoder's {name}")
+    moved = [k for k, v in latent_space().items() if not torch.equal(v, frozen[k])]
+    if moved:
+        raise RuntimeError(f"refining the decoder changed the encoder's {moved}")
     steps = int(meta.get("decoder_refined_steps", 0)) + config.steps
-    extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "class", "config")}
+    extra = record_of(meta)
     extra.update(decoder_refined_steps=str(steps), refined_reconstruction_mse=f"{mse:.6f}",
                  last_refinement=json.dumps({"steps": config.steps, "lr": config.lr, "outline_weight":
                                              config.outline_weight, "seed": config.seed, "seconds": round(seconds, 1),

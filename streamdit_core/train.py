@@ -429,6 +429,8 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
     With ``decoder_only`` the encoder and the normalisation stay frozen, so the latent space a
     diffusion model was trained on does not move while the decoder keeps improving.
     """
+    from .world.metrics import torus_dilate
+
     cfg = config
     gen = torch.Generator().manual_seed(cfg.seed + (1 if decoder_only else 0))
     codec.encoder.requires_grad_(not decoder_only)
@@ -474,8 +476,6 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
         subject = ((x - bg).norm(dim=1, keepdim=True) > 0.1).float()  # [b, 1, T, H, W]
         weight = 1 + 9 * subject
         if cfg.outline_weight:  # the pixels within 2 of the outline, on the torus the world draws on
-            from .world.metrics import torus_dilate
-
             inside = subject[:, 0].bool()  # [b, T, H, W]
             ring = torus_dilate(inside, 2) & torus_dilate(~inside, 2)
             weight = weight + cfg.outline_weight * ring[:, None].float()
