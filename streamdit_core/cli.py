@@ -491,6 +491,7 @@ _TABLE_KEYS = [("color", "color"), ("shape", "shape"), ("direction", "direction"
                ("subject_consistency", "subject cons."), ("background_consistency", "backgr. cons."),
                ("temporal_flickering", "temp. flicker"), ("motion_smoothness", "motion smooth."),
                ("dynamic_degree", "dynamic deg."), ("speed", "speed"), ("mean_speed", "px/frame"),
+               ("outline_error", "outline err."),
                ("one_subject", "one subject"), ("teleports", "teleports"), ("noisy_frames", "noisy frames")]
 
 

@@ -307,6 +307,10 @@ class VideoScores:
     background_noise: float = 0.0  # the noisiest frame's background: mean absolute deviation, 0..1
     noisy_frames: float = 0.0  # share of frames whose background noise exceeds NOISY
     mean_speed: float = 0.0  # pixels per frame, frame pairs that both show a subject
+    # Median outline error of the best-fitting world shape over the frames with exactly one subject
+    # (a share of the half size; lower is better, SHAPE_TOLERANCE is where a reading counts). It
+    # moves where the thresholded shape adherence does not; 1.0 where no frame has one subject.
+    outline_error: float = 1.0
     windows: list[dict] = field(default_factory=list)  # per window: detected attributes
 
 
@@ -405,6 +409,7 @@ def score_video(frames: Tensor, prompts: Scene | list[Scene], window: int = WIND
         background_noise=float(det.noise.max()),
         noisy_frames=float((det.noise > NOISY).float().mean()),
         mean_speed=float(speed),
+        outline_error=min(1.0, float(det.fit.nanmedian())) if not det.fit.isnan().all() else 1.0,
         windows=wins,
     )
 

@@ -162,3 +162,13 @@ def test_bad_input_is_named():
         score_video(_clip(frames=8), [SCENE] * 3)
     with pytest.raises(ValueError, match="no videos"):
         summarize([])
+
+
+def test_outline_error_grows_as_a_shape_strays_from_the_world_and_reads_1_without_one_subject():
+    assert score_video(_clip(), SCENE).outline_error < 0.015  # the world's own triangle, wraps included
+    errors = [score_video(_paint(_rounded_square(13.6, r), frames=8), Scene("red", "square", "left", "white")).outline_error
+              for r in (0.5, 4, 9)]
+    assert errors[0] < 0.015 < errors[1] < errors[2]  # the rounder the corners, the larger the error
+    two = _paint(lambda dx, dy: torch.minimum(torch.sqrt((dx - 15) ** 2 + dy * dy), torch.sqrt((dx + 15) ** 2 + dy * dy)) - 9,
+                 frames=8)
+    assert score_video(two, Scene("red", "circle", "left", "white")).outline_error == 1.0
