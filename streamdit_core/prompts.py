@@ -106,11 +106,13 @@ class PromptSwitch:
             the chunks that enter the buffer after the switch, so the change in the video is
             sharp at a chunk boundary (the model sees a prompt per frame meanwhile).
         blend_calls: model calls a blend takes (``blend`` only).
-        settle: ``immediate`` only: frames already below this noise level when the switch comes
-            finish with the prompt they had. A frame that is mostly formed cannot become another
-            picture in its last steps: switched at once, its background comes out mottled (the
-            first chunk after a background switch read 0.056 mean deviation, against 0.011
-            before it). 0: every frame switches at once, as in the paper.
+        settle: ``immediate`` only: frames already at or below this noise level when the switch
+            comes finish with the prompt they had (at the embedded default, K = 2, N = 3, the
+            output chunk is at 0.5 when a switch comes: it finishes, the next chunks switch). A
+            frame that is mostly formed cannot become another picture in its last steps:
+            switched at once, its background comes out mottled (the first chunk after a
+            background switch read 0.056 mean deviation, against 0.011 before it). 0: every
+            frame switches at once, as in the paper.
     """
 
     mode: str = "immediate"

@@ -273,17 +273,18 @@ def test_schedules_for_segments_and_frame_sizes():
 @pytest.mark.parametrize("mode", ["chunk", "immediate"])
 def test_each_frame_is_labelled_with_the_prompt_that_made_it(mode):
     """A player labels frames with ``Session.prompt_at``: after a per-chunk switch, the frames
-    already in the buffer keep the old prompt's label; after an immediate one, every frame that
-    leaves from then on has the new one."""
+    already in the buffer keep the old prompt's label; after an immediate one, the output chunk
+    (at noise 0.5, the default settle level) finishes with the old prompt and every later frame
+    has the new one; with settle 0 (the paper's switch) every frame that leaves has the new one."""
     pipe = _pipe()
     P = Partition(K=0, N=2, c=2, s=1)
-    session = pipe.session("aa", P, switch=PromptSwitch(mode))
-    session.start()
-    session.next_chunk()  # frames 0-1 out; 2-5 in the buffer
-    session.set_prompt("bbbb")
-    first_new = 6 if mode == "chunk" else 2
-    labels = [session.prompt_at(f)[0] for f in range(10)]
-    assert labels == ["aa"] * first_new + ["bbbb"] * (10 - first_new)
+    for settle, first_new in ((0.5, 4), (0.0, 2)) if mode == "immediate" else ((0.5, 6),):
+        session = pipe.session("aa", P, switch=PromptSwitch(mode, settle=settle))
+        session.start()
+        session.next_chunk()  # frames 0-1 out; 2-5 in the buffer
+        session.set_prompt("bbbb")
+        labels = [session.prompt_at(f)[0] for f in range(10)]
+        assert labels == ["aa"] * first_new + ["bbbb"] * (10 - first_new), settle
 
 
 def test_an_immediate_switch_lets_nearly_formed_frames_finish_with_their_prompt(tiny_model):
@@ -294,9 +295,9 @@ def test_an_immediate_switch_lets_nearly_formed_frames_finish_with_their_prompt(
     rec = Recorder(tiny_model)
     stream = Streamer(rec, P, SHAPE, text=old, seed=0)
     stream.step()
-    settled = int((stream.state.sigma < 0.5).sum())
+    settled = int((stream.state.sigma < 0.4).sum())
     assert settled == 2  # the output chunk
-    assert stream.set_text(new, settle=0.5) == settled
+    assert stream.set_text(new, settle=0.4) == settled
     stream.step()
     assert rec.texts[-1].texts == (old, new) and rec.texts[-1].index.tolist() == [0, 0] + [1] * 6
     stream.step()  # the old frames have left
@@ -306,12 +307,27 @@ def test_an_immediate_switch_lets_nearly_formed_frames_finish_with_their_prompt(
     assert rec.texts[-1] is old
 
 
+def test_a_chunk_exactly_at_the_settle_level_finishes_with_its_prompt(tiny_model):
+    """The output chunk of a partition whose band starts at the settle level (0.5 here, as at the
+    embedded default's K = 2, N = 3 under its shift-2 warp) keeps the old text; the chunk above
+    it switches."""
+    P = Partition(K=0, N=4, c=2, s=1)  # after a step: 0.25, 0.5, 0.75, 1
+    old, new = random_text(seed=1), random_text(seed=2)
+    rec = Recorder(tiny_model)
+    stream = Streamer(rec, P, SHAPE, text=old, seed=0)
+    stream.step()
+    assert float(stream.state.sigma[3]) == pytest.approx(0.5) and float(stream.state.sigma[4]) > 0.5
+    assert stream.set_text(new, settle=0.5) == 4  # both chunks at or below 0.5 finish as they were
+    stream.step()
+    assert rec.texts[-1].index.tolist() == [0] * 4 + [1] * 4
+
+
 def test_a_settled_switch_labels_frames_by_the_prompt_they_finished_with():
     pipe = _pipe()
     P = Partition(K=0, N=4, c=2, s=1)
-    session = pipe.session("aa", P, switch=PromptSwitch("immediate", settle=0.5))
+    session = pipe.session("aa", P, switch=PromptSwitch("immediate", settle=0.4))
     session.start()
-    session.next_chunk()  # frames 0-1 out; 2-9 in the buffer, 2-3 below noise 0.5
+    session.next_chunk()  # frames 0-1 out; 2-9 in the buffer, 2-3 below noise 0.4
     session.set_prompt("bbbb")
     assert [session.prompt_at(f)[0] for f in range(12)] == ["aa"] * 4 + ["bbbb"] * 8
     with pytest.raises(ValueError, match="settle must be a noise level"):
