@@ -6,7 +6,7 @@ import torch
 from helpers import PIXEL_CONFIG, Words, randomized
 from streamdit_core.codec import PixelCodec
 from streamdit_core.velocity import ModelWrapper
-from streamdit_core import Pipeline, PromptSchedule
+from streamdit_core import Pipeline, PromptSchedule, PromptSwitch
 
 
 class Recorder(ModelWrapper):
@@ -45,7 +45,9 @@ def test_a_switch_takes_effect_when_the_output_reaches_its_time():
     pipe = _pipe(fps=4)  # PixelCodec: one video frame per latent frame, so 1 s = 4 frames
     schedule = PromptSchedule(((0.0, "ab"), (1.0, "abcdef")))
     P = pipe.default_partition(chunk=2, steps=4)  # N=2, s=2
-    for chunk in pipe.frames(schedule, P, seed=0, warm_start=False):
+    # settle 0: the paper's switch, every frame at once (by default the output chunk, at noise
+    # 0.5 here, would finish with the old prompt; tests/core/test_switch.py)
+    for chunk in pipe.frames(schedule, P, seed=0, warm_start=False, switch=PromptSwitch(settle=0.0)):
         if chunk.index >= 8:
             break
     texts = pipe.model.texts
