@@ -409,7 +409,7 @@ def score_video(frames: Tensor, prompts: Scene | list[Scene], window: int = WIND
         background_noise=float(det.noise.max()),
         noisy_frames=float((det.noise > NOISY).float().mean()),
         mean_speed=float(speed),
-        outline_error=min(1.0, float(det.fit.nanmedian())) if not det.fit.isnan().all() else 1.0,
+        outline_error=float(det.fit.nanmedian().nan_to_num(1.0).clamp(max=1.0)),  # all nan: no frame read
         windows=wins,
     )
 

@@ -270,21 +270,20 @@ def test_schedules_for_segments_and_frame_sizes():
         pipe.session("x", Partition(K=0, N=2, c=2, s=1), size=(7, 10))
 
 
-@pytest.mark.parametrize("mode", ["chunk", "immediate"])
-def test_each_frame_is_labelled_with_the_prompt_that_made_it(mode):
+@pytest.mark.parametrize("mode, settle, first_new", [("chunk", 0.5, 6), ("immediate", 0.5, 4), ("immediate", 0.0, 2)])
+def test_each_frame_is_labelled_with_the_prompt_that_made_it(mode, settle, first_new):
     """A player labels frames with ``Session.prompt_at``: after a per-chunk switch, the frames
     already in the buffer keep the old prompt's label; after an immediate one, the output chunk
     (at noise 0.5, the default settle level) finishes with the old prompt and every later frame
     has the new one; with settle 0 (the paper's switch) every frame that leaves has the new one."""
     pipe = _pipe()
     P = Partition(K=0, N=2, c=2, s=1)
-    for settle, first_new in ((0.5, 4), (0.0, 2)) if mode == "immediate" else ((0.5, 6),):
-        session = pipe.session("aa", P, switch=PromptSwitch(mode, settle=settle))
-        session.start()
-        session.next_chunk()  # frames 0-1 out; 2-5 in the buffer
-        session.set_prompt("bbbb")
-        labels = [session.prompt_at(f)[0] for f in range(10)]
-        assert labels == ["aa"] * first_new + ["bbbb"] * (10 - first_new), settle
+    session = pipe.session("aa", P, switch=PromptSwitch(mode, settle=settle))
+    session.start()
+    session.next_chunk()  # frames 0-1 out; 2-5 in the buffer
+    session.set_prompt("bbbb")
+    labels = [session.prompt_at(f)[0] for f in range(10)]
+    assert labels == ["aa"] * first_new + ["bbbb"] * (10 - first_new)
 
 
 def test_an_immediate_switch_lets_nearly_formed_frames_finish_with_their_prompt(tiny_model):

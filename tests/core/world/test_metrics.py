@@ -51,6 +51,10 @@ def _rounded_square(half, corner):
     return sdf
 
 
+def _two_circles(dx, dy):  # radius 9, 30 pixels apart
+    return torch.minimum(torch.sqrt((dx - 15) ** 2 + dy * dy), torch.sqrt((dx + 15) ** 2 + dy * dy)) - 9
+
+
 def _star(dx, dy):
     angle = torch.atan2(dy, dx)
     return torch.sqrt(dx * dx + dy * dy) - (9 + 7 * (0.5 + 0.5 * torch.cos(5 * (angle + math.pi / 2))))
@@ -78,7 +82,7 @@ def test_shapes_the_world_never_draws_read_as_none_and_count_as_wrong(name):
 
 
 def test_two_subjects_are_counted_and_read_as_no_shape():
-    two = _paint(lambda dx, dy: torch.minimum(torch.sqrt((dx - 15) ** 2 + dy * dy), torch.sqrt((dx + 15) ** 2 + dy * dy)) - 9)
+    two = _paint(_two_circles)
     det = detect(two)
     assert det.subjects.tolist() == [2] * 4 and det.shape == [None] * 4
     one = detect(_paint(lambda dx, dy: torch.sqrt(dx * dx + dy * dy) - 9))
@@ -169,6 +173,5 @@ def test_outline_error_grows_as_a_shape_strays_from_the_world_and_reads_1_withou
     errors = [score_video(_paint(_rounded_square(13.6, r), frames=8), Scene("red", "square", "left", "white")).outline_error
               for r in (0.5, 4, 9)]
     assert errors[0] < 0.015 < errors[1] < errors[2]  # the rounder the corners, the larger the error
-    two = _paint(lambda dx, dy: torch.minimum(torch.sqrt((dx - 15) ** 2 + dy * dy), torch.sqrt((dx + 15) ** 2 + dy * dy)) - 9,
-                 frames=8)
+    two = _paint(_two_circles, frames=8)
     assert score_video(two, Scene("red", "circle", "left", "white")).outline_error == 1.0
