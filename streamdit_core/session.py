@@ -144,8 +144,11 @@ class Session:
         self.guidance = guidance
         self.overlap = bool(overlap)
         self.model = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
+        opening = max(guidance, pipe.opening_guidance or 0.0)
+        self.opening_model = self.model if opening == guidance else Guided(pipe.velocity, opening)
         if before_call is not None:
             self.model = _Hooked(self.model, before_call)
+            self.opening_model = _Hooked(self.opening_model, before_call)
 
     # ------------------------------------------------------------------------------- clocks
 
@@ -175,11 +178,13 @@ class Session:
     def start(self, warm: bool = True) -> FrameChunk | None:
         """Warm start (the uniform trajectory; paper Fig. 13) or keep the cold noise buffer.
 
-        Returns the opening reference frames when ``K > 0``.
+        The warm start runs at the pipeline's ``opening_guidance`` when that is above the
+        session's (a distilled student opens at its teacher's guidance). Returns the opening
+        reference frames when ``K > 0``.
         """
         if not warm:
             return None
-        opening = self.stream.warm_start()
+        opening = self.stream.warm_start(model=self.opening_model)
         return None if opening is None else self._decoded(opening)
 
     @torch.inference_mode()

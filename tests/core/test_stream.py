@@ -149,7 +149,7 @@ def test_warm_start_fills_each_chunk_from_the_uniform_trajectory(tiny_model):
     P, seed, warp = Partition(K=0, N=4, c=4, s=2), 5, SigmaWarp.shift(2.0)
     text = random_text()
     stream = Streamer(tiny_model, P, SHAPE, text=text, seed=seed, warp=warp)
-    assert stream.warm_start() is None
+    assert stream.warm_start(steps=P.T) is None
     assert stream.state.calls == P.T - P.s  # the last band is never needed when K = 0
     assert stream.state.step == 0
     assert torch.equal(stream.state.sigma, frame_sigma_table(P, warp)[0])
@@ -176,11 +176,26 @@ def test_warm_start_with_references_returns_the_opening_frames(tiny_model):
     stream = Streamer(tiny_model, P, (4, 8, 8), seed=0)
     refs = stream.warm_start()
     assert refs.index == 0 and refs.frames == 2
-    assert stream.state.calls == P.T
+    assert stream.state.calls == 4 * P.N  # at least four steps per band (T = 4 here)
     assert torch.equal(stream.state.x[:, :, :2], refs.latents)
     assert stream.next_chunk().index == 2
     with pytest.raises(ValueError, match="multiple of N=2"):
         stream.warm_start(steps=3)
+
+
+def test_warm_start_runs_the_model_it_is_given_and_streams_on_with_its_own(tiny_model):
+    from streamdit_core.velocity import CallCounter
+
+    P = Partition(K=2, N=2, c=2, s=1)
+    own, opening = CallCounter(tiny_model), CallCounter(tiny_model)
+    stream = Streamer(own, P, SHAPE, text=random_text(), seed=0)
+    plain = Streamer(tiny_model, P, SHAPE, text=stream.text, seed=0)
+    stream.warm_start(model=opening)
+    plain.warm_start()
+    assert (own.samples, opening.samples) == (0, 4 * P.N)
+    assert torch.equal(stream.state.x, plain.state.x)  # the same network: the same opening
+    stream.next_chunk()
+    assert own.samples > 0 and opening.samples == 4 * P.N
 
 
 def test_warm_start_after_a_video_fill_is_text_to_video_again(tiny_model):
