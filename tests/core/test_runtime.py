@@ -108,7 +108,8 @@ def test_video_opens_with_the_reference_frames_and_cuts_to_the_exact_length(batc
         got = list(Runtime(session, threaded=False).video(frames, session.start()))
         video = torch.cat([c.frames for c in got], dim=-4)
         assert video.shape[-4] == frames and torch.equal(video, expected.narrow(-4, 0, frames))
-        assert got[0].index == 0 and session.calls == 6 + 2 * (frames - 1)  # no call past the last frame
+        # the opening's 4N = 12 calls, then s = 2 per frame: no call past the last frame
+        assert got[0].index == 0 and session.calls == 12 + 2 * (frames - 1)
 
 
 def test_a_small_model_streams_on_one_cpu_thread_and_torch_keeps_its_setting():

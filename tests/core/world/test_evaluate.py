@@ -34,8 +34,9 @@ def test_scheme_table_counts_calls_per_frame(pipe):
     by = {r.name: r for r in results}
     # 32 frames. uniform (K=2, c=2, s=8): 8 warm-start calls give the 2 references, then 8 calls per 2 frames.
     assert by["uniform"].calls_per_frame == pytest.approx((8 + 15 * 8) / 32)
-    # diagonal (c=1, N=4, s=2): warm start 8 - 2 = 6 calls, then 2 calls per frame.
-    assert by["diagonal"].calls_per_frame == pytest.approx((6 + 32 * 2) / 32)
+    # diagonal (c=1, N=4, s=2): a warm start of 4N = 16 steps, less the last band's 4: 12 calls,
+    # then 2 calls per frame.
+    assert by["diagonal"].calls_per_frame == pytest.approx((12 + 32 * 2) / 32)
     # c=2 (N=2, s=4): warm start 8 - 4 = 4 calls, then 4 calls per 2 frames.
     assert by["streamdit-c2"].calls_per_frame == pytest.approx((4 + 16 * 4) / 32)
     for r in results:
@@ -52,9 +53,9 @@ def test_schemes_follow_the_models_own_steps_by_default(pipe):
     student = dataclasses.replace(pipe, steps_per_chunk=1)
     one = compare_schemes(student, ["uniform", "diagonal", "streamdit-c2"], scenes, seconds=0.5, progress=False)
     assert [(r.partition.N, r.partition.s) for r in one] == [(1, 1), (4, 1), (2, 1)]  # one call per chunk
-    # 8 frames: a warm start of at least two steps per chunk band (2N, less the last band's: 2N - 2
+    # 8 frames: a warm start of at least four steps per chunk band (4N, less the last band's: 4N - 4
     # calls), then one call per emitted chunk (8 chunks at c=1, 4 at c=2)
-    assert one[1].calls_per_frame == pytest.approx((6 + 8) / 8) and one[2].calls_per_frame == pytest.approx((2 + 4) / 8)
+    assert one[1].calls_per_frame == pytest.approx((12 + 8) / 8) and one[2].calls_per_frame == pytest.approx((4 + 4) / 8)
 
 
 def test_each_scheme_gets_the_calls_per_frame_of_the_models_own_partition():
