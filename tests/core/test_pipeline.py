@@ -81,18 +81,19 @@ def test_the_recommended_reference_frames_shape_the_default_partition_where_they
 def test_a_distilled_student_opens_at_its_teacher_guidance_and_streams_unguided():
     from streamdit_core.velocity import CallCounter
 
-    P = Pipeline(randomized(PIXEL_CONFIG), PixelCodec(), Words(), 4).default_partition(chunk=2, steps=2)
     net = randomized(PIXEL_CONFIG)
     counter = CallCounter(net)
     student = Pipeline(counter, PixelCodec(), Words(), 4, opening_guidance=2.0)
     plain = Pipeline(net, PixelCodec(), Words(), 4)
+    P = plain.default_partition(chunk=2, steps=2)
     session = student.session("abc", P, seed=1)
     session.start()
     opened = counter.samples
     assert opened == 2 * session.calls  # every opening call guided: both branches
     guided = plain.session("abc", P, seed=1, guidance=2.0)
     unguided = plain.session("abc", P, seed=1)
-    guided.start(), unguided.start()
+    guided.start()
+    unguided.start()
     assert torch.equal(session.stream.state.x, guided.stream.state.x)
     assert not torch.equal(session.stream.state.x, unguided.stream.state.x)
     session.step()
