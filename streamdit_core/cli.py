@@ -67,6 +67,9 @@ def _add_run_options(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network for the training steps: faster steps after a compile of a "
+                        "minute or more (see BENCHMARKS.md)")
 
 
 def _given(**values) -> dict:
@@ -149,7 +152,7 @@ def _run_train(args) -> int:
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk_sizes=args.chunk_sizes,
                        uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight,
                        reference_frames=refs[0] if refs is not None and len(refs) == 1 else refs)
-    overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing)
+    overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing, compile=args.compile)
     try:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:
@@ -303,7 +306,7 @@ def _run_distill(args) -> int:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     t0 = time.perf_counter()
     try:
-        config = DistillConfig(guidance=guidance, seed=args.seed, **overrides)
+        config = DistillConfig(guidance=guidance, seed=args.seed, compile=args.compile, **overrides)
         if wan:
             result = distill_wan(teacher, args.out, config, clips=args.clips, resume=args.resume, data=args.data,
                                  size=args.size, text_encoder=args.text_encoder)

@@ -55,6 +55,7 @@ class DistillConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 250
     seed: int = 0
+    compile: bool = False  # torch.compile the student for the training steps (TrainConfig.compile)
 
     def __post_init__(self) -> None:
         if self.teacher_steps < 1 or self.guidance < 0 or not self.chunk_sizes:
@@ -65,7 +66,7 @@ class DistillConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
                            grad_clip=self.grad_clip, ema_decay=self.ema_decay, chunk_sizes=self.chunk_sizes,
                            uniform_ratio=0.0, reference_frames=self.reference_frames, text_dropout=0.0,
-                           checkpoint_every=self.checkpoint_every, seed=self.seed)
+                           checkpoint_every=self.checkpoint_every, seed=self.seed, compile=self.compile)
 
 
 def teacher_target(teacher: Callable, x: Tensor, table: Tensor, text) -> Tensor:

@@ -1,5 +1,6 @@
 """The trainer: loss goes down, checkpoints resume, DDP equals one process on the joint batch."""
 
+import dataclasses
 import socket
 
 import pytest
@@ -135,6 +136,26 @@ def test_activation_checkpointing_keeps_the_gradients_and_the_parameter_names():
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_the_compiled_graph_to_the_eager_runs_weights(tmp_path):
+    import torch._dynamo
+
+    cfg = TrainConfig(steps=3, batch_size=4, warmup=1, checkpoint_every=3)
+    weights = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        torch.manual_seed(0)
+        model = StreamDiT(MICRO)
+        train(model, Patterns(), encode_patterns, dataclasses.replace(cfg, compile=compiled), out=tmp_path / str(compiled),
+              progress=False)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs > 0) == compiled, graphs  # the flag decides whether the steps run a compiled graph
+        weights.append(load_checkpoint(tmp_path / str(compiled) / "model.safetensors").state_dict())
+    for k in weights[0]:
+        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-4), k
 
 
 class _Constant(torch.nn.Module):
