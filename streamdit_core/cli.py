@@ -128,6 +128,9 @@ def _add_train(sub) -> None:
                         "latent_channels=4 (repeatable); the model's channels and latent size follow the codec")
     p.add_argument("--decoder-steps", type=int, default=3000,
                    help="decoder refinement steps after the StreamDiT is trained (encoder frozen); 0 skips")
+    p.add_argument("--codec-only", action="store_true",
+                   help="train the codec (and its decoder refinement) in OUT and stop; StreamDiT runs then share it "
+                        "with --codec OUT/codec.safetensors")
     p.add_argument("--shard", action="store_true",
                    help="under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2) "
                         "instead of replicating them (DDP)")
@@ -157,6 +160,8 @@ def _run_train(args) -> int:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:
         raise SystemExit(f"bad training settings: {err}") from None
+    if args.codec_only and (args.codec is not None or args.init is not None):
+        raise SystemExit("--codec-only trains a new codec: leave out --codec and --init")
     if args.init is not None and args.init.startswith("wan:"):
         return _run_train_wan(args, config)  # a Wan VAE's options are its own (width, batch)
     from .codec import CodecConfig
@@ -176,7 +181,7 @@ def _run_train(args) -> int:
         train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
                     model_options=dict(args.model_option), codec_config=codec_config, data=args.data,
-                    size=args.size, init=init)
+                    size=args.size, init=init, codec_only=args.codec_only)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (TypeError, ValueError) as err:

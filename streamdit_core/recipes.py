@@ -79,9 +79,9 @@ def clip_source(data: str | os.PathLike | None, frames: int, size: int, log: Cal
 class WorldRun:
     """What :func:`train_world` wrote: the model and codec files, and what each stage did."""
 
-    model: Path
+    model: Path | None  # None for a codec-only run
     codec: Path
-    result: TrainResult | None  # None when the model already had its steps (a resumed, finished run)
+    result: TrainResult | None  # None when the model already had its steps (a resumed, finished run) or none trained
     codec_mse: float | None  # reconstruction MSE of a codec trained (or refined) by this run
 
 
@@ -90,7 +90,7 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                 clips: int = 4096, guidance: float = 1.0, resume: bool = False,
                 log: Callable[[str], None] = print, model_options: dict | None = None,
                 codec_config=None, data: str | os.PathLike | None = None, size: int = 64,
-                init: str | os.PathLike | None = None) -> WorldRun:
+                init: str | os.PathLike | None = None, codec_only: bool = False) -> WorldRun:
     """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
     names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
     ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
@@ -109,6 +109,9 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         init: one of our checkpoints to continue instead of a new model from ``preset``: the
             paper's two stages are a text-to-video run (``chunk_sizes`` = the buffer length),
             then a run from it over mixed partitions.
+        codec_only: train the codec (and refine its decoder) and stop: no StreamDiT. Several
+            StreamDiT runs can then share the codec (``codec``), which is how the embedded
+            models' chain starts.
     """
     from .checkpoint import load_codec, read_metadata
     from .codec import CodecConfig, VideoAutoencoder
@@ -124,6 +127,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; StreamDiTConfig fields: {', '.join(sorted(known))}")
     buffer = options.get("buffer_frames", StreamDiTConfig.preset(preset).buffer_frames)
+    if codec_only and (codec is not None or init is not None):
+        raise ValueError("a codec-only run trains a new codec: leave out the codec file and the model to continue")
     if codec is not None and not Path(codec).is_file():
         raise FileNotFoundError(f"{codec}: no such codec file; leave the codec out to train one in {out}")
     existing = Path(codec) if codec is not None else Path(out) / "codec.safetensors"
@@ -146,6 +151,9 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                                                   "train_seconds": f"{time.perf_counter() - t0:.1f}"})
         log(f"codec: reconstruction MSE {codec_mse:.5f} on fresh clips -> {codec_file}")
     side = world.size // autoencoder.space_factor
+    if codec_only:
+        return WorldRun(None, codec_file, None, _refine_decoder(autoencoder, codec_file, world, record, decoder_steps,
+                                                                config.seed, log) or codec_mse)
     if init is not None:
         from .checkpoint import load_checkpoint
 
@@ -184,16 +192,27 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                        metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
                                  "guidance": f"{guidance:g}", **recommended})
         log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
+    refined = _refine_decoder(autoencoder, codec_file, world, record, decoder_steps, config.seed, log)
+    return WorldRun(shipped, codec_file, result, codec_mse if refined is None else refined)
+
+
+def _refine_decoder(autoencoder, codec_file: Path, world, record: dict, steps: int, seed: int,
+                    log: Callable[[str], None]) -> float | None:
+    """The last stage of :func:`train_world`: ``steps`` of decoder refinement with the encoder
+    frozen, written over ``codec_file`` (once: a file already refined is kept). Returns the
+    reconstruction MSE, or None when nothing was refined."""
+    from .checkpoint import read_metadata
+
     meta = read_metadata(codec_file)
-    if decoder_steps > 0 and "decoder_refined_steps" not in meta:
-        t1 = time.perf_counter()
-        refine = CodecTrainConfig(steps=decoder_steps, lr=1e-3, seed=config.seed)
-        codec_mse = train_codec(autoencoder, world, refine, decoder_only=True)
-        save_checkpoint(autoencoder, codec_file, {**record_of(meta), "decoder_refined_steps": str(decoder_steps),
-                                                  "decoder_refined_seconds": f"{time.perf_counter() - t1:.1f}",
-                                                  "refined_reconstruction_mse": f"{codec_mse:.6f}"})
-        log(f"codec: decoder refined for {decoder_steps} steps, reconstruction MSE {codec_mse:.5f} -> {codec_file}")
-    return WorldRun(shipped, codec_file, result, codec_mse)
+    if steps <= 0 or "decoder_refined_steps" in meta:
+        return None
+    t1 = time.perf_counter()
+    mse = train_codec(autoencoder, world, CodecTrainConfig(steps=steps, lr=1e-3, seed=seed), decoder_only=True)
+    save_checkpoint(autoencoder, codec_file, {**record_of(meta), "decoder_refined_steps": str(steps),
+                                              "decoder_refined_seconds": f"{time.perf_counter() - t1:.1f}",
+                                              "refined_reconstruction_mse": f"{mse:.6f}"})
+    log(f"codec: decoder refined for {steps} steps, reconstruction MSE {mse:.5f} -> {codec_file}")
+    return mse
 
 
 def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: CodecTrainConfig, *,

@@ -246,6 +246,32 @@ def test_train_takes_model_and_codec_options_and_names_bad_ones(tmp_path):
         main(["train", "--out", str(tmp_path / "c"), "--codec-option", "colour=red"])
 
 
+def test_a_codec_only_run_trains_the_codec_a_full_run_would_and_stops(tmp_path):
+    """``--codec-only`` writes the codec (its decoder refined) and no StreamDiT; at the same seed
+    it is the codec the first stage of a full run trains, so StreamDiT runs can share it."""
+    from streamdit_core.checkpoint import load_codec
+    from streamdit_core.cli import main
+
+    codec = ["--codec-steps", "2", "--codec-option", "width=16", "--codec-option", "wrap=true", "--seed", "5"]
+    assert main(["train", "--out", str(tmp_path / "c"), "--codec-only", "--decoder-steps", "1", *codec]) == 0
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["codec.safetensors"]
+    assert read_metadata(tmp_path / "c" / "codec.safetensors")["decoder_refined_steps"] == "1"
+    assert main(["train", "--out", str(tmp_path / "full"), "--steps", "1", "--batch-size", "2", "--clips", "4",
+                 "--decoder-steps", "0", "--model-option", "depth=1", *codec]) == 0
+    assert main(["train", "--out", str(tmp_path / "c0"), "--codec-only", "--decoder-steps", "0", *codec]) == 0
+    full, alone = load_codec(tmp_path / "full" / "codec.safetensors"), load_codec(tmp_path / "c0" / "codec.safetensors")
+    for (k, a), b in zip(full.state_dict().items(), alone.state_dict().values()):
+        assert torch.equal(a, b), k
+    refined = load_codec(tmp_path / "c" / "codec.safetensors").state_dict()
+    assert not all(torch.equal(a, refined[k]) for k, a in alone.state_dict().items() if k.startswith("decoder."))
+    for k, a in alone.state_dict().items():
+        if k.startswith("encoder."):
+            assert torch.equal(a, refined[k]), k  # the refinement leaves the latent space alone
+    with pytest.raises(SystemExit, match="--codec-only trains a new codec"):
+        main(["train", "--out", str(tmp_path / "x"), "--codec-only", "--codec", str(tmp_path / "c" / "codec.safetensors")])
+    assert not (tmp_path / "x").exists()
+
+
 def test_train_continues_a_checkpoint_as_the_papers_second_stage(tmp_path):
     """Stage 1 trains plain text-to-video (one chunk of the whole buffer); stage 2 continues it
     over mixed partitions: its model starts from stage 1's weights, and its config comes along."""
