@@ -236,7 +236,7 @@ class Session:
         mode = self.switch.mode
         at = self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
                                   blend_calls=self.switch.blend_calls if mode == "blend" else 0,
-                                  settle=self.switch.settle if mode == "immediate" else 0.0)
+                                  settle=0.0 if mode == "chunk" else self.switch.settle)
         st = self.stream.state
         if mode == "chunk" or at >= self.partition.B:
             first = st.next_index

@@ -244,13 +244,13 @@ class Streamer:
             blend_calls: a blended switch: the embedding moves from the current text to ``text``
                 over this many model calls (both :class:`~streamdit_core.conditioning.TextEmbedding`);
                 0 switches at once.
-            settle: an immediate switch leaves the frames whose noise level is already at or
-                below this on the text they had (see :class:`~streamdit_core.prompts.PromptSwitch`).
+            settle: an immediate or blended switch leaves the frames whose noise level is already
+                at or below this on the text they had (see :class:`~streamdit_core.prompts.PromptSwitch`).
 
         Returns the buffer position of the first frame that sees ``text`` (0: the whole buffer).
         """
         keep = 0
-        if settle > 0 and not entering_only and not blend_calls:
+        if settle > 0 and not entering_only:
             # at or below: a chunk whose band starts exactly at ``settle`` (the output chunk of the
             # embedded default, K = 2, N = 3 under the shift-2 warp, sits at 0.5 when a switch comes)
             # has as little left to do as one below it

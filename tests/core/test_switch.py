@@ -139,13 +139,32 @@ def _pipe():
 
 def test_blend_reaches_the_new_prompt_after_the_chosen_calls():
     pipe = _pipe()
-    session = pipe.session("ab", Partition(K=0, N=2, c=2, s=2), switch=PromptSwitch("blend", blend_calls=4))
+    session = pipe.session("ab", Partition(K=0, N=2, c=2, s=2), switch=PromptSwitch("blend", blend_calls=4, settle=0))
     session.start()
     session.set_prompt("abcdef")  # token value 2 -> 6
     for _ in range(5):
         session.step()
     values = [float(t.tokens[0, 0, 0]) for t in pipe.model.seen[-5:]]
     assert values == pytest.approx([3.0, 4.0, 5.0, 6.0, 6.0])
+
+
+def test_a_settled_blend_lets_nearly_formed_frames_finish_with_their_prompt():
+    """With ``settle`` (the default 0.5), a blend leaves the frames at or below that noise level
+    on the old text until they leave; the others, and every frame entering meanwhile, follow the
+    blend to its end."""
+    pipe = _pipe()
+    P = Partition(K=0, N=4, c=2, s=1)  # after a step: chunk levels 0.25, 0.5, 0.75, 1
+    session = pipe.session("ab", P, switch=PromptSwitch("blend", blend_calls=4))
+    session.start()
+    session.next_chunk()
+    mark = len(pipe.model.seen)
+    session.set_prompt("abcdef")  # token value 2 -> 6
+    for _ in range(5):
+        session.step()
+    seen = [_token_values(t) for t in pipe.model.seen[mark:]]
+    assert seen[0] == [2.0] * 4 + [3.0] * 4  # the two chunks at or below 0.5 keep the old text
+    assert seen[1] == [2.0] * 2 + [4.0] * 6  # one of them has left; a chunk entered, blending
+    assert seen[2] == 5.0 and seen[3] == 6.0 and seen[4] == 6.0  # the old frames are out: the plain blend
 
 
 def test_a_snapshot_continues_the_stream_exactly():
