@@ -150,10 +150,10 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                                                   "reconstruction_mse": f"{codec_mse:.6f}",
                                                   "train_seconds": f"{time.perf_counter() - t0:.1f}"})
         log(f"codec: reconstruction MSE {codec_mse:.5f} on fresh clips -> {codec_file}")
-    side = world.size // autoencoder.space_factor
     if codec_only:
-        return WorldRun(None, codec_file, None, _refine_decoder(autoencoder, codec_file, world, record, decoder_steps,
-                                                                config.seed, log) or codec_mse)
+        refined = _refine_decoder(autoencoder, codec_file, world, record, decoder_steps, config.seed, log)
+        return WorldRun(None, codec_file, None, codec_mse if refined is None else refined)
+    side = world.size // autoencoder.space_factor
     if init is not None:
         from .checkpoint import load_checkpoint
 
