@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import signal
 import sys
@@ -738,6 +739,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: frees what still holds the process group (a data-parallel wrapper's reducer
+    freed after it aborts the interpreter's exit), then leaves the group."""
+    dist = sys.modules.get("torch.distributed")  # a command that never imported it never joined a group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def _on_sigterm():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from streamdit_core import StreamDiT, StreamDiTConfig, TextEmbedding
@@ -83,28 +85,35 @@ def _gloo(rank: int, world: int, port: int):
 def gradient_worker(rank: int, world: int, port: int, config, x0, sigma, eps, tokens, out, shard: bool = False) -> None:
     """One data-parallel process (DDP, or FSDP2 with ``shard``): the full gradients and the loss of
     the flow-matching loss on its share of a joint batch; rank 0 saves them to ``out``."""
+    dist = _gloo(rank, world, port)
+    try:
+        # the wrapped model lives only inside this call: a DDP reducer that outlives the process
+        # group aborts the interpreter's exit (seen: SIGABRT in 1 of 5 runs)
+        _gradients(dist, rank, world, config, x0, sigma, eps, tokens, out, shard)
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def _gradients(dist, rank, world, config, x0, sigma, eps, tokens, out, shard) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from streamdit_core.shard import shard_model
     from streamdit_core.train import flow_matching_loss
 
-    dist = _gloo(rank, world, port)
-    try:
-        torch.manual_seed(0)
-        model = StreamDiT(config)
-        net = shard_model(model, torch.device("cpu")) if shard else DistributedDataParallel(model)
-        share = slice(rank * x0.shape[0] // world, (rank + 1) * x0.shape[0] // world)
-        loss = flow_matching_loss(net, x0[share], sigma[share], eps[share], TextEmbedding(tokens[share]))
-        loss.backward()
-        # a sharded gradient is a DTensor: full_tensor() gathers its shards
-        grads = {k: p.grad.full_tensor() if shard else p.grad.clone() for k, p in model.named_parameters()}
-        losses = [None] * world
-        dist.all_gather_object(losses, float(loss.detach()))
-        if rank == 0:
-            torch.save({"grads": grads, "losses": losses, "sharded": type(next(model.parameters())).__name__}, out)
-        dist.barrier()  # no rank tears gloo down while the other still talks to it (seen: SIGABRT)
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    model = StreamDiT(config)
+    net = shard_model(model, torch.device("cpu")) if shard else DistributedDataParallel(model)
+    share = slice(rank * x0.shape[0] // world, (rank + 1) * x0.shape[0] // world)
+    loss = flow_matching_loss(net, x0[share], sigma[share], eps[share], TextEmbedding(tokens[share]))
+    loss.backward()
+    # a sharded gradient is a DTensor: full_tensor() gathers its shards
+    grads = {k: p.grad.full_tensor() if shard else p.grad.clone() for k, p in model.named_parameters()}
+    losses = [None] * world
+    dist.all_gather_object(losses, float(loss.detach()))
+    if rank == 0:
+        torch.save({"grads": grads, "losses": losses, "sharded": type(next(model.parameters())).__name__}, out)
 
 
 class Interrupted(Patterns):
@@ -149,4 +158,5 @@ def fsdp_resume_worker(rank: int, world: int, port: int, config, folder: str) ->
               progress=False)
         dist.barrier()
     finally:
+        gc.collect()
         dist.destroy_process_group()
