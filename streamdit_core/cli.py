@@ -344,6 +344,9 @@ def _add_refine_codec(sub) -> None:
     p.add_argument("--outline-weight", type=float, default=0.0,
                    help="extra loss weight on the pixels within 2 of the subject's outline, where corners and "
                         "tips are (default 0)")
+    p.add_argument("--outline-contrast", action="store_true",
+                   help="weigh the outline's error by 1 / (the subject's contrast to its background)^2, so the "
+                        "least contrasted pairs (purple or green on gray) count as much as the rest")
     p.add_argument("--batch-size", type=_positive(int), default=None, help="clips per step (default 32)")
     p.add_argument("--data", type=Path, default=None, help="a folder of captioned videos (default: the world)")
     p.add_argument("--size", type=_positive(int), default=64, help="frame size for --data")
@@ -363,9 +366,11 @@ def _run_refine_codec(args) -> int:
         torch.set_num_threads(args.threads)
     if args.outline_weight < 0:
         raise SystemExit(f"--outline-weight must be 0 or more, got {args.outline_weight}")
+    if args.outline_contrast and not args.outline_weight:
+        raise SystemExit("--outline-contrast weighs the outline's error: give --outline-weight too (e.g. 20)")
     try:
-        config = CodecTrainConfig(steps=args.steps, lr=args.lr, outline_weight=args.outline_weight, seed=args.seed,
-                                  **_given(batch_size=args.batch_size))
+        config = CodecTrainConfig(steps=args.steps, lr=args.lr, outline_weight=args.outline_weight,
+                                  outline_contrast=args.outline_contrast, seed=args.seed, **_given(batch_size=args.batch_size))
         refine_codec(args.codec, args.out, config, data=args.data, size=args.size)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None

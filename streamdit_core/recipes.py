@@ -257,7 +257,8 @@ def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: Codec
     extra = record_of(meta)
     extra.update(decoder_refined_steps=str(steps), refined_reconstruction_mse=f"{mse:.6f}",
                  last_refinement=json.dumps({"steps": config.steps, "lr": config.lr, "outline_weight":
-                                             config.outline_weight, "seed": config.seed, "seconds": round(seconds, 1),
+                                             config.outline_weight, "outline_contrast": config.outline_contrast,
+                                             "seed": config.seed, "seconds": round(seconds, 1),
                                              **({"data": record["data"]} if "data" in record else {})}))
     if mse > was:
         log(f"codec: the refinement made the reconstruction worse (MSE {was:.5f} -> {mse:.5f} on "

@@ -422,6 +422,38 @@ class CodecTrainConfig:
     # Extra weight on the pixels within 2 of the subject's outline (on top of the subject's 10x):
     # the corners and tips that tell a square and a triangle from a circle live there.
     outline_weight: float = 0.0
+    # Weigh each frame's outline error by 1 / contrast^2 (the subject's color distance from its
+    # background; the mean weight over the batch stays the same). The shape is read from the
+    # error divided by that contrast, so without this purple or green on gray, the least
+    # contrasted pairs, keep blurred corners where the squared error is already small.
+    outline_contrast: bool = False
+
+
+def codec_pixel_weight(x: Tensor, outline_weight: float = 0.0, outline_contrast: bool = False) -> Tensor:
+    """The codec loss's weight ``[b, 1, T, H, W]`` on each pixel of world clips ``x [b, 3, T, H, W]``.
+
+    The subject covers a few percent of the pixels but carries the shape, so its pixels (anything
+    away from the frame's median color) weigh ten times the background's. ``outline_weight`` adds
+    to the pixels within 2 of its outline (on the torus the world draws on), where the corners
+    and tips are; with ``outline_contrast`` that extra weight goes as 1 / contrast^2 per frame
+    (its mean over the frames that show a subject stays ``outline_weight``).
+    """
+    from .world.metrics import torus_dilate
+
+    bg = x.flatten(3).median(dim=3).values[..., None, None]  # [b, 3, T, 1, 1]
+    away = (x - bg).norm(dim=1, keepdim=True)  # [b, 1, T, H, W]
+    subject = (away > 0.1).float()
+    weight = 1 + 9 * subject
+    if outline_weight:
+        inside = subject[:, 0].bool()  # [b, T, H, W]
+        ring = (torus_dilate(inside, 2) & torus_dilate(~inside, 2))[:, None].float()
+        if outline_contrast:
+            contrast = away.amax(dim=(3, 4), keepdim=True)  # [b, 1, T, 1, 1]
+            shown = (contrast > 0.1).float()  # frames that show a subject
+            scale = shown / contrast.clamp_min(0.1).square()
+            ring = ring * scale * shown.sum().clamp_min(1) / scale.sum().clamp_min(1e-8)
+        weight = weight + outline_weight * ring
+    return weight
 
 
 def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, decoder_only: bool = False) -> float:
@@ -435,8 +467,6 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
     With ``decoder_only`` the encoder and the normalisation stay frozen, so the latent space a
     diffusion model was trained on does not move while the decoder keeps improving.
     """
-    from .world.metrics import torus_dilate
-
     cfg = config
     gen = torch.Generator().manual_seed(cfg.seed + (1 if decoder_only else 0))
     codec.encoder.requires_grad_(not decoder_only)
@@ -476,15 +506,7 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
             z = codec.encode_raw(x)
         z = z + cfg.latent_noise * z.detach().std() * torch.randn(z.shape, generator=gen)
         y = codec.decode_raw(z)
-        # The subject covers a few percent of the pixels but carries the shape: weigh its
-        # pixels (anything away from the frame's median color) ten times the background's.
-        bg = x.flatten(3).median(dim=3).values[..., None, None]  # [b, 3, T, 1, 1]
-        subject = ((x - bg).norm(dim=1, keepdim=True) > 0.1).float()  # [b, 1, T, H, W]
-        weight = 1 + 9 * subject
-        if cfg.outline_weight:  # the pixels within 2 of the outline, on the torus the world draws on
-            inside = subject[:, 0].bool()  # [b, T, H, W]
-            ring = torus_dilate(inside, 2) & torus_dilate(~inside, 2)
-            weight = weight + cfg.outline_weight * ring[:, None].float()
+        weight = codec_pixel_weight(x, cfg.outline_weight, cfg.outline_contrast)
         err = y - x
         loss = (weight * (err.square() + 0.1 * err.abs())).mean() / weight.mean()
         opt.zero_grad(set_to_none=True)

@@ -162,11 +162,33 @@ def test_the_outline_weight_changes_what_a_codec_learns():
     assert same and differs
 
 
+def test_outline_contrast_weighs_a_faint_outline_as_much_as_a_clear_one_in_the_shape_reading():
+    from streamdit_core.train import codec_pixel_weight
+    from streamdit_core.world import BACKGROUNDS, COLORS, Scene, World
+
+    world = World()
+    faint, clear = Scene("purple", "square", "right", "gray"), Scene("yellow", "square", "right", "black")
+    # the same square on the same path: only the colors differ
+    x = torch.stack([world.render(s, 2, torch.Generator().manual_seed(3)).frames for s in (faint, clear)]).transpose(1, 2)
+    contrast = [torch.tensor(COLORS[s.color]).sub(torch.tensor(BACKGROUNDS[s.background])).norm() for s in (faint, clear)]
+    plain = codec_pixel_weight(x, outline_weight=20.0)
+    even = codec_pixel_weight(x, outline_weight=20.0, outline_contrast=True)
+    ring = plain > 10  # the outline's pixels: 1 (+9 inside) + 20
+    assert torch.equal(ring[0], ring[1]) and ring.any()
+    assert torch.equal(plain[~ring], even[~ring])  # the subject's 10x and the background's 1x stay
+    extra = [float((even[i][ring[i]] - plain[i][ring[i]] + 20).mean()) for i in range(2)]  # what weighs the ring
+    assert extra[0] / extra[1] == pytest.approx(float(contrast[1] / contrast[0]) ** 2, rel=0.02)
+    assert (extra[0] + extra[1]) / 2 == pytest.approx(20.0, rel=0.02)  # the mean stays the outline weight
+
+
 def test_the_refine_codec_command_names_a_bad_input(tmp_path, capsys):
     from streamdit_core.cli import main
 
     with pytest.raises(SystemExit, match="--outline-weight must be 0 or more"):
         main(["refine-codec", str(tmp_path / "codec.safetensors"), "--out", str(tmp_path / "x.safetensors"),
               "--outline-weight", "-1"])
+    with pytest.raises(SystemExit, match="--outline-contrast .* give --outline-weight"):
+        main(["refine-codec", str(tmp_path / "codec.safetensors"), "--out", str(tmp_path / "x.safetensors"),
+              "--outline-contrast"])
     with pytest.raises(SystemExit, match="error: .*missing.safetensors"):
         main(["refine-codec", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x.safetensors")])
