@@ -29,7 +29,7 @@ from .codec import CodecConfig, VideoAutoencoder
 from .model import StreamDiT, StreamDiTConfig
 
 __all__ = ["CheckpointError", "file_metadata", "save_checkpoint", "load_checkpoint", "load_codec", "read_config",
-           "read_metadata", "record_of"]
+           "read_metadata", "record_of", "write_safetensors"]
 
 FORMAT = "streamdit"
 FORMAT_VERSION = "1"
@@ -70,9 +70,23 @@ def save_checkpoint(model: StreamDiT | VideoAutoencoder, path: str | os.PathLike
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "class": cls,
             "config": model.config.to_json(), **extra}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return write_safetensors(tensors, path, meta)
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: Mapping[str, str] | None = None) -> Path:
+    """Writes a safetensors file atomically: under ``name.partial`` beside the target, then
+    renamed into place, so an interrupted write never leaves a half-written file under the final
+    name. The file gets the permissions any new file gets here (the umask's), not the owner-only
+    mode the safetensors writer gives its files."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "wb"):  # an ordinary new file: its mode is the one to keep
+        pass
+    mode = os.stat(tmp).st_mode & 0o777
+    save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
     return path
 

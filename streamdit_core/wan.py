@@ -87,7 +87,7 @@ class WanVelocity(nn.Module):
         the format its Load Diffusion Model reads; with LoRA adapters, ``<stem>_lora.safetensors``
         beside it holds just the adapters, for its Load LoRA on the base model. Atomic. ``state``
         replaces the module's own weights (a state dict gathered from shards)."""
-        from safetensors.torch import save_file
+        from .checkpoint import write_safetensors
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +98,7 @@ class WanVelocity(nn.Module):
         if any(_is_lora(m) for m in self.transformer.modules()):
             files[path.with_name(path.stem + "_lora.safetensors")] = lora_state_dict(self, state)
         for target, tensors in files.items():
-            tmp = target.with_name(target.name + ".partial")
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, target)
+            write_safetensors(tensors, target, meta)
         return path
 
     def _call(self, x: Tensor, sigma: Tensor, text: TextEmbedding) -> Tensor:

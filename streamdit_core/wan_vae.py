@@ -189,14 +189,12 @@ def save_wan_vae(vae: WanVAE, folder: str | os.PathLike, metadata: dict[str, str
     """Writes ``folder/vae/`` (diffusers, what ``train --init wan:FOLDER`` reads) and
     ``folder/vae_comfyui.safetensors`` (ComfyUI's Load VAE; from ``models/vae/``). Returns the
     ComfyUI file."""
-    from safetensors.torch import save_file
+    from .checkpoint import write_safetensors
 
     folder = Path(folder)
     vae.vae.save_pretrained(folder / "vae")
-    path = folder / COMFY_VAE_FILE
     meta = {"format": "comfyui-wan-vae", "base_dim": str(vae.vae.config.base_dim), **(metadata or {})}
-    save_file(comfy_vae_state_dict(vae), str(path), metadata=meta)
-    return path
+    return write_safetensors(comfy_vae_state_dict(vae), folder / COMFY_VAE_FILE, meta)
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,15 +71,12 @@ class LatentPool:
 
     @staticmethod
     def _save_shard(folder: Path, index: int, latents: Tensor, cover: Tensor, prompts: list[str], key: str) -> None:
-        from safetensors.torch import save_file
+        from ..checkpoint import write_safetensors
 
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pool.json").unlink(missing_ok=True)  # the pool is whole only once its index is written
-        target = folder / f"latents-{index:05d}.safetensors"
-        tmp = target.with_name(target.name + ".partial")
-        save_file({"latents": latents.contiguous(), "subject": cover.contiguous()}, str(tmp),
-                  metadata={"key": key, "prompts": json.dumps(prompts)})
-        os.replace(tmp, target)
+        write_safetensors({"latents": latents.contiguous(), "subject": cover.contiguous()},
+                          folder / f"latents-{index:05d}.safetensors", {"key": key, "prompts": json.dumps(prompts)})
 
     def _load(self, folder: Path, key: str) -> bool:
         """Reads a cached pool; False (encode it) when there is none or it was made differently."""

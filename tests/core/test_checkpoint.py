@@ -105,3 +105,17 @@ def test_reserved_metadata_is_refused(tmp_path):
         save_checkpoint(StreamDiT(CONFIG), tmp_path / "x.safetensors", {"config": "{}"})
     with pytest.raises(ValueError, match="strings"):
         save_checkpoint(StreamDiT(CONFIG), tmp_path / "x.safetensors", {"step": 3})
+
+
+
+def test_a_checkpoint_gets_the_umasks_mode_like_any_new_file(tmp_path):
+    # the safetensors writer alone makes owner-only files (0600); a model meant for a shared
+    # ComfyUI models folder must be readable as every other file written there
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(StreamDiT(CONFIG), tmp_path / "shared.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
