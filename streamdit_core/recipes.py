@@ -255,7 +255,9 @@ def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: Codec
         raise RuntimeError(f"refining the decoder changed the encoder's {moved}")
     steps = int(meta.get("decoder_refined_steps", 0)) + config.steps
     extra = record_of(meta)
-    extra.update(decoder_refined_steps=str(steps), refined_reconstruction_mse=f"{mse:.6f}",
+    total = float(meta.get("decoder_refined_seconds", 0)) + seconds
+    extra.update(decoder_refined_steps=str(steps), decoder_refined_seconds=f"{total:.1f}",
+                 refined_reconstruction_mse=f"{mse:.6f}",
                  last_refinement=json.dumps({"steps": config.steps, "lr": config.lr, "outline_weight":
                                              config.outline_weight, "outline_contrast": config.outline_contrast,
                                              "seed": config.seed, "seconds": round(seconds, 1),

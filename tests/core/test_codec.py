@@ -112,7 +112,8 @@ def test_refining_a_codec_file_keeps_its_latent_space_and_adds_up_its_steps(tmp_
     codec = VideoAutoencoder(CodecConfig(width=16, wrap=True))
     with torch.no_grad():
         codec.shift.fill_(0.5), codec.scale.fill_(2.0)  # a calibrated codec's normalisation
-    source = save_checkpoint(codec, tmp_path / "codec.safetensors", {"decoder_refined_steps": "10", "note": "kept"})
+    source = save_checkpoint(codec, tmp_path / "codec.safetensors", {"decoder_refined_steps": "10", "decoder_refined_seconds": "100.0",
+                                                                         "note": "kept"})
     before = source.read_bytes()
     config = CodecTrainConfig(steps=2, batch_size=2, pool=4, check_clips=2, outline_weight=5.0)
     out = refine_codec(source, tmp_path / "refined.safetensors", config, progress=False, log=lambda _: None)
@@ -125,6 +126,8 @@ def test_refining_a_codec_file_keeps_its_latent_space_and_adds_up_its_steps(tmp_
     meta = file_metadata(out)
     assert meta["decoder_refined_steps"] == "12" and meta["note"] == "kept"
     assert json.loads(meta["last_refinement"])["outline_weight"] == 5.0
+    last = json.loads(meta["last_refinement"])["seconds"]
+    assert abs(float(meta["decoder_refined_seconds"]) - (100.0 + last)) < 0.11  # the seconds add up too
 
 
 def test_a_refinement_that_makes_the_codec_worse_never_replaces_it(tmp_path):
