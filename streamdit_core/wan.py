@@ -90,7 +90,6 @@ class WanVelocity(nn.Module):
         from .checkpoint import write_safetensors
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         h, w = self.geometry.latent_size
         meta = {"format": "comfyui-wan", "buffer_frames": str(self.geometry.buffer_frames),
                 "latent_size": f"{h},{w}", "shift": f"{self.geometry.warp.value:g}", **(metadata or {})}

@@ -73,7 +73,6 @@ class LatentPool:
     def _save_shard(folder: Path, index: int, latents: Tensor, cover: Tensor, prompts: list[str], key: str) -> None:
         from ..checkpoint import write_safetensors
 
-        folder.mkdir(parents=True, exist_ok=True)
         (folder / "pool.json").unlink(missing_ok=True)  # the pool is whole only once its index is written
         write_safetensors({"latents": latents.contiguous(), "subject": cover.contiguous()},
                           folder / f"latents-{index:05d}.safetensors", {"key": key, "prompts": json.dumps(prompts)})

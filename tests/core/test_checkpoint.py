@@ -107,7 +107,6 @@ def test_reserved_metadata_is_refused(tmp_path):
         save_checkpoint(StreamDiT(CONFIG), tmp_path / "x.safetensors", {"step": 3})
 
 
-
 def test_a_checkpoint_gets_the_umasks_mode_like_any_new_file(tmp_path):
     # the safetensors writer alone makes owner-only files (0600); a model meant for a shared
     # ComfyUI models folder must be readable as every other file written there

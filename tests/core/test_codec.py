@@ -112,8 +112,8 @@ def test_refining_a_codec_file_keeps_its_latent_space_and_adds_up_its_steps(tmp_
     codec = VideoAutoencoder(CodecConfig(width=16, wrap=True))
     with torch.no_grad():
         codec.shift.fill_(0.5), codec.scale.fill_(2.0)  # a calibrated codec's normalisation
-    source = save_checkpoint(codec, tmp_path / "codec.safetensors", {"decoder_refined_steps": "10", "decoder_refined_seconds": "100.0",
-                                                                         "note": "kept"})
+    record = {"decoder_refined_steps": "10", "decoder_refined_seconds": "100.0", "note": "kept"}
+    source = save_checkpoint(codec, tmp_path / "codec.safetensors", record)
     before = source.read_bytes()
     config = CodecTrainConfig(steps=2, batch_size=2, pool=4, check_clips=2, outline_weight=5.0)
     out = refine_codec(source, tmp_path / "refined.safetensors", config, progress=False, log=lambda _: None)
