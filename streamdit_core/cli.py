@@ -269,6 +269,11 @@ def _add_distill(sub) -> None:
                    help="clean reference frames in the student's partitions (default: the teacher's recommendation, "
                         "2 for the embedded teacher, with --teacher-steps 4 per chunk); the student's file recommends "
                         "its partition, which generate, evaluate and bench then stream by default")
+    p.add_argument("--opening-guidance", type=float, default=None, metavar="G",
+                   help="guidance of the student's opening (the guided warm start every stream begins with; "
+                        "default: the teacher's guidance); recorded in the student's file")
+    p.add_argument("--opening-steps", type=_positive(int), default=None, metavar="S",
+                   help="Euler steps per chunk band of the student's opening (default 4); recorded in its file")
     p.add_argument("--data", type=Path, default=None,
                    help="a folder of captioned videos to distil on (default: what the teacher was trained on)")
     p.add_argument("--size", type=_positive(int), default=None,
@@ -307,7 +312,8 @@ def _run_distill(args) -> int:
             B = read_config(teacher).buffer_frames
             teacher_steps = 4 * ((B - refs) // min(args.chunk_sizes or (2,)))
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=teacher_steps,
-                       chunk_sizes=args.chunk_sizes, reference_frames=refs)
+                       chunk_sizes=args.chunk_sizes, reference_frames=refs, opening_guidance=args.opening_guidance,
+                       opening_steps=args.opening_steps)
     if args.text_encoder is not None and not wan:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     t0 = time.perf_counter()

@@ -93,9 +93,13 @@ class Pipeline:
     reference_frames: int = 0
     vocabulary: frozenset[str] | None = None  # every word the model was trained on, when it is known
     # The guidance a stream's warm start runs at when the stream's own is lower: a distilled
-    # student's teacher guidance (its file's ``distilled`` record), so the opening that every
-    # later frame continues keeps the subject (see Streamer.warm_start). None: the stream's own.
+    # student's (its file's ``opening`` record, else its teacher's guidance from ``distilled``),
+    # so the opening that every later frame continues keeps the subject (see
+    # Streamer.warm_start). None: the stream's own.
     opening_guidance: float | None = None
+    # Euler steps per chunk band of the warm start (the file's ``opening`` record); None: the
+    # stream's default (T, and at least four per band).
+    opening_steps_per_chunk: int | None = None
 
     def unknown_words(self, prompt: str) -> list[str]:
         """The words of ``prompt`` the model never saw in training, in order (empty when its
@@ -164,11 +168,14 @@ class Pipeline:
         """The pipeline of a loaded model: fps, guidance, steps per chunk and vocabulary from its file."""
         recommended = json.loads(meta.get("recommended_partition", "{}"))
         distilled = json.loads(meta.get("distilled", "{}"))
+        opening = {**({"guidance": distilled["guidance"]} if "guidance" in distilled else {}),
+                   **json.loads(meta.get("opening", "{}"))}
         return cls(model, codec, text, int(meta.get("fps", "16")), path, float(meta.get("guidance", "1")),
                    steps_per_chunk=int(meta["steps_per_chunk"]) if "steps_per_chunk" in meta else None,
                    reference_frames=int(recommended.get("K", meta.get("reference_frames", 0))),
                    vocabulary=_vocabulary(meta),
-                   opening_guidance=float(distilled["guidance"]) if "guidance" in distilled else None)
+                   opening_guidance=float(opening["guidance"]) if "guidance" in opening else None,
+                   opening_steps_per_chunk=int(opening["steps_per_chunk"]) if "steps_per_chunk" in opening else None)
 
     def accelerate(self, path: FastPath | None = None) -> "Pipeline":
         """Streams from now on run the model on ``path`` (default: the best for its device);

@@ -179,12 +179,15 @@ class Session:
         """Warm start (the uniform trajectory; paper Fig. 13) or keep the cold noise buffer.
 
         The warm start runs at the pipeline's ``opening_guidance`` when that is above the
-        session's (a distilled student opens at its teacher's guidance). Returns the opening
-        reference frames when ``K > 0``.
+        session's (a distilled student opens guided), with the pipeline's
+        ``opening_steps_per_chunk`` Euler steps per chunk band when it sets them (at least T).
+        Returns the opening reference frames when ``K > 0``.
         """
         if not warm:
             return None
-        opening = self.stream.warm_start(model=self.opening_model)
+        per_band, P = self.pipe.opening_steps_per_chunk, self.partition
+        steps = None if per_band is None else max(P.T, per_band * P.N)
+        opening = self.stream.warm_start(steps=steps, model=self.opening_model)
         return None if opening is None else self._decoded(opening)
 
     @torch.inference_mode()

@@ -7,10 +7,11 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from helpers import Patterns, encode_patterns, randomized
 from streamdit_core import Partition, StreamDiTConfig, Streamer, load_checkpoint
-from streamdit_core.checkpoint import read_metadata
+from streamdit_core.checkpoint import file_metadata, read_metadata, write_safetensors
 from streamdit_core.distill import DistillConfig, SegmentDistillation, distill, teacher_target
 from streamdit_core.guidance import Guided
 from streamdit_core.velocity import CallCounter
@@ -47,6 +48,26 @@ def test_a_few_steps_bring_the_student_closer_to_the_teachers_multistep_result(t
     meta = read_metadata(result.checkpoint)
     assert meta["guidance"] == "1" and meta["steps_per_chunk"] == "1" and meta["step"] == "40"
     assert '"N": 4' in meta["recommended_partition"] and '"s": 1' in meta["recommended_partition"]
+    assert json.loads(meta["opening"]) == {"guidance": 3.0, "steps_per_chunk": 4}  # the teacher's guidance
+
+
+def test_the_students_opening_is_recorded_and_read_back(tmp_path):
+    from streamdit_core.pipeline import Pipeline
+
+    config = DistillConfig(steps=1, batch_size=2, teacher_steps=4, guidance=2.0, chunk_sizes=(1,),
+                           opening_guidance=3.5, opening_steps=6)
+    _, result = distill(randomized(MICRO, scale=0.3), Patterns(), encode_patterns, config, out=tmp_path, progress=False)
+    meta = read_metadata(result.checkpoint)
+    assert json.loads(meta["opening"]) == {"guidance": 3.5, "steps_per_chunk": 6}
+    pipe = Pipeline.load(result.checkpoint)
+    assert (pipe.opening_guidance, pipe.opening_steps_per_chunk) == (3.5, 6)
+    meta = file_metadata(result.checkpoint)
+    del meta["opening"]  # a student written before the record opens at its teacher's guidance
+    write_safetensors(load_file(result.checkpoint), result.checkpoint, meta)
+    pipe = Pipeline.load(result.checkpoint)
+    assert (pipe.opening_guidance, pipe.opening_steps_per_chunk) == (2.0, None)
+    with pytest.raises(ValueError, match="opening_steps"):
+        DistillConfig(opening_steps=0)
 
 
 def test_calls_per_emitted_chunk_are_counted_one_for_the_student_2s_for_the_guided_teacher():
@@ -109,8 +130,11 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
     assert "model.safetensors | K=2 N=3 c=2 s=1 | 1 (1) |" in table
     k0 = tmp_path / "k0"  # asked for: a student without reference frames
     assert main(["distill", "--out", str(k0), "--steps", "1", "--batch-size", "2", "--clips", "8",
-                 "--reference-frames", "0"]) == 0
-    assert Pipeline.load(k0 / "model.safetensors", device="cpu").default_partition() == Partition(K=0, N=4, c=2, s=1)
+                 "--reference-frames", "0", "--opening-guidance", "3", "--opening-steps", "8"]) == 0
+    k0_pipe = Pipeline.load(k0 / "model.safetensors", device="cpu")
+    assert k0_pipe.default_partition() == Partition(K=0, N=4, c=2, s=1)
+    assert (k0_pipe.opening_guidance, k0_pipe.opening_steps_per_chunk) == (3.0, 8)
+    assert pipe.opening_guidance == 2.0  # the teacher's guidance by default
 
 
 def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():

@@ -100,6 +100,28 @@ def test_a_distilled_student_opens_at_its_teacher_guidance_and_streams_unguided(
     assert counter.samples == opened + 1  # then one unguided call at a time
 
 
-def test_the_embedded_student_opens_at_the_guidance_it_was_distilled_from():
-    assert Pipeline.load("embedded").opening_guidance == 2.0
-    assert Pipeline.load("embedded-teacher").opening_guidance is None
+def test_a_pipeline_with_opening_steps_opens_with_that_many_calls_per_chunk_band():
+    from streamdit_core.velocity import CallCounter
+
+    net = randomized(PIXEL_CONFIG)
+    P = Pipeline(net, PixelCodec(), Words(), 4).default_partition(chunk=2, steps=2 * ((PIXEL_CONFIG.buffer_frames) // 2))
+    counts = {}
+    for per_band in (None, 1, 6):
+        counter = CallCounter(net)
+        session = Pipeline(counter, PixelCodec(), Words(), 4, opening_steps_per_chunk=per_band).session("abc", P, seed=1)
+        session.start()
+        counts[per_band] = counter.samples
+    def calls(steps: int) -> int:  # K = 0: the last band's steps are the stream's own first calls
+        return steps - steps // P.N
+
+    assert P.K == 0 and P.T < 4 * P.N
+    assert counts[None] == calls(4 * P.N)  # the default: four steps per band
+    assert counts[1] == calls(P.T), "never fewer than the stream's own T"
+    assert counts[6] == calls(6 * P.N)
+
+
+def test_the_embedded_student_opens_as_its_file_records():
+    student = Pipeline.load("embedded")
+    assert (student.opening_guidance, student.opening_steps_per_chunk) == (3.0, 8)
+    teacher = Pipeline.load("embedded-teacher")
+    assert (teacher.opening_guidance, teacher.opening_steps_per_chunk) == (None, None)
