@@ -59,7 +59,8 @@ def stream_inputs() -> list:
                        "How a new prompt takes over: immediate (every buffered frame still below "
                        "half formed at once, as in the paper; nearly finished frames end as they "
                        "began, so none comes out mottled), blend (the text moves over 'blend_calls' model calls; "
-                       "nearly finished frames end as they began here too), "
+                       "nearly finished frames end as they began here too; a distilled model makes "
+                       "those calls at its teacher's guidance, which keeps the subject), "
                        "chunk (only frames entering after the switch: a sharp cut)."),
         io.Int.Input("blend_calls", default=4, min=1, max=256, tooltip=
                      "Model calls a blended prompt switch takes (switch_mode = blend)."),

@@ -104,7 +104,8 @@ class Session:
         partition = partition or pipe.default_partition()
         device, dtype = placement(pipe.model)
         self.stream = Streamer(self.model, partition, (pipe.geometry.in_channels, *self._latent_size(size)),
-                               text=pipe.encode(prompts), batch=batch, seed=seed, device=device, dtype=dtype)
+                               text=pipe.encode(prompts), batch=batch, seed=seed, device=device, dtype=dtype,
+                               blend_model=self.blend_model)
         self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap)
 
     @classmethod
@@ -127,7 +128,7 @@ class Session:
                     snapshot.overlap if overlap is None else overlap, switch or snapshot.switch, before_call)
         self.prompts = list(snapshot.prompts)
         self._labels = [(0, list(snapshot.prompts))]
-        self.stream = Streamer.resume(self.model, snapshot.state.clone())  # its prompt state included
+        self.stream = Streamer.resume(self.model, snapshot.state.clone(), self.blend_model)  # its prompt state included
         tail = snapshot.decoder_tail
         self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap, tail=None if tail is None else tail.clone())
         self.set_prompt(prompts)  # a new prompt switches as asked; the same one changes nothing
@@ -146,9 +147,14 @@ class Session:
         self.model = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
         opening = max(guidance, pipe.opening_guidance or 0.0)
         self.opening_model = self.model if opening == guidance else Guided(pipe.velocity, opening)
+        # A blended switch runs through texts between two prompts: a student makes those calls at
+        # its teacher's guidance, which keeps the subject (Pipeline.blend_guidance).
+        blend = max(guidance, pipe.blend_guidance or 0.0)
+        self.blend_model = None if blend == guidance else Guided(pipe.velocity, blend)
         if before_call is not None:
             self.model = _Hooked(self.model, before_call)
             self.opening_model = _Hooked(self.opening_model, before_call)
+            self.blend_model = None if self.blend_model is None else _Hooked(self.blend_model, before_call)
 
     # ------------------------------------------------------------------------------- clocks
 

@@ -137,6 +137,9 @@ class Streamer:
         device, dtype: of the buffer; default: :func:`~streamdit_core.velocity.placement` (the
             model's device, CPU float32 for a bare field; a low-precision model still gets a
             float32 buffer unless dtype says otherwise).
+        blend_model: what the calls made while a blended prompt switch is in progress run
+            (default: ``model``); a distilled student's sessions give it the student guided at
+            its teacher's scale (:attr:`~streamdit_core.pipeline.Pipeline.blend_guidance`).
 
     The buffer starts as pure noise at each chunk's level (a cold start: frames that begin in a
     lower band were never denoised from sigma 1, so the first ``N - 1`` chunks out are rough).
@@ -155,6 +158,7 @@ class Streamer:
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        blend_model: VelocityFn | None = None,
     ):
         if not isinstance(partition, Partition):
             raise TypeError(f"partition must be a Partition, got {type(partition).__name__}")
@@ -166,6 +170,7 @@ class Streamer:
             geometry = geometry_of(model)
             warp = IDENTITY if geometry is None else geometry.warp
         self.model = model
+        self.blend_model = blend_model
         self.device, self.dtype = placement(model, device, dtype)
         self.latent_shape = tuple(int(n) for n in latent_shape)
         self.batch = batch
@@ -180,12 +185,13 @@ class Streamer:
     # ---------------------------------------------------------------------------------- setup
 
     @classmethod
-    def resume(cls, model: VelocityFn, state: StreamState) -> "Streamer":
+    def resume(cls, model: VelocityFn, state: StreamState, blend_model: VelocityFn | None = None) -> "Streamer":
         """A streamer that continues ``state`` (which it then owns; clone it to keep a copy),
         its conditioning and any prompt switch in progress included."""
         C, H, W = state.x.shape[1], state.x.shape[3], state.x.shape[4]
         self = cls.__new__(cls)
         self.model = model
+        self.blend_model = blend_model
         self.device = state.x.device
         self.dtype = state.x.dtype
         self.latent_shape = (C, H, W)
@@ -400,7 +406,8 @@ class Streamer:
         if m == P.s - 1:
             self._check_admission()  # before the call: a stream that cannot shift stays as it is
         sigma_now, sigma_next = self._table[m], self._table[m + 1]  # [B], [B]
-        v = self._call(st.x, sigma_now.expand(self.batch, P.B), self.conditioning())
+        model = self.blend_model if st.prompt.blending else None
+        v = self._call(st.x, sigma_now.expand(self.batch, P.B), self.conditioning(), model)
         # Euler on the chunks; reference frames are copied, not stepped.
         now, after = (t[P.K:].expand(self.batch, -1) for t in (sigma_now, sigma_next))  # [b, B-K] each
         stepped = euler_step(st.x[:, :, P.K:], v[:, :, P.K:], now, after)  # [b, C, B-K, H, W]

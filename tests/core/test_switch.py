@@ -167,6 +167,37 @@ def test_a_settled_blend_lets_nearly_formed_frames_finish_with_their_prompt():
     assert seen[2] == 5.0 and seen[3] == 6.0 and seen[4] == 6.0  # the old frames are out: the plain blend
 
 
+def test_a_students_blended_switch_runs_guided_and_the_stream_then_unguided():
+    """A distilled student (a pipeline with a blend guidance) makes the calls of a blend at that
+    guidance, two branches each, in a session and in one resumed mid-blend; other pipelines, and
+    immediate switches, stay unguided."""
+    from streamdit_core.velocity import CallCounter
+
+    def per_call(pipe, counter, mode="blend", resume=False):
+        session = pipe.session("ab", Partition(K=0, N=2, c=2, s=2), switch=PromptSwitch(mode, blend_calls=3))
+        session.start()
+        session.step()
+        session.set_prompt("abcdef")
+        got = []
+        for i in range(5):
+            if resume and i == 1:
+                session = Session.resume(pipe, session.snapshot())
+            before = counter.samples
+            session.step()
+            got.append(counter.samples - before)
+        return got
+
+    counter = CallCounter(randomized(PIXEL_CONFIG))
+    student = Pipeline(counter, PixelCodec(), Words(), 4, blend_guidance=2.0)
+    assert per_call(student, counter) == [2, 2, 2, 1, 1]
+    assert per_call(student, counter, resume=True) == [2, 2, 2, 1, 1]
+    assert per_call(student, counter, mode="immediate") == [1] * 5
+    plain = Pipeline(counter, PixelCodec(), Words(), 4)
+    assert per_call(plain, counter) == [1] * 5
+    assert Pipeline.load("embedded").blend_guidance == 2.0  # the guidance it was distilled from
+    assert Pipeline.load("embedded-teacher").blend_guidance is None
+
+
 def test_a_snapshot_continues_the_stream_exactly():
     pipe = _pipe()
     P = Partition(K=1, N=3, c=1, s=2)
