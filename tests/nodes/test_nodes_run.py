@@ -133,7 +133,8 @@ def test_an_interrupted_live_stream_keeps_its_recording_and_shows_it(model, monk
     events = []
     monkeypatch.setattr(host, "send_event", lambda name, data: events.append((name, data)) or True)
     host.set_output_directory(tmp_path)
-    monkeypatch.setattr(model, "model", _InterruptAfter(model.model, 21))  # the opening's 12 calls, 9 chunks of 2 frames
+    opening = model.opening_steps_per_chunk * (STREAM["chunks"] - 1)  # K = 0: the last band's steps are the stream's
+    monkeypatch.setattr(model, "model", _InterruptAfter(model.model, opening + 9))  # then 9 chunks of 2 frames
     try:
         with pytest.raises(host.interrupt_exception()):
             with_node_id(NODES["StreamDiTLive"], "3").execute(model, _schedule(RED), max_seconds=60.0,
