@@ -144,17 +144,17 @@ class Session:
             raise ValueError(f"guidance must be at least 0, got {guidance}")
         self.guidance = guidance
         self.overlap = bool(overlap)
-        self.model = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
-        opening = max(guidance, pipe.opening_guidance or 0.0)
-        self.opening_model = self.model if opening == guidance else Guided(pipe.velocity, opening)
+        plain = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
+
+        def at_least(scale: float | None):  # the session's model, guided more where a pipeline asks
+            model = plain if scale is None or scale <= guidance else Guided(pipe.velocity, scale)
+            return model if before_call is None else _Hooked(model, before_call)
+
+        self.model = at_least(None)
+        self.opening_model = at_least(pipe.opening_guidance)
         # A blended switch runs through texts between two prompts: a student makes those calls at
         # its teacher's guidance, which keeps the subject (Pipeline.blend_guidance).
-        blend = max(guidance, pipe.blend_guidance or 0.0)
-        self.blend_model = None if blend == guidance else Guided(pipe.velocity, blend)
-        if before_call is not None:
-            self.model = _Hooked(self.model, before_call)
-            self.opening_model = _Hooked(self.opening_model, before_call)
-            self.blend_model = None if self.blend_model is None else _Hooked(self.blend_model, before_call)
+        self.blend_model = at_least(pipe.blend_guidance)
 
     # ------------------------------------------------------------------------------- clocks
 
