@@ -31,6 +31,17 @@ def _positive(kind):
     return parse
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
 def _device(text: str) -> str:
     """``--device``: checked to be usable here before any model loads."""
     from .pipeline import resolve_device
@@ -399,6 +410,9 @@ def _add_generate(sub) -> None:
                    help="immediate: every buffered frame sees the new prompt at once (the paper); blend: over "
                         "--blend-calls model calls; chunk: only frames from SECONDS on (a sharp cut)")
     p.add_argument("--blend-calls", type=_positive(int), default=4, help="model calls a blended switch takes")
+    p.add_argument("--guided-calls", type=_count, default=6,
+                   help="model calls after each switch that a distilled model makes at its teacher's guidance, "
+                        "which keeps its subject (default 6; 0: only a blend's)")
     p.add_argument("--seconds", type=_positive(float), default=10.0, help="video length (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
@@ -473,7 +487,7 @@ def _run_generate(args) -> int:
     first = None
     written = 0
     session = pipe.session(schedule.at(0), partition, seed=args.seed, guidance=guidance,
-                           switch=PromptSwitch(args.switch_mode, args.blend_calls))
+                           switch=PromptSwitch(args.switch_mode, args.blend_calls, guided_calls=args.guided_calls))
     runtime = Runtime(session, schedule)  # denoising and decoding on their own threads
     try:
         with writer, tqdm(total=total, desc="generating", unit="frame") as bar:

@@ -100,12 +100,14 @@ class Pipeline:
     # Euler steps per chunk band of the warm start (the file's ``opening`` record); None: the
     # stream's default (T, and at least four per band).
     opening_steps_per_chunk: int | None = None
-    # The guidance of the calls a blended prompt switch makes, when above the stream's own: a
-    # distilled student's teacher guidance (its ``distilled`` record). Unguided, the texts between
-    # two prompts lost the embedded student its subject in 7 of 24 held-out color blends (the
+    # The guidance of the calls that belong to a prompt switch (a blend's, and the first
+    # PromptSwitch.guided_calls after any switch), when above the stream's own: a distilled
+    # student's teacher guidance (its ``distilled`` record). Unguided, the texts between two
+    # prompts lost the embedded student its subject in 7 of 24 held-out color blends (the
     # references it then left kept it lost); guided at 2, in 3, with fewer noisy frames after
-    # background blends (model card). None: blends run at the stream's own guidance.
-    blend_guidance: float | None = None
+    # background blends; an immediate color switch lost it in 2 of 24, guided in none (model
+    # card). None: switches run at the stream's own guidance.
+    switch_guidance: float | None = None
 
     def unknown_words(self, prompt: str) -> list[str]:
         """The words of ``prompt`` the model never saw in training, in order (empty when its
@@ -182,7 +184,7 @@ class Pipeline:
                    vocabulary=_vocabulary(meta),
                    opening_guidance=float(opening["guidance"]) if "guidance" in opening else None,
                    opening_steps_per_chunk=int(opening["steps_per_chunk"]) if "steps_per_chunk" in opening else None,
-                   blend_guidance=float(distilled["guidance"]) if "guidance" in distilled else None)
+                   switch_guidance=float(distilled["guidance"]) if "guidance" in distilled else None)
 
     def accelerate(self, path: FastPath | None = None) -> "Pipeline":
         """Streams from now on run the model on ``path`` (default: the best for its device);

@@ -105,7 +105,7 @@ class Session:
         device, dtype = placement(pipe.model)
         self.stream = Streamer(self.model, partition, (pipe.geometry.in_channels, *self._latent_size(size)),
                                text=pipe.encode(prompts), batch=batch, seed=seed, device=device, dtype=dtype,
-                               blend_model=self.blend_model)
+                               switch_model=self.switch_model)
         self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap)
 
     @classmethod
@@ -128,7 +128,7 @@ class Session:
                     snapshot.overlap if overlap is None else overlap, switch or snapshot.switch, before_call)
         self.prompts = list(snapshot.prompts)
         self._labels = [(0, list(snapshot.prompts))]
-        self.stream = Streamer.resume(self.model, snapshot.state.clone(), self.blend_model)  # its prompt state included
+        self.stream = Streamer.resume(self.model, snapshot.state.clone(), self.switch_model)  # its prompt state included
         tail = snapshot.decoder_tail
         self.decoder = ChunkDecoder(pipe.codec, overlap=self.overlap, tail=None if tail is None else tail.clone())
         self.set_prompt(prompts)  # a new prompt switches as asked; the same one changes nothing
@@ -152,9 +152,10 @@ class Session:
 
         self.model = at_least(None)
         self.opening_model = at_least(pipe.opening_guidance)
-        # A blended switch runs through texts between two prompts: a student makes those calls at
-        # its teacher's guidance, which keeps the subject (Pipeline.blend_guidance).
-        self.blend_model = at_least(pipe.blend_guidance)
+        # A switch can lose a student its subject (a blend runs through texts between two prompts;
+        # an immediate switch meets frames drawn for the old one): it makes a switch's calls at its
+        # teacher's guidance, which keeps the subject (Pipeline.switch_guidance).
+        self.switch_model = at_least(pipe.switch_guidance)
 
     # ------------------------------------------------------------------------------- clocks
 
@@ -245,7 +246,8 @@ class Session:
         mode = self.switch.mode
         at = self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
                                   blend_calls=self.switch.blend_calls if mode == "blend" else 0,
-                                  settle=0.0 if mode == "chunk" else self.switch.settle)
+                                  settle=0.0 if mode == "chunk" else self.switch.settle,
+                                  guided_calls=self.switch.guided_calls)
         st = self.stream.state
         if mode == "chunk" or at >= self.partition.B:
             first = st.next_index

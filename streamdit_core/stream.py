@@ -137,9 +137,10 @@ class Streamer:
         device, dtype: of the buffer; default: :func:`~streamdit_core.velocity.placement` (the
             model's device, CPU float32 for a bare field; a low-precision model still gets a
             float32 buffer unless dtype says otherwise).
-        blend_model: what the calls made while a blended prompt switch is in progress run
-            (default: ``model``); a distilled student's sessions give it the student guided at
-            its teacher's scale (:attr:`~streamdit_core.pipeline.Pipeline.blend_guidance`).
+        switch_model: what the calls that belong to a prompt switch run (every call of a blend,
+            and the ``guided_calls`` after any switch, :meth:`set_text`; default: ``model``); a
+            distilled student's sessions give it the student guided at its teacher's scale
+            (:attr:`~streamdit_core.pipeline.Pipeline.switch_guidance`).
 
     The buffer starts as pure noise at each chunk's level (a cold start: frames that begin in a
     lower band were never denoised from sigma 1, so the first ``N - 1`` chunks out are rough).
@@ -158,7 +159,7 @@ class Streamer:
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        blend_model: VelocityFn | None = None,
+        switch_model: VelocityFn | None = None,
     ):
         if not isinstance(partition, Partition):
             raise TypeError(f"partition must be a Partition, got {type(partition).__name__}")
@@ -170,7 +171,7 @@ class Streamer:
             geometry = geometry_of(model)
             warp = IDENTITY if geometry is None else geometry.warp
         self.model = model
-        self.blend_model = blend_model
+        self.switch_model = switch_model
         self.device, self.dtype = placement(model, device, dtype)
         self.latent_shape = tuple(int(n) for n in latent_shape)
         self.batch = batch
@@ -185,13 +186,13 @@ class Streamer:
     # ---------------------------------------------------------------------------------- setup
 
     @classmethod
-    def resume(cls, model: VelocityFn, state: StreamState, blend_model: VelocityFn | None = None) -> "Streamer":
+    def resume(cls, model: VelocityFn, state: StreamState, switch_model: VelocityFn | None = None) -> "Streamer":
         """A streamer that continues ``state`` (which it then owns; clone it to keep a copy),
         its conditioning and any prompt switch in progress included."""
         C, H, W = state.x.shape[1], state.x.shape[3], state.x.shape[4]
         self = cls.__new__(cls)
         self.model = model
-        self.blend_model = blend_model
+        self.switch_model = switch_model
         self.device = state.x.device
         self.dtype = state.x.dtype
         self.latent_shape = (C, H, W)
@@ -238,7 +239,8 @@ class Streamer:
             return EmittedChunk(latents=x[:, :, :K].clone(), index=0, calls=st.calls)
         return None
 
-    def set_text(self, text: Any, entering_only: bool = False, blend_calls: int = 0, settle: float = 0.0) -> int:
+    def set_text(self, text: Any, entering_only: bool = False, blend_calls: int = 0, settle: float = 0.0,
+                 guided_calls: int = 0) -> int:
         """Replaces the conditioning from the next call on (a prompt switch).
 
         Args:
@@ -252,6 +254,8 @@ class Streamer:
                 0 switches at once.
             settle: an immediate or blended switch leaves the frames whose noise level is already
                 at or below this on the text they had (see :class:`~streamdit_core.prompts.PromptSwitch`).
+            guided_calls: the next calls, whatever the mode, run ``switch_model`` (a blend's calls
+                always do; see :attr:`~streamdit_core.prompts.PromptSwitch.guided_calls`).
 
         Returns the buffer position of the first frame that sees ``text`` (0: the whole buffer).
         """
@@ -262,7 +266,8 @@ class Streamer:
             # has as little left to do as one below it
             keep = int((self.state.sigma <= settle + 1e-6).sum())  # noise rises from the output end
         try:
-            self.state.prompt.switch(text, self.partition.B, entering_only, blend_calls, keep=keep)
+            self.state.prompt.switch(text, self.partition.B, entering_only, blend_calls, keep=keep,
+                                     guided_calls=guided_calls)
         except ValueError as err:
             raise StreamError(f"{err}. The stream is unchanged.") from None
         if entering_only:
@@ -406,7 +411,7 @@ class Streamer:
         if m == P.s - 1:
             self._check_admission()  # before the call: a stream that cannot shift stays as it is
         sigma_now, sigma_next = self._table[m], self._table[m + 1]  # [B], [B]
-        model = self.blend_model if st.prompt.blending else None
+        model = self.switch_model if st.prompt.switching else None
         v = self._call(st.x, sigma_now.expand(self.batch, P.B), self.conditioning(), model)
         # Euler on the chunks; reference frames are copied, not stepped.
         now, after = (t[P.K:].expand(self.batch, -1) for t in (sigma_now, sigma_next))  # [b, B-K] each

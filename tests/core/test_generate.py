@@ -114,6 +114,8 @@ def test_bad_arguments_are_refused_before_the_model_loads(tmp_path):
     assert run.returncode != 0 and "--guidance must be a finite number" in run.stderr
     run = _generate("--prompt", "x", "--switch", "soon", "y", "--out", out)
     assert run.returncode != 0 and "write seconds of video, e.g. 4 or 4.5s" in run.stderr
+    run = _generate("--prompt", "x", "--guided-calls", "-1", "--out", out)
+    assert run.returncode == 2 and "whole number >= 0" in run.stderr and "Traceback" not in run.stderr
     import torch
 
     if not torch.cuda.is_available():

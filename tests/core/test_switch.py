@@ -167,19 +167,20 @@ def test_a_settled_blend_lets_nearly_formed_frames_finish_with_their_prompt():
     assert seen[2] == 5.0 and seen[3] == 6.0 and seen[4] == 6.0  # the old frames are out: the plain blend
 
 
-def test_a_students_blended_switch_runs_guided_and_the_stream_then_unguided():
-    """A distilled student (a pipeline with a blend guidance) makes the calls of a blend at that
-    guidance, two branches each, in a session and in one resumed mid-blend; other pipelines, and
-    immediate switches, stay unguided."""
+def test_a_students_switch_runs_guided_for_its_calls_and_the_stream_then_unguided():
+    """A distilled student (a pipeline with a switch guidance) makes the calls of a blend, and
+    the ``guided_calls`` after a switch in any mode, at that guidance, two branches each, in a
+    session and in one resumed in the middle; other pipelines stay unguided."""
     from streamdit_core.velocity import CallCounter
 
-    def per_call(pipe, counter, mode="blend", resume=False):
-        session = pipe.session("ab", Partition(K=0, N=2, c=2, s=2), switch=PromptSwitch(mode, blend_calls=3))
+    def per_call(pipe, counter, mode="blend", resume=False, guided=0):
+        switch = PromptSwitch(mode, blend_calls=3, guided_calls=guided)
+        session = pipe.session("ab", Partition(K=0, N=2, c=2, s=2), switch=switch)
         session.start()
         session.step()
         session.set_prompt("abcdef")
         got = []
-        for i in range(5):
+        for i in range(6):
             if resume and i == 1:
                 session = Session.resume(pipe, session.snapshot())
             before = counter.samples
@@ -188,14 +189,25 @@ def test_a_students_blended_switch_runs_guided_and_the_stream_then_unguided():
         return got
 
     counter = CallCounter(randomized(PIXEL_CONFIG))
-    student = Pipeline(counter, PixelCodec(), Words(), 4, blend_guidance=2.0)
-    assert per_call(student, counter) == [2, 2, 2, 1, 1]
-    assert per_call(student, counter, resume=True) == [2, 2, 2, 1, 1]
-    assert per_call(student, counter, mode="immediate") == [1] * 5
+    student = Pipeline(counter, PixelCodec(), Words(), 4, switch_guidance=2.0)
+    assert per_call(student, counter) == [2, 2, 2, 1, 1, 1]
+    assert per_call(student, counter, resume=True) == [2, 2, 2, 1, 1, 1]
+    assert per_call(student, counter, mode="immediate") == [1] * 6
+    for mode in ("immediate", "chunk"):
+        assert per_call(student, counter, mode=mode, guided=4) == [2, 2, 2, 2, 1, 1]
+        assert per_call(student, counter, mode=mode, guided=4, resume=True) == [2, 2, 2, 2, 1, 1]
+    assert per_call(student, counter, guided=5) == [2] * 5 + [1]  # the blend's 3 calls count among them
     plain = Pipeline(counter, PixelCodec(), Words(), 4)
-    assert per_call(plain, counter) == [1] * 5
-    assert Pipeline.load("embedded").blend_guidance == 2.0  # the guidance it was distilled from
-    assert Pipeline.load("embedded-teacher").blend_guidance is None
+    assert per_call(plain, counter, guided=4) == [1] * 6
+    assert Pipeline.load("embedded").switch_guidance == 2.0  # the guidance it was distilled from
+    assert Pipeline.load("embedded-teacher").switch_guidance is None
+
+
+def test_the_guided_calls_after_a_switch_are_checked():
+    assert PromptSwitch().guided_calls == 6
+    for bad in (-1, 1.5, True, "6"):
+        with pytest.raises(ValueError, match="guided_calls must be an integer >= 0"):
+            PromptSwitch("immediate", guided_calls=bad)
 
 
 def test_a_snapshot_continues_the_stream_exactly():
