@@ -61,7 +61,8 @@ def stream_inputs() -> list:
                        "began, so none comes out mottled), blend (the text moves over 'blend_calls' model calls; "
                        "nearly finished frames end as they began here too; a distilled model makes "
                        "those calls at its teacher's guidance, which keeps the subject), "
-                       "chunk (only frames entering after the switch: a sharp cut)."),
+                       "chunk (only frames entering after the switch: a sharp cut). In every mode a "
+                       "distilled model makes the first 6 calls after a switch at its teacher's guidance."),
         io.Int.Input("blend_calls", default=4, min=1, max=256, tooltip=
                      "Model calls a blended prompt switch takes (switch_mode = blend)."),
     ]
