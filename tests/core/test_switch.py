@@ -149,12 +149,12 @@ def test_blend_reaches_the_new_prompt_after_the_chosen_calls():
 
 
 def test_a_settled_blend_lets_nearly_formed_frames_finish_with_their_prompt():
-    """With ``settle`` (the default 0.5), a blend leaves the frames at or below that noise level
-    on the old text until they leave; the others, and every frame entering meanwhile, follow the
-    blend to its end."""
+    """With ``settle`` (0.5 here), a blend leaves the frames at or below that noise level on the
+    old text until they leave; the others, and every frame entering meanwhile, follow the blend
+    to its end."""
     pipe = _pipe()
     P = Partition(K=0, N=4, c=2, s=1)  # after a step: chunk levels 0.25, 0.5, 0.75, 1
-    session = pipe.session("ab", P, switch=PromptSwitch("blend", blend_calls=4))
+    session = pipe.session("ab", P, switch=PromptSwitch("blend", blend_calls=4, settle=0.5))
     session.start()
     session.next_chunk()
     mark = len(pipe.model.seen)
@@ -165,6 +165,27 @@ def test_a_settled_blend_lets_nearly_formed_frames_finish_with_their_prompt():
     assert seen[0] == [2.0] * 4 + [3.0] * 4  # the two chunks at or below 0.5 keep the old text
     assert seen[1] == [2.0] * 2 + [4.0] * 6  # one of them has left; a chunk entered, blending
     assert seen[2] == 5.0 and seen[3] == 6.0 and seen[4] == 6.0  # the old frames are out: the plain blend
+
+
+def test_a_blend_by_default_leaves_every_partly_denoised_chunk_on_the_old_prompt():
+    """The default settle level is 0.5 for an immediate switch and 0.8 for a blend: the blend
+    then conditions only the chunk entering from pure noise, and the chunks entering after it."""
+    assert PromptSwitch("immediate").settle == 0.5 and PromptSwitch("chunk").settle == 0.5
+    assert PromptSwitch("blend").settle == 0.8 and PromptSwitch("blend", settle=0.3).settle == 0.3
+    pipe = _pipe()
+    P = Partition(K=0, N=4, c=2, s=1)  # after a step: chunk levels 0.25, 0.5, 0.75, 1
+    session = pipe.session("ab", P, switch=PromptSwitch("blend", blend_calls=4))
+    session.start()
+    session.next_chunk()
+    mark = len(pipe.model.seen)
+    session.set_prompt("abcdef")  # token value 2 -> 6
+    for _ in range(5):
+        session.step()
+    seen = [_token_values(t) for t in pipe.model.seen[mark:]]
+    assert seen[0] == [2.0] * 6 + [3.0] * 2  # three chunks at or below 0.8 keep the old text
+    assert seen[1] == [2.0] * 4 + [4.0] * 4  # one of them has left; the rest follow the blend
+    assert seen[2] == [2.0] * 2 + [5.0] * 6
+    assert seen[3] == 6.0 and seen[4] == 6.0  # the old frames are out: the blend's end
 
 
 def test_a_students_switch_runs_guided_for_its_calls_and_the_stream_then_unguided():
@@ -391,5 +412,6 @@ def test_a_settled_switch_labels_frames_by_the_prompt_they_finished_with():
     session.next_chunk()  # frames 0-1 out; 2-9 in the buffer, 2-3 below noise 0.4
     session.set_prompt("bbbb")
     assert [session.prompt_at(f)[0] for f in range(12)] == ["aa"] * 4 + ["bbbb"] * 8
-    with pytest.raises(ValueError, match="settle must be a noise level"):
-        PromptSwitch("immediate", settle=1.5)
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="settle must be a noise level"):
+            PromptSwitch("immediate", settle=bad)
