@@ -59,7 +59,7 @@ def stream_inputs() -> list:
                        "How a new prompt takes over: immediate (every buffered frame still below "
                        "half formed at once, as in the paper; nearly finished frames end as they "
                        "began, so none comes out mottled), blend (the text moves over 'blend_calls' model calls; "
-                       "nearly finished frames end as they began here too; a distilled model makes "
+                       "frames at most 0.8 noisy end as they began, so the blend conditions the frames entering from noise; a distilled model makes "
                        "those calls at its teacher's guidance, which keeps the subject), "
                        "chunk (only frames entering after the switch: a sharp cut). In every mode a "
                        "distilled model makes the first 6 calls after a switch at its teacher's guidance."),
