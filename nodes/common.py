@@ -64,7 +64,9 @@ def stream_inputs() -> list:
                        "chunk (only frames entering after the switch: a sharp cut). In every mode a "
                        "distilled model makes the first 6 calls after a switch at its teacher's guidance."),
         io.Int.Input("blend_calls", default=4, min=1, max=256, tooltip=
-                     "Model calls a blended prompt switch takes (switch_mode = blend)."),
+                     "Model calls a blended prompt switch takes (switch_mode = blend). Every chunk that enters "
+                     "during a blend is finished under texts between the two prompts: the embedded model keeps "
+                     "its subject with the default 4, and lost it in 5 of 24 color blends with 6."),
     ]
 
 
