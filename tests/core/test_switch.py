@@ -148,20 +148,25 @@ def test_blend_reaches_the_new_prompt_after_the_chosen_calls():
     assert values == pytest.approx([3.0, 4.0, 5.0, 6.0, 6.0])
 
 
+def _texts_seen_in_a_blend(switch: PromptSwitch) -> list:
+    """The token values of the 5 calls after a 4-call blend from "ab" (2) to "abcdef" (6), made
+    when the chunks sit at 0.25, 0.5, 0.75 and 1 (K = 0, N = 4, c = 2, s = 1)."""
+    pipe = _pipe()
+    session = pipe.session("ab", Partition(K=0, N=4, c=2, s=1), switch=switch)
+    session.start()
+    session.next_chunk()
+    mark = len(pipe.model.seen)
+    session.set_prompt("abcdef")
+    for _ in range(5):
+        session.step()
+    return [_token_values(t) for t in pipe.model.seen[mark:]]
+
+
 def test_a_settled_blend_lets_nearly_formed_frames_finish_with_their_prompt():
     """With ``settle`` (0.5 here), a blend leaves the frames at or below that noise level on the
     old text until they leave; the others, and every frame entering meanwhile, follow the blend
     to its end."""
-    pipe = _pipe()
-    P = Partition(K=0, N=4, c=2, s=1)  # after a step: chunk levels 0.25, 0.5, 0.75, 1
-    session = pipe.session("ab", P, switch=PromptSwitch("blend", blend_calls=4, settle=0.5))
-    session.start()
-    session.next_chunk()
-    mark = len(pipe.model.seen)
-    session.set_prompt("abcdef")  # token value 2 -> 6
-    for _ in range(5):
-        session.step()
-    seen = [_token_values(t) for t in pipe.model.seen[mark:]]
+    seen = _texts_seen_in_a_blend(PromptSwitch("blend", blend_calls=4, settle=0.5))
     assert seen[0] == [2.0] * 4 + [3.0] * 4  # the two chunks at or below 0.5 keep the old text
     assert seen[1] == [2.0] * 2 + [4.0] * 6  # one of them has left; a chunk entered, blending
     assert seen[2] == 5.0 and seen[3] == 6.0 and seen[4] == 6.0  # the old frames are out: the plain blend
@@ -172,16 +177,7 @@ def test_a_blend_by_default_leaves_every_partly_denoised_chunk_on_the_old_prompt
     then conditions only the chunk entering from pure noise, and the chunks entering after it."""
     assert PromptSwitch("immediate").settle == 0.5 and PromptSwitch("chunk").settle == 0.5
     assert PromptSwitch("blend").settle == 0.8 and PromptSwitch("blend", settle=0.3).settle == 0.3
-    pipe = _pipe()
-    P = Partition(K=0, N=4, c=2, s=1)  # after a step: chunk levels 0.25, 0.5, 0.75, 1
-    session = pipe.session("ab", P, switch=PromptSwitch("blend", blend_calls=4))
-    session.start()
-    session.next_chunk()
-    mark = len(pipe.model.seen)
-    session.set_prompt("abcdef")  # token value 2 -> 6
-    for _ in range(5):
-        session.step()
-    seen = [_token_values(t) for t in pipe.model.seen[mark:]]
+    seen = _texts_seen_in_a_blend(PromptSwitch("blend", blend_calls=4))
     assert seen[0] == [2.0] * 6 + [3.0] * 2  # three chunks at or below 0.8 keep the old text
     assert seen[1] == [2.0] * 4 + [4.0] * 4  # one of them has left; the rest follow the blend
     assert seen[2] == [2.0] * 2 + [5.0] * 6
