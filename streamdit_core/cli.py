@@ -285,6 +285,10 @@ def _add_distill(sub) -> None:
                         "default: the teacher's guidance); recorded in the student's file")
     p.add_argument("--opening-steps", type=_positive(int), default=None, metavar="S",
                    help="Euler steps per chunk band of the student's opening (default 4); recorded in its file")
+    p.add_argument("--rollout-cycles", type=int, default=None, metavar="R",
+                   help="on-policy inputs: each step the student first streams itself 0..R cycles (drawn uniformly, "
+                        "no gradient) from the noised clip, and the teacher's target starts from that buffer "
+                        "(default 0: noised clips only)")
     p.add_argument("--data", type=Path, default=None,
                    help="a folder of captioned videos to distil on (default: what the teacher was trained on)")
     p.add_argument("--size", type=_positive(int), default=None,
@@ -324,7 +328,7 @@ def _run_distill(args) -> int:
             teacher_steps = 4 * ((B - refs) // min(args.chunk_sizes or (2,)))
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=teacher_steps,
                        chunk_sizes=args.chunk_sizes, reference_frames=refs, opening_guidance=args.opening_guidance,
-                       opening_steps=args.opening_steps)
+                       opening_steps=args.opening_steps, rollout_cycles=args.rollout_cycles)
     if args.text_encoder is not None and not wan:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     t0 = time.perf_counter()

@@ -56,6 +56,12 @@ class DistillConfig:
     checkpoint_every: int = 250
     seed: int = 0
     compile: bool = False  # torch.compile the student for the training steps (TrainConfig.compile)
+    # On-policy inputs: each step first streams the student itself (one call per cycle, no
+    # gradient) 0..rollout_cycles cycles from the noised clip, drawn uniformly, shifting its own
+    # emitted frames into the references and fresh noise in at the top, and the teacher's target
+    # starts from that buffer: the student learns from the buffers it meets when it streams, not
+    # only from noised training clips. 0: noised clips only (the shipped students).
+    rollout_cycles: int = 0
     # How the student's streams open (the file's ``opening`` record, read by Pipeline): the warm
     # start's guidance (None: the teacher's ``guidance``) and its Euler steps per chunk band. A
     # stream that opens without its subject never finds it; the embedded student opened so in 8
@@ -66,6 +72,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.teacher_steps < 1 or self.guidance < 0 or not self.chunk_sizes:
             raise ValueError(f"teacher_steps must be >= 1, guidance >= 0 and chunk_sizes non-empty, got {self}")
+        if self.rollout_cycles < 0:
+            raise ValueError(f"rollout_cycles must be >= 0 (0: no rollouts), got {self.rollout_cycles}")
         if self.opening_steps < 1 or (self.opening_guidance is not None and self.opening_guidance < 0):
             raise ValueError(f"opening_steps must be >= 1 and opening_guidance >= 0, got {self.opening_steps} "
                              f"and {self.opening_guidance}")
@@ -113,16 +121,39 @@ class SegmentDistillation(nn.Module):
         teacher_steps: the teacher's T; ``T / N`` micro steps per chunk.
         warp: the sigma warp both models stream with.
         reference_frames: K.
+        rollout_cycles: the most cycles the student streams itself before the teacher's target
+            (:meth:`rollout`; 0: none).
     """
 
     def __init__(self, teacher: nn.Module, guidance: float, buffer_frames: int, chunk_sizes: Sequence[int],
-                 teacher_steps: int, warp: SigmaWarp, reference_frames: int = 0):
+                 teacher_steps: int, warp: SigmaWarp, reference_frames: int = 0, rollout_cycles: int = 0):
         super().__init__()
+        self.rollout_cycles = int(rollout_cycles)
         teacher.eval().requires_grad_(False)
         self.teacher = teacher if guidance == 1 else Guided(teacher, guidance)
         self.partitions = [Partition.streamdit(buffer_frames, c, T=teacher_steps, K=reference_frames)
                            for c in chunk_sizes]
         self.tables = [frame_sigma_table(P, warp).float() for P in self.partitions]  # [s+1, B] each
+
+    def rollout(self, net: nn.Module, x: Tensor, table: Tensor, text, partition: Partition, cycles: int,
+                gen: torch.Generator) -> Tensor:
+        """The buffer after ``net`` streams ``cycles`` cycles from ``x`` as a distilled student does.
+
+        Each cycle is one call from the cycle's start sigmas ``table[0]`` to its end sigmas
+        ``table[-1]`` (no gradient), then the stream's shift: the ``c`` frames at sigma 0 leave,
+        the last ``K`` frames emitted become the reference frames, and ``c`` frames of fresh noise
+        (from ``gen``) enter at the input end. Returns ``[b, C, B, H, W]`` at ``table[0]`` again.
+        """
+        K, c, b = partition.K, partition.c, x.shape[0]
+        s0, s1 = table[0].expand(b, -1), table[-1].expand(b, -1)
+        with torch.no_grad():
+            for _ in range(cycles):
+                y = euler_step(x, net(x, s0, text).to(x), s0.to(x), s1.to(x))
+                out = y[:, :, K:K + c]
+                refs = torch.cat([y[:, :, :K], out], dim=2)[:, :, -K:] if K else y[:, :, :0]
+                fresh = torch.randn((b, x.shape[1], c, *x.shape[3:]), generator=gen).to(x)
+                x = torch.cat([refs, y[:, :, K + c:], fresh], dim=2)
+        return x
 
     def forward(self, net: nn.Module, x0: Tensor, text, batch, gen: torch.Generator) -> Tensor:
         i = int(torch.randint(len(self.partitions), (1,), generator=gen))
@@ -130,6 +161,9 @@ class SegmentDistillation(nn.Module):
         b = x0.shape[0]
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
         x = add_noise(x0, eps, table[0].expand(b, -1))  # [b, C, B, H, W]
+        if self.rollout_cycles:
+            cycles = int(torch.randint(self.rollout_cycles + 1, (1,), generator=gen))
+            x = self.rollout(net, x, table, text, self.partitions[i], cycles, gen)
         y = teacher_target(self.teacher, x, table, text)
         drop = table[0] - table[-1]  # [B]: how far each frame moves in the cycle
         moves = drop > 0
@@ -165,7 +199,8 @@ def distill(teacher: nn.Module, data, encode_text: Callable[[list[str]], TextEmb
     else:
         student = copy.deepcopy(teacher).train().requires_grad_(True)
     objective = SegmentDistillation(teacher, config.guidance, teacher.geometry.buffer_frames, config.chunk_sizes,
-                                    config.teacher_steps, teacher.geometry.warp, config.reference_frames)
+                                    config.teacher_steps, teacher.geometry.warp, config.reference_frames,
+                                    config.rollout_cycles)
     P = objective.partitions[0]
     record = {
         "distilled": json.dumps(asdict(config)),

@@ -103,6 +103,39 @@ def test_the_objective_draws_one_of_its_partitions_and_ignores_reference_frames(
         SegmentDistillation(teacher, 2.0, 4, (2,), teacher_steps=5, warp=teacher.config.warp)
 
 
+def test_a_rollout_is_the_students_own_stream_and_the_objective_trains_from_it():
+    student = randomized(MICRO, scale=0.3)
+    P = Partition.streamdit(4, 1, T=6, K=1)  # K = 1, N = 3 chunks of 1, s = 2 teacher steps each
+    objective = SegmentDistillation(student, 2.0, 4, (1,), teacher_steps=6, warp=student.config.warp,
+                                    reference_frames=1, rollout_cycles=2)
+    table = objective.tables[0]
+    gen = torch.Generator().manual_seed(3)
+    batch = Patterns().sample(2, gen)
+    text = encode_patterns(batch.prompts)
+    x = add_noise(batch.latents, torch.randn(batch.latents.shape, generator=gen), table[0].expand(2, -1))
+    after = objective.rollout(student, x, table, text, P, 1, torch.Generator().manual_seed(5))
+    # what a streamer does with the student in one call per chunk from the same buffer
+    stream = Streamer(student, Partition(K=1, N=3, c=1, s=1), (4, 4, 4), text=text, batch=2,
+                      warp=student.config.warp)
+    stream.state.x = x.clone()
+    emitted = stream.step()
+    assert emitted is not None  # one call is the whole cycle: a chunk left
+    assert not torch.equal(after[:, :, :3], x[:, :, :3])  # the student moved the buffer
+    torch.testing.assert_close(after[:, :, :3], stream.state.x[:, :, :3], rtol=1e-5, atol=1e-5)
+    assert torch.equal(after[:, :, 0], emitted.latents[:, :, 0])  # the emitted frame is the reference now
+    assert not after.requires_grad
+    again = objective.rollout(student, x, table, text, P, 1, torch.Generator().manual_seed(5))
+    assert torch.equal(after, again)  # the entering noise comes from the generator
+    assert 0.7 < float(after[:, :, 3].std()) < 1.3  # fresh noise entered at the input end
+    other = objective.rollout(student, x, table, text, P, 1, torch.Generator().manual_seed(6))
+    assert torch.equal(other[:, :, :3], after[:, :, :3]) and not torch.equal(other[:, :, 3], after[:, :, 3])
+    assert torch.equal(objective.rollout(student, x, table, text, P, 0, gen), x)
+    loss = objective(student, batch.latents, text, batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss >= 0
+    with pytest.raises(ValueError, match="rollout_cycles must be >= 0"):
+        DistillConfig(rollout_cycles=-1)
+
+
 def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default(tmp_path, capsys):
     from streamdit_core.cli import main
     from streamdit_core.pipeline import Pipeline
