@@ -285,6 +285,9 @@ def _add_distill(sub) -> None:
                         "default: the teacher's guidance); recorded in the student's file")
     p.add_argument("--opening-steps", type=_positive(int), default=None, metavar="S",
                    help="Euler steps per chunk band of the student's opening (default 4); recorded in its file")
+    p.add_argument("--opening-model", choices=("student", "teacher"), default="student",
+                   help="who draws the student's opening: the student itself (default), or its teacher, copied "
+                        "beside the student as teacher.safetensors and loaded with it")
     p.add_argument("--rollout-cycles", type=int, default=None, metavar="R",
                    help="on-policy inputs: each step the student first streams itself 0..R cycles (drawn uniformly, "
                         "no gradient) from the noised clip, and the teacher's target starts from that buffer "
@@ -328,7 +331,8 @@ def _run_distill(args) -> int:
             teacher_steps = 4 * ((B - refs) // min(args.chunk_sizes or (2,)))
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=teacher_steps,
                        chunk_sizes=args.chunk_sizes, reference_frames=refs, opening_guidance=args.opening_guidance,
-                       opening_steps=args.opening_steps, rollout_cycles=args.rollout_cycles)
+                       opening_steps=args.opening_steps, rollout_cycles=args.rollout_cycles,
+                       opening_from_teacher=True if args.opening_model == "teacher" else None)
     if args.text_encoder is not None and not wan:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     t0 = time.perf_counter()

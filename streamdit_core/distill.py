@@ -36,6 +36,8 @@ from .conditioning import TextEmbedding
 from .schedule import Partition, SigmaWarp, add_noise, euler_step, frame_sigma_table
 from .train import TrainConfig, TrainResult, _device, train
 
+TEACHER_FILE = "teacher.safetensors"  # a teacher copied beside its student to draw the student's opening
+
 __all__ = ["DistillConfig", "SegmentDistillation", "distill", "distill_checkpoint", "distill_wan", "teacher_target"]
 
 
@@ -68,6 +70,11 @@ class DistillConfig:
     # of 768 held-out streams at guidance 2 and 4 steps per band, in 1 at 3 and 8 (model card).
     opening_guidance: float | None = None
     opening_steps: int = 4
+    # Who draws the opening: the student itself (False), or its teacher (True: the teacher's file
+    # is copied beside the student as teacher.safetensors and the ``opening`` record names it). A
+    # student distilled from a teacher trained at a high rate drew lumpy circles from its own
+    # guided opening, which its reference frames kept; opened by its teacher it did not (model card).
+    opening_from_teacher: bool = False
 
     def __post_init__(self) -> None:
         if self.teacher_steps < 1 or self.guidance < 0 or not self.chunk_sizes:
@@ -78,10 +85,12 @@ class DistillConfig:
             raise ValueError(f"opening_steps must be >= 1 and opening_guidance >= 0, got {self.opening_steps} "
                              f"and {self.opening_guidance}")
 
-    def opening(self) -> dict[str, float | int]:
-        """The student's ``opening`` record: ``{"guidance": G, "steps_per_chunk": S}``."""
+    def opening(self) -> dict[str, float | int | str]:
+        """The student's ``opening`` record: ``{"guidance": G, "steps_per_chunk": S}``, and
+        ``"model": "teacher.safetensors"`` when its teacher draws it."""
         guidance = self.guidance if self.opening_guidance is None else self.opening_guidance
-        return {"guidance": float(guidance), "steps_per_chunk": self.opening_steps}
+        record = {"guidance": float(guidance), "steps_per_chunk": self.opening_steps}
+        return {**record, "model": TEACHER_FILE} if self.opening_from_teacher else record
 
     def train_config(self) -> TrainConfig:
         """The trainer settings: no text dropout (the student is always conditioned)."""
@@ -186,6 +195,9 @@ def distill(teacher: nn.Module, data, encode_text: Callable[[list[str]], TextEmb
     Returns:
         the student (raw weights) and the run's :class:`TrainResult`.
     """
+    if config.opening_from_teacher and out is not None and not (Path(out) / TEACHER_FILE).exists():
+        raise ValueError(f"the student's opening names its teacher, which is not in {out}: copy the teacher's file "
+                         f"there as {TEACHER_FILE} first (distill_checkpoint does)")
     device = _device()
     teacher = teacher.to(device)
     adapters = {n for n, _ in teacher.named_parameters() if ".lora_" in n}
@@ -243,8 +255,13 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     keep = {k: meta[k] for k in ("text_encoder",) if k in meta}
     if codec_file is not None:
         keep["codec"] = codec_file.name
+    teacher_name = pipe.path.name
+    if config.opening_from_teacher:  # the student's opening needs its teacher beside it
+        teacher_name = TEACHER_FILE
+        if (out / TEACHER_FILE).resolve() != pipe.path.resolve():
+            shutil.copyfile(pipe.path, out / TEACHER_FILE)
     _, result = distill(pipe.model, pool, pipe.text.encode, config, out=out, resume=resume,
-                        metadata={**keep, **record, "size": str(size), "teacher": str(pipe.path.name)})
+                        metadata={**keep, **record, "size": str(size), "teacher": teacher_name})
     return result
 
 
@@ -261,6 +278,9 @@ def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: Dist
     from .wan_vae import load_wan_vae
     from .world import LatentPool
 
+    if config.opening_from_teacher:
+        raise ValueError("the teacher opens a student's streams for StreamDiT teachers only; leave out "
+                         "--opening-model teacher for a Wan teacher")
     model, meta = load_adapted_wan(teacher)
     base = Path(meta["init"][len("wan:"):])
     vae = load_wan_vae(base)

@@ -100,6 +100,11 @@ class Pipeline:
     # Euler steps per chunk band of the warm start (the file's ``opening`` record); None: the
     # stream's default (T, and at least four per band).
     opening_steps_per_chunk: int | None = None
+    # The model the warm start runs, when not this pipeline's own: a student's teacher, named by its
+    # file's ``opening`` record (``"model"``, a file beside it) and loaded with it. A student
+    # distilled for one call per chunk is a poor many-step sampler: streamed from its own guided
+    # opening, one student drew lumpy circles that its reference frames then kept (model card).
+    opening_model: object | None = None
     # The guidance of the calls that belong to a prompt switch (a blend's, and the first
     # PromptSwitch.guided_calls after any switch), when above the stream's own: a distilled
     # student's teacher guidance (its ``distilled`` record). Unguided, the texts between two
@@ -151,6 +156,9 @@ class Pipeline:
             codec = load_codec(codec_path, device=dev)
         text = TextEncoder()  # the only encoder shipped; other folders can be passed to TextEncoder
         pipe = cls._from_metadata(model, codec, text, path, meta)
+        opener = json.loads(meta.get("opening", "{}")).get("model")
+        if opener is not None:
+            pipe.opening_model = _opening_model(path, opener, meta, model, dev, dtype)
         if fast == "auto":
             fast = FastPath.auto(dev) if dev.type == "cuda" else None
         return pipe.accelerate(fast) if fast is not None else pipe
@@ -292,3 +300,18 @@ def _vocabulary(meta: dict[str, str]) -> frozenset[str] | None:
 
         return VOCABULARY
     return None
+
+
+def _opening_model(path: Path, name: str, meta: dict[str, str], model, dev, dtype):
+    """The model a student's opening names (a checkpoint beside it), checked to stream its buffers."""
+    opener = path.parent / name
+    if not opener.exists():
+        raise CheckpointError(f"{path} opens its streams with {name}, which is not beside it in {path.parent}: "
+                              f"copy the teacher there (distill --opening-model teacher writes it)")
+    if read_metadata(opener).get("codec", "pixel") != meta.get("codec", "pixel"):
+        raise CheckpointError(f"{opener} works on another codec than {path}: an opening model must share its latents")
+    loaded = load_checkpoint(opener, device=dev, dtype=dtype)
+    g, h = loaded.geometry, model.geometry
+    if (g.buffer_frames, g.in_channels, tuple(g.latent_size)) != (h.buffer_frames, h.in_channels, tuple(h.latent_size)):
+        raise CheckpointError(f"{opener} streams another buffer than {path}: an opening model must match it")
+    return loaded.eval()

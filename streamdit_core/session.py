@@ -146,12 +146,16 @@ class Session:
         self.overlap = bool(overlap)
         plain = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
 
-        def at_least(scale: float | None):  # the session's model, guided more where a pipeline asks
-            model = plain if scale is None or scale <= guidance else Guided(pipe.velocity, scale)
+        def at_least(scale: float | None, base=None):  # the session's model, guided more where a pipeline asks
+            if base is None:
+                model = plain if scale is None or scale <= guidance else Guided(pipe.velocity, scale)
+            else:  # another model (a student's opening by its teacher), at the larger of the two scales
+                scale = guidance if scale is None else max(scale, guidance)
+                model = base if scale == 1.0 else Guided(base, scale)
             return model if before_call is None else _Hooked(model, before_call)
 
         self.model = at_least(None)
-        self.opening_model = at_least(pipe.opening_guidance)
+        self.opening_model = at_least(pipe.opening_guidance, pipe.opening_model)
         # A switch can lose a student its subject (a blend runs through texts between two prompts;
         # an immediate switch meets frames drawn for the old one): it makes a switch's calls at its
         # teacher's guidance, which keeps the subject (Pipeline.switch_guidance).
@@ -185,8 +189,9 @@ class Session:
     def start(self, warm: bool = True) -> FrameChunk | None:
         """Warm start (the uniform trajectory; paper Fig. 13) or keep the cold noise buffer.
 
-        The warm start runs at the pipeline's ``opening_guidance`` when that is above the
-        session's (a distilled student opens guided), with the pipeline's
+        The warm start runs the pipeline's ``opening_model`` when it has one (a student's teacher),
+        at the pipeline's ``opening_guidance`` when that is above the session's (a distilled
+        student opens guided), with the pipeline's
         ``opening_steps_per_chunk`` Euler steps per chunk band when it sets them (at least T).
         Returns the opening reference frames when ``K > 0``.
         """

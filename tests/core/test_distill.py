@@ -170,6 +170,35 @@ def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default
     assert pipe.opening_guidance == 2.0  # the teacher's guidance by default
 
 
+def test_a_student_can_be_opened_by_its_teacher_copied_beside_it(tmp_path):
+    from streamdit_core.checkpoint import CheckpointError
+    from streamdit_core.cli import main
+    from streamdit_core.pipeline import Pipeline
+    from streamdit_core.session import Session
+
+    out = tmp_path / "student"
+    assert main(["distill", "--out", str(out), "--steps", "1", "--batch-size", "2", "--clips", "8",
+                 "--opening-model", "teacher", "--opening-guidance", "2", "--opening-steps", "2"]) == 0
+    meta = read_metadata(out / "model.safetensors")
+    assert json.loads(meta["opening"])["model"] == "teacher.safetensors" and meta["teacher"] == "teacher.safetensors"
+    pipe = Pipeline.load(out / "model.safetensors", device="cpu")
+    teacher = Pipeline.load("embedded-teacher", device="cpu").model
+    assert all(torch.equal(a, b) for a, b in zip(pipe.opening_model.state_dict().values(),
+                                                  teacher.state_dict().values()))
+    student_calls, teacher_calls = CallCounter(pipe.model), CallCounter(pipe.opening_model)
+    pipe.model, pipe.opening_model = student_calls, teacher_calls
+    session = Session(pipe, "a red circle moving left on a black background")
+    session.start()
+    assert teacher_calls.samples > 0 and student_calls.samples == 0  # the teacher drew the opening, guided
+    session.stream.next_chunk()
+    assert student_calls.samples > 0  # and the student streams on from it
+    (out / "teacher.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="not beside it"):
+        Pipeline.load(out / "model.safetensors", device="cpu")
+    with pytest.raises(ValueError, match="not in"):
+        distill(teacher, Patterns(), encode_patterns, DistillConfig(steps=1, opening_from_teacher=True), out=tmp_path)
+
+
 def test_the_shipped_default_is_a_distilled_student_of_the_shipped_teacher():
     """From the same opening buffer, one unguided call per chunk of the embedded default lands
     nearer the embedded teacher's guided 4-step continuation (K = 2, the partition it was distilled
