@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from .guidance import Guided
 from .conditioning import TextEmbedding
 from .schedule import Partition, SigmaWarp, add_noise, euler_step, frame_sigma_table
+from .stream import shift_buffer
 from .train import TrainConfig, TrainResult, _device, train
 
 TEACHER_FILE = "teacher.safetensors"  # a teacher copied beside its student to draw the student's opening
@@ -158,10 +159,7 @@ class SegmentDistillation(nn.Module):
         with torch.no_grad():
             for _ in range(cycles):
                 y = euler_step(x, net(x, s0, text).to(x), s0.to(x), s1.to(x))
-                out = y[:, :, K:K + c]
-                refs = torch.cat([y[:, :, :K], out], dim=2)[:, :, -K:] if K else y[:, :, :0]
-                fresh = torch.randn((b, x.shape[1], c, *x.shape[3:]), generator=gen).to(x)
-                x = torch.cat([refs, y[:, :, K + c:], fresh], dim=2)
+                x = shift_buffer(y, K, c, torch.randn((b, x.shape[1], c, *x.shape[3:]), generator=gen).to(x))
         return x
 
     def forward(self, net: nn.Module, x0: Tensor, text, batch, gen: torch.Generator) -> Tensor:

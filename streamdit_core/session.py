@@ -147,10 +147,11 @@ class Session:
         plain = pipe.velocity if guidance == 1.0 else Guided(pipe.velocity, guidance)
 
         def at_least(scale: float | None, base=None):  # the session's model, guided more where a pipeline asks
-            if base is None:
-                model = plain if scale is None or scale <= guidance else Guided(pipe.velocity, scale)
-            else:  # another model (a student's opening by its teacher), at the larger of the two scales
+            if base is None and (scale is None or scale <= guidance):
+                model = plain
+            else:  # at the larger scale; base: another model (a student's opening by its teacher)
                 scale = guidance if scale is None else max(scale, guidance)
+                base = pipe.velocity if base is None else base
                 model = base if scale == 1.0 else Guided(base, scale)
             return model if before_call is None else _Hooked(model, before_call)
 

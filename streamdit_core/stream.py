@@ -35,7 +35,7 @@ from .prompts import PromptState
 from .schedule import IDENTITY, Partition, SigmaWarp, add_noise, euler_step, frame_sigma_table
 from .velocity import geometry_of, placement
 
-__all__ = ["Streamer", "StreamState", "EmittedChunk", "StreamError"]
+__all__ = ["Streamer", "StreamState", "EmittedChunk", "StreamError", "shift_buffer"]
 
 VelocityFn = Callable[[Tensor, Tensor, Any], Tensor]  # model(x, sigma, text) -> v (see velocity.py)
 
@@ -121,6 +121,13 @@ class StreamState:
         """The tensors the state holds (a stream's whole memory besides the model)."""
         held = [self.x, self.frame_index, self.generator.get_state(), *self.prompt.tensors()]
         return held + ([] if self.source is None else [self.source])
+
+
+def shift_buffer(x: Tensor, K: int, c: int, entering: Tensor) -> Tensor:
+    """A buffer ``[b, C, B, H, W]`` after its cycle's shift: the ``c`` frames at sigma 0 (after the
+    ``K`` references) leave, the last ``K`` of references and leaving frames become the references,
+    the rest move down and ``entering`` ``[b, C, c, H, W]`` comes in at the input end."""
+    return torch.cat([x[:, :, c:K + c], x[:, :, K + c:], entering], dim=2)  # refs [c, K + c): K frames
 
 
 class Streamer:
@@ -452,8 +459,7 @@ class Streamer:
         entering = self._admit()
         out = st.x[:, :, K:K + c].clone()  # [b, C, c, H, W]
         index = int(st.frame_index[K])
-        refs = torch.cat([st.x[:, :, :K], out], dim=2)[:, :, -K:] if K else st.x[:, :, :0]  # [b, C, K, H, W]
-        st.x = torch.cat([refs, st.x[:, :, K + c:], entering], dim=2)  # [b, C, B, H, W]
+        st.x = shift_buffer(st.x, K, c, entering)  # [b, C, B, H, W]
         ids = torch.arange(st.next_index, st.next_index + c)
         ref_ids = torch.cat([st.frame_index[:K], st.frame_index[K:K + c]])[-K:] if K else st.frame_index[:0]
         st.frame_index = torch.cat([ref_ids, st.frame_index[K + c:], ids])
