@@ -42,6 +42,26 @@ def _count(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    """A share in 0..1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+    return value
+
+
+def _switch_kinds(text: str) -> tuple[str, ...]:
+    from .world import SWITCH_KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not kinds or set(kinds) - set(SWITCH_KINDS):
+        raise argparse.ArgumentTypeError(f"must be some of {','.join(SWITCH_KINDS)} separated by commas, got {text!r}")
+    return kinds
+
+
 def _device(text: str) -> str:
     """``--device``: checked to be usable here before any model loads."""
     from .pipeline import resolve_device
@@ -76,6 +96,15 @@ def _chunk_sizes(text: str) -> tuple[int, ...]:
 def _add_run_options(p) -> None:
     """The options every training run on the synthetic world takes (train, distill)."""
     p.add_argument("--clips", type=_positive(int), default=4096, help="training clips rendered and encoded up front")
+    p.add_argument("--switch-share", type=_share, default=0.0, metavar="P",
+                   help="share (0..1) of the synthetic world's training clips in which one attribute changes "
+                        "mid-clip, captioned as the prompt in force at each window's newest frame: teaches the "
+                        "model to follow a switched prompt over its reference frames (default 0)")
+    p.add_argument("--switch-kinds", type=_switch_kinds, default=None,
+                   metavar="K,K", help="what changes in those clips, taking turns: color, shape, direction, "
+                                       "background, and appear (the subject appears in frames that showed only the "
+                                       "background: teaches the model to draw a subject its references lost); "
+                                       "default the four attributes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
@@ -174,6 +203,9 @@ def _run_train(args) -> int:
         raise SystemExit(f"bad training settings: {err}") from None
     if args.codec_only and (args.codec is not None or args.init is not None):
         raise SystemExit("--codec-only trains a new codec: leave out --codec and --init")
+    if args.switch_share and args.data is not None:
+        raise SystemExit("--switch-share renders prompt-switch clips from the synthetic world; a --data folder "
+                         "has no switches to draw on: leave --switch-share out")
     if args.init is not None and args.init.startswith("wan:"):
         return _run_train_wan(args, config)  # a Wan VAE's options are its own (width, batch)
     from .codec import CodecConfig
@@ -193,7 +225,7 @@ def _run_train(args) -> int:
         train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
                     model_options=dict(args.model_option), codec_config=codec_config, data=args.data,
-                    size=args.size, init=init, codec_only=args.codec_only)
+                    size=args.size, init=init, codec_only=args.codec_only, switch_share=args.switch_share, switch_kinds=args.switch_kinds)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (TypeError, ValueError) as err:
@@ -228,7 +260,8 @@ def _run_train_wan(args, config) -> int:
         train_wan(args.out, config, source, data=args.data, size=args.size, lora_rank=args.lora or 0,
                   buffer_frames=int(options["buffer_frames"]) if "buffer_frames" in options else None,
                   shift=float(options["shift"]) if "shift" in options else None,
-                  clips=args.clips, text_encoder=args.text_encoder, resume=args.resume, new=new)
+                  clips=args.clips, text_encoder=args.text_encoder, resume=args.resume, new=new,
+                  switch_share=args.switch_share, switch_kinds=args.switch_kinds)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (FileNotFoundError, ValueError) as err:
@@ -335,15 +368,18 @@ def _run_distill(args) -> int:
                        opening_from_teacher=True if args.opening_model == "teacher" else None)
     if args.text_encoder is not None and not wan:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
+    if args.switch_share and (args.data is not None or "data" in meta):
+        raise SystemExit("--switch-share renders prompt-switch clips from the synthetic world; this teacher "
+                         "distils on a folder of videos, which has none: leave --switch-share out")
     t0 = time.perf_counter()
     try:
         config = DistillConfig(guidance=guidance, seed=args.seed, compile=args.compile, **overrides)
         if wan:
             result = distill_wan(teacher, args.out, config, clips=args.clips, resume=args.resume, data=args.data,
-                                 size=args.size, text_encoder=args.text_encoder)
+                                 size=args.size, text_encoder=args.text_encoder, switch_share=args.switch_share, switch_kinds=args.switch_kinds)
         else:
             result = distill_checkpoint(teacher, args.out, config, clips=args.clips, resume=args.resume,
-                                        data=args.data, size=args.size)
+                                        data=args.data, size=args.size, switch_share=args.switch_share, switch_kinds=args.switch_kinds)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (ValueError, FileNotFoundError) as err:

@@ -227,16 +227,20 @@ def distill(teacher: nn.Module, data, encode_text: Callable[[list[str]], TextEmb
 
 def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, config: DistillConfig,
                        clips: int = 4096, resume: bool = False, data: str | os.PathLike | None = None,
-                       size: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
+                       size: int | None = None, log: Callable[[str], None] = print,
+                       switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None) -> TrainResult:
     """Distils a teacher checkpoint (a path, or ``"embedded-teacher"``) into
     ``out/model.safetensors`` on the clips it was trained on: its synthetic world, or the folder of
     captioned videos its metadata records (``data``/``size`` override them). The teacher's codec is
     copied beside the student, so the folder stands alone, and the student's metadata names its
     teacher. ``config.guidance`` is the teacher's scale (see
-    :meth:`~streamdit_core.pipeline.Pipeline.load` for the checkpoint's recommendation)."""
+    :meth:`~streamdit_core.pipeline.Pipeline.load` for the checkpoint's recommendation).
+    ``switch_share`` of the clips change one attribute mid-clip (synthetic world only, see
+    :class:`~streamdit_core.world.LatentPool`), so the student also learns what its teacher does
+    after a prompt switch."""
     from .checkpoint import read_metadata
     from .pipeline import Pipeline
-    from .recipes import clip_source
+    from .recipes import clip_source, switch_record
     from .world import LatentPool
 
     pipe = Pipeline.load(teacher, device="cpu", fast=None)
@@ -249,7 +253,8 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     codec_file = pipe.path.parent / meta["codec"] if "codec" in meta else None
     if codec_file is not None and not (out / codec_file.name).exists():
         shutil.copyfile(codec_file, out / codec_file.name)
-    pool = LatentPool(source, pipe.codec, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1)
+    pool = LatentPool(source, pipe.codec, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
+                      switch_share=switch_share, switch_kinds=switch_kinds)
     keep = {k: meta[k] for k in ("text_encoder",) if k in meta}
     if codec_file is not None:
         keep["codec"] = codec_file.name
@@ -257,21 +262,37 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     if config.opening_from_teacher:  # the student's opening needs its teacher beside it
         teacher_name = TEACHER_FILE
         if (out / TEACHER_FILE).resolve() != pipe.path.resolve():
-            shutil.copyfile(pipe.path, out / TEACHER_FILE)
+            _copy_teacher(pipe.path, out / TEACHER_FILE, keep.get("codec"))
     _, result = distill(pipe.model, pool, pipe.text.encode, config, out=out, resume=resume,
-                        metadata={**keep, **record, "size": str(size), "teacher": teacher_name})
+                        metadata={**keep, **record, "size": str(size), "teacher": teacher_name,
+                                  **switch_record(pool)})
     return result
+
+
+def _copy_teacher(teacher: Path, to: Path, codec: str | None) -> None:
+    """The teacher's file beside its student, naming the codec copied there (the teacher's own
+    entry names it relative to the teacher's folder), so the student's folder stands alone."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import file_metadata, write_safetensors
+
+    meta = file_metadata(teacher)
+    if codec is None or meta.get("codec") == codec:
+        shutil.copyfile(teacher, to)
+    else:
+        write_safetensors(load_file(str(teacher)), to, {**meta, "codec": codec})
 
 
 def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: DistillConfig, *, clips: int = 1024,
                 resume: bool = False, data: str | os.PathLike | None = None, size: int | None = None,
-                text_encoder: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> TrainResult:
+                text_encoder: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+                switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None) -> TrainResult:
     """Distils a Wan model adapted by ``train --init wan:FOLDER`` (its ``model.safetensors``) into
     a one-step-per-chunk student, on the clips it was adapted on (or ``data``), with the base
     folder's VAE and text encoder. A LoRA teacher gives a LoRA student. ``out`` gets the student
     in ComfyUI's formats, as ``train`` writes them (``model.safetensors``, ``model_lora.safetensors``
     for a LoRA), and it distils again from there like any adapted Wan model."""
-    from .recipes import clip_source, wan_text_encoder
+    from .recipes import clip_source, switch_record, wan_text_encoder
     from .wan import load_adapted_wan
     from .wan_vae import load_wan_vae
     from .world import LatentPool
@@ -288,9 +309,11 @@ def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: Dist
     encoder = wan_text_encoder(base, text_encoder, model.config.text_dim)
     out = Path(out)
     pool = LatentPool(source, vae, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
-                      cache=out / "latents", cache_key=json.dumps([record, meta["init"], size]))
+                      cache=out / "latents", cache_key=json.dumps([record, meta["init"], size]),
+                      switch_share=switch_share, switch_kinds=switch_kinds)
     _, result = distill(model, pool, encoder.encode, config, out=out, resume=resume,
                         metadata={"init": meta["init"], "lora_rank": meta.get("lora_rank", "0"),
+                                  **switch_record(pool),
                                   "text_encoder": encoder.name, "size": str(size), **record,
                                   "teacher": str(Path(teacher).resolve())})
     return result

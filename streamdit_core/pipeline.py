@@ -308,7 +308,10 @@ def _opening_model(path: Path, name: str, meta: dict[str, str], model, dev, dtyp
     if not opener.exists():
         raise CheckpointError(f"{path} opens its streams with {name}, which is not beside it in {path.parent}: "
                               f"copy the teacher there (distill --opening-model teacher writes it)")
-    if read_metadata(opener).get("codec", "pixel") != meta.get("codec", "pixel"):
+    def codec_of(file: Path, entry: str | None):  # the codec file a checkpoint names, or "pixel"
+        return "pixel" if entry in (None, "pixel") else (file.parent / entry).resolve()
+
+    if codec_of(opener, read_metadata(opener).get("codec")) != codec_of(path, meta.get("codec")):
         raise CheckpointError(f"{opener} works on another codec than {path}: an opening model must share its latents")
     loaded = load_checkpoint(opener, device=dev, dtype=dtype)
     g, h = loaded.geometry, model.geometry

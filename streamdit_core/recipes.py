@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -90,7 +90,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                 clips: int = 4096, guidance: float = 1.0, resume: bool = False,
                 log: Callable[[str], None] = print, model_options: dict | None = None,
                 codec_config=None, data: str | os.PathLike | None = None, size: int = 64,
-                init: str | os.PathLike | None = None, codec_only: bool = False) -> WorldRun:
+                init: str | os.PathLike | None = None, codec_only: bool = False,
+                switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None) -> WorldRun:
     """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
     names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
     ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
@@ -112,6 +113,9 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         codec_only: train the codec (and refine its decoder) and stop: no StreamDiT. Several
             StreamDiT runs can then share the codec (``codec``), which is how the embedded
             models' chain starts.
+        switch_share: the share of training clips in which one attribute changes mid-clip
+            (synthetic world only; see :class:`~streamdit_core.world.LatentPool`), recorded in the
+            checkpoint's metadata.
     """
     from .checkpoint import load_codec, read_metadata
     from .codec import CodecConfig, VideoAutoencoder
@@ -180,7 +184,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         stamp = codec_file.stat()
         pool = LatentPool(world, autoencoder, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
                           cache=out / "latents", cache_key=json.dumps([record, str(codec_file.resolve()),
-                                                                       stamp.st_size, stamp.st_mtime_ns]))
+                                                                       stamp.st_size, stamp.st_mtime_ns]),
+                          switch_share=switch_share, switch_kinds=switch_kinds)
         encoder = TextEncoder()
         # the model names its codec relative to its own folder, which is where loaders look
         codec_name = Path(os.path.relpath(codec_file.resolve(), out.resolve())).as_posix()
@@ -189,11 +194,16 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         # a model trained with reference frames streams with them by default (the most it learned)
         recommended = {"reference_frames": str(max(refs))} if max(refs) > 0 else {}
         result = train(model, pool, encoder.encode, config, out=out, resume=resume, val_data=val,
-                       metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
+                       metadata={"codec": codec_name, "text_encoder": encoder.name, **record, **switch_record(pool),
                                  "guidance": f"{guidance:g}", **recommended})
         log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     refined = _refine_decoder(autoencoder, codec_file, world, record, decoder_steps, config.seed, log)
     return WorldRun(shipped, codec_file, result, codec_mse if refined is None else refined)
+
+
+def switch_record(pool) -> dict[str, str]:
+    """The metadata entries that record a pool's share of switch clips and their kinds (none when 0)."""
+    return {"switch_share": f"{pool.switch_share:g}", "switch_kinds": ",".join(pool.switch_kinds)} if pool.switch_share else {}
 
 
 def _refine_decoder(autoencoder, codec_file: Path, world, record: dict, steps: int, seed: int,
@@ -334,7 +344,7 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
               data: str | os.PathLike | None = None, size: int = 64, lora_rank: int = 0,
               buffer_frames: int | None = None, shift: float | None = None, clips: int = 1024,
               text_encoder: str | os.PathLike | None = None, resume: bool = False,
-              new: dict | None = None, log: Callable[[str], None] = print) -> Path:
+              new: dict | None = None, log: Callable[[str], None] = print, switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None) -> Path:
     """Adapts a pretrained Wan 2.1 text-to-video model to streaming: buffered flow matching over
     mixed partitions on ``data`` (a folder of captioned videos; default the synthetic world), the
     whole transformer or, with ``lora_rank``, LoRA adapters only.
@@ -398,10 +408,11 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
         add_lora(model, lora_rank)
     encoder = wan_text_encoder(base, text_encoder, model.config.text_dim)
     pool = LatentPool(world, vae, clips=clips, frames=B, clip_frames=B + 4, seed=config.seed + 1,
-                      cache=out / "latents", cache_key=json.dumps([record, f"wan:{wan.resolve()}", size]))
+                      cache=out / "latents", cache_key=json.dumps([record, f"wan:{wan.resolve()}", size]),
+                      switch_share=switch_share, switch_kinds=switch_kinds)
     val = _validation_pool(world, vae, B, B + 4, data, size, log)
     result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan", val_data=val,
-                   metadata={"init": f"wan:{base.resolve()}", "lora_rank": str(lora_rank),
+                   metadata={"init": f"wan:{base.resolve()}", "lora_rank": str(lora_rank), **switch_record(pool),
                              "text_encoder": encoder.name, "size": str(size), **record})
     log(f"Wan: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     return shipped

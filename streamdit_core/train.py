@@ -478,17 +478,11 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
         frames = cfg.clip_frames
 
     def clips(count: int) -> Tensor:  # [count, 3, T, H, W]
-        switched = round(count * cfg.switch_share) if frames > 1 and hasattr(world, "switch_script") else 0
+        switched = round(count * cfg.switch_share) if frames > 1 and hasattr(world, "switch_batch") else 0
         video, _ = world.batch(count - switched, frames, gen)
         if switched:
-            attrs, train = ("color", "shape", "direction", "background"), set(world.train_scenes)
-            changed = []
-            while len(changed) < switched:  # both scenes from the training split
-                script = world.switch_script(gen, world.sample_scene(gen), attrs[len(changed) % 4],
-                                             frames - codec.time_factor)
-                if script[1][1] in train:
-                    changed.append(world.render(script, frames, gen).frames)
-            video = torch.cat([video, torch.stack(changed)])
+            changed, _ = world.switch_batch(switched, frames, gen, at=frames - codec.time_factor)
+            video = torch.cat([video, changed])
         return video.transpose(1, 2).contiguous()
 
     pool = clips(cfg.pool)

@@ -6,13 +6,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .scenes import World
+from .scenes import SWITCH_KINDS, World
 
 __all__ = ["LatentBatch", "LatentPool", "subject_cover"]
 
@@ -28,7 +29,7 @@ class LatentBatch:
 
 
 class LatentPool:
-    """``clips`` constant-caption clips of the training split, encoded by ``codec``.
+    """``clips`` clips of the training split, encoded by ``codec``.
 
     ``world`` is the synthetic world or a :class:`~streamdit_core.data.ClipFolder`: anything
     whose ``batch(n, frames, gen)`` gives ``[n, frames, 3, H, W]`` clips and their captions.
@@ -36,11 +37,21 @@ class LatentPool:
     Each clip is ``clip_frames`` latent frames long; :meth:`sample` crops ``frames`` consecutive
     latent frames from random clips, so a pool of a few thousand clips gives many more windows.
     Deterministic for a seed.
+
+    A share ``switch_share`` of the clips (from the synthetic world only) change once, on a latent
+    frame's boundary, taking turns among ``switch_kinds`` (see :meth:`World.switch_batch`): one
+    attribute changes, as at a prompt switch in a stream, or ("appear") the subject appears in
+    frames that showed only the background. A window is captioned with the caption of its newest
+    frame (the input end): a window that ends after an attribute's change carries the new caption
+    over older frames that still show the old scene, which is what the model sees in the buffer
+    after an immediate switch, and what teaches it to follow the prompt over its reference frames;
+    an "appear" window teaches it to draw a subject its reference frames lost.
     """
 
     def __init__(self, world: World, codec, clips: int, frames: int, clip_frames: int | None = None,
                  seed: int = 0, progress: bool = True, encode_batch: int = 64, cache: str | os.PathLike | None = None,
-                 cache_key: str = ""):
+                 cache_key: str = "", switch_share: float = 0.0,
+                 switch_kinds: Sequence[str] | None = None):
         """``cache``: a folder for the encoded pool as safetensors shards (one per ``encode_batch``
         clips); a pool made again with the same ``cache_key`` (what the source and the codec are)
         and settings is read back instead of encoded, so a resumed run does not encode again."""
@@ -48,34 +59,60 @@ class LatentPool:
         clip_frames = clip_frames or frames
         if clip_frames < frames:
             raise ValueError(f"clip_frames ({clip_frames}) must be at least frames ({frames})")
-        key = json.dumps([cache_key, clips, clip_frames, seed, encode_batch])
+        if not 0.0 <= switch_share <= 1.0:
+            raise ValueError(f"switch_share must be in 0..1, got {switch_share}")
+        if switch_share and not hasattr(world, "switch_batch"):
+            raise ValueError(f"switch_share={switch_share:g} needs clips rendered with a prompt switch, which only "
+                             f"the synthetic world makes; {type(world).__name__} cannot: leave switch_share at 0")
+        if switch_share and clip_frames < 2:
+            raise ValueError(f"switch clips need at least 2 latent frames, got clip_frames={clip_frames}")
+        kinds = list(switch_kinds or SWITCH_KINDS[:4])
+        if set(kinds) - set(SWITCH_KINDS):
+            raise ValueError(f"switch_kinds must be some of {', '.join(SWITCH_KINDS)}, got {kinds}")
+        self.switch_share, self.switch_kinds = switch_share, tuple(kinds)
+        key = json.dumps([cache_key, clips, clip_frames, seed, encode_batch]
+                         + ([switch_share, kinds] if switch_share else []))
         if cache is not None and self._load(Path(cache), key):
             return
         gen = torch.Generator().manual_seed(seed)
         tf = codec.time_factor
-        latents, cover, prompts = [], [], []
+        latents, cover, prompts, switches = [], [], [], []
         with torch.no_grad():
             for start in tqdm(range(0, clips, encode_batch), desc="encoding training clips", disable=not progress):
                 n = min(encode_batch, clips - start)
-                video, caps = world.batch(n, clip_frames * tf, gen)  # [n, T, 3, H, W]
+                switched = round(n * switch_share)
+                video, caps = world.batch(n - switched, clip_frames * tf, gen) if n > switched else (None, [])
+                changes = [(clip_frames, "")] * len(caps)  # (first latent frame of the new caption, caption)
+                if switched:
+                    more, scripts = world.switch_batch(switched, clip_frames * tf, gen, every=tf, kinds=kinds)
+                    video = more if video is None else torch.cat([video, more])  # [n, T, 3, H, W]
+                    caps = caps + [script[0][1].caption for script in scripts]
+                    changes += [(script[1][0] // tf, script[1][1].caption) if script[1][1] != script[0][1]
+                                else (clip_frames, "") for script in scripts]  # an appearing subject keeps its caption
                 latents.append(codec.encode(video.transpose(1, 2)).to(torch.float32))  # [n, C, F, h, w]
                 cover.append(subject_cover(video, tf, codec.space_factor).to(torch.float16))
                 prompts.extend(caps)
+                switches.extend(changes)
                 if cache is not None:
-                    self._save_shard(Path(cache), start // encode_batch, latents[-1], cover[-1], caps, key)
+                    self._save_shard(Path(cache), start // encode_batch, latents[-1], cover[-1], caps, key, changes)
         self.latents = torch.cat(latents)  # [clips, C, F, h, w]
         self.subject = torch.cat(cover)  # [clips, 1, F, h, w]
         self.prompts = prompts
+        self.switches = switches
         if cache is not None:
             (Path(cache) / "pool.json").write_text(json.dumps({"key": key, "shards": len(latents)}))
 
     @staticmethod
-    def _save_shard(folder: Path, index: int, latents: Tensor, cover: Tensor, prompts: list[str], key: str) -> None:
+    def _save_shard(folder: Path, index: int, latents: Tensor, cover: Tensor, prompts: list[str], key: str,
+                    switches: list[tuple[int, str]]) -> None:
         from ..checkpoint import write_safetensors
 
         (folder / "pool.json").unlink(missing_ok=True)  # the pool is whole only once its index is written
+        meta = {"key": key, "prompts": json.dumps(prompts)}
+        if any(caption for _, caption in switches):
+            meta["switches"] = json.dumps(switches)
         write_safetensors({"latents": latents.contiguous(), "subject": cover.contiguous()},
-                          folder / f"latents-{index:05d}.safetensors", {"key": key, "prompts": json.dumps(prompts)})
+                          folder / f"latents-{index:05d}.safetensors", meta)
 
     def _load(self, folder: Path, key: str) -> bool:
         """Reads a cached pool; False (encode it) when there is none or it was made differently."""
@@ -84,15 +121,21 @@ class LatentPool:
         index = folder / "pool.json"
         if not index.is_file() or json.loads(index.read_text()).get("key") != key:
             return False
-        latents, cover, prompts = [], [], []
+        latents, cover, prompts, switches = [], [], [], []
         for i in range(json.loads(index.read_text())["shards"]):
             with safe_open(str(folder / f"latents-{i:05d}.safetensors"), framework="pt") as f:
-                if f.metadata().get("key") != key:
+                meta = f.metadata()
+                if meta.get("key") != key:
                     return False
                 latents.append(f.get_tensor("latents"))
                 cover.append(f.get_tensor("subject"))
-                prompts.extend(json.loads(f.metadata()["prompts"]))
+                caps = json.loads(meta["prompts"])
+                prompts.extend(caps)
+                frames = latents[-1].shape[2]
+                switches.extend([(int(at), caption) for at, caption in json.loads(meta["switches"])]
+                                if "switches" in meta else [(frames, "")] * len(caps))
         self.latents, self.subject, self.prompts = torch.cat(latents), torch.cat(cover), prompts
+        self.switches = switches
         return True
 
     def __len__(self) -> int:
@@ -105,7 +148,12 @@ class LatentPool:
         pick = list(zip(idx.tolist(), start.tolist()))
         x = torch.stack([self.latents[i, :, s:s + self.frames] for i, s in pick])
         cover = torch.stack([self.subject[i, :, s:s + self.frames] for i, s in pick]).float()
-        return LatentBatch(x, [self.prompts[i] for i in idx.tolist()], cover)
+        return LatentBatch(x, [self.caption(i, s + self.frames - 1) for i, s in pick], cover)
+
+    def caption(self, clip: int, frame: int) -> str:
+        """The caption in force at latent frame ``frame`` of clip ``clip``."""
+        at, second = self.switches[clip]
+        return second if frame >= at else self.prompts[clip]
 
 
 def subject_cover(video: Tensor, time_factor: int, space_factor: int, margin: int = 2) -> Tensor:

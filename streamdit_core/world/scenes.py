@@ -41,6 +41,7 @@ __all__ = [
     "FPS",
     "SHAPES",
     "SPEED_RANGE",
+    "SWITCH_KINDS",
     "VOCABULARY",
     "Clip",
     "Scene",
@@ -71,6 +72,9 @@ BACKGROUNDS: dict[str, tuple[float, float, float]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 SPEED_RANGE = (1.25, 2.0)  # pixels per frame at 64x64 (scaled with the frame)
+# What changes in a switch clip (World.switch_batch): an attribute, or "appear": the subject
+# appears in frames that showed only its background.
+SWITCH_KINDS = ("color", "shape", "direction", "background", "appear")
 # Unit headings in image coordinates (x right, y down).
 _S = math.sqrt(0.5)
 DIRECTIONS: dict[str, tuple[float, float]] = {
@@ -300,6 +304,42 @@ class World:
         """``count`` constant-caption wrap clips: frames ``[count, T, 3, H, W]`` and captions."""
         clips = [self.render(self.sample_scene(gen, split), frames, gen) for _ in range(count)]
         return torch.stack([c.frames for c in clips]), [c.captions[0] for c in clips]
+
+    def switch_batch(self, count: int, frames: int, gen: torch.Generator, at: int | None = None,
+                     every: int = 1, kinds: Sequence[str] = SWITCH_KINDS[:4]) -> tuple[Tensor, list[list[tuple[int, Scene]]]]:
+        """``count`` wrap clips of the training split in which something changes once.
+
+        The kinds of change take turns: an attribute (color, shape, direction, background) changes
+        to another value, or, for "appear", the scene stays and the frames before the change show
+        only its background (the subject appears where it would have been). Both scenes of each
+        script are training scenes. The change comes at frame ``at``, or, with ``at`` None, at a
+        multiple of ``every`` drawn uniformly from ``every .. frames - every`` (so a codec with a
+        time factor ``every`` sees it on a latent frame's boundary). Returns frames
+        ``[count, T, 3, H, W]`` and each clip's script ``[(0, first), (start, second)]``.
+        """
+        if frames < 2 * every:
+            raise ValueError(f"a switch clip needs at least {2 * every} frames (one step of {every} "
+                             f"before and after the change), got {frames}")
+        if at is not None and not 0 < at < frames:
+            raise ValueError(f"at must fall inside the clip (1..{frames - 1}), got {at}")
+        if not kinds or set(kinds) - set(SWITCH_KINDS):
+            raise ValueError(f"kinds must be some of {', '.join(SWITCH_KINDS)}, got {list(kinds)}")
+        train = set(self.train_scenes)
+        videos, scripts = [], []
+        while len(scripts) < count:
+            start = at if at is not None else every * int(torch.randint(1, frames // every, (1,), generator=gen))
+            kind, first = kinds[len(scripts) % len(kinds)], self.sample_scene(gen)
+            if kind == "appear":
+                script = [(0, first), (start, first)]
+            else:
+                script = self.switch_script(gen, first, kind, start)
+            if script[1][1] in train:
+                clip = self.render(script, frames, gen).frames
+                if kind == "appear":
+                    clip[:start] = torch.tensor(BACKGROUNDS[first.background])[:, None, None]
+                videos.append(clip)
+                scripts.append(script)
+        return torch.stack(videos), scripts
 
     def switch_script(self, gen: torch.Generator, first: Scene, attribute: str, at: int,
                       split: str = "held_out") -> list[tuple[int, Scene]]:

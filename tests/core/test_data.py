@@ -169,6 +169,9 @@ def test_the_train_command_trains_on_a_folder_and_records_it(folder, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "model.safetensors").config.depth == 1
     with pytest.raises(SystemExit, match="--data: .*no usable video"):
         main(["train", "--data", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--codec", str(codec)])
+    with pytest.raises(SystemExit, match="--switch-share renders prompt-switch clips from the synthetic world"):
+        main(["train", "--data", str(root), "--out", str(tmp_path / "c"), "--codec", str(codec), "--switch-share", "0.2"])
+    assert not (tmp_path / "c").exists()
 
 
 def test_the_world_written_as_a_folder_reads_back_as_its_clips(tmp_path):

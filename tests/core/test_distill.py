@@ -4,6 +4,7 @@ result on noise it never trained on; the student streams with one call per chunk
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -176,11 +177,24 @@ def test_a_student_can_be_opened_by_its_teacher_copied_beside_it(tmp_path):
     from streamdit_core.pipeline import Pipeline
     from streamdit_core.session import Session
 
+    from streamdit_core.pipeline import DEFAULT_MODEL
+
+    # a teacher whose codec lies in another folder, named relative to the teacher's own
+    shipped = DEFAULT_MODEL.parent
+    (tmp_path / "shared").mkdir()
+    shutil.copyfile(shipped / "codec.safetensors", tmp_path / "shared" / "codec.safetensors")
+    write_safetensors(load_file(str(shipped / "teacher.safetensors")), tmp_path / "run" / "model.safetensors",
+                      {**file_metadata(shipped / "teacher.safetensors"), "codec": "../shared/codec.safetensors"})
     out = tmp_path / "student"
-    assert main(["distill", "--out", str(out), "--steps", "1", "--batch-size", "2", "--clips", "8",
-                 "--opening-model", "teacher", "--opening-guidance", "2", "--opening-steps", "2"]) == 0
+    assert main(["distill", "--teacher", str(tmp_path / "run" / "model.safetensors"), "--out", str(out),
+                 "--steps", "1", "--batch-size", "2", "--clips", "8",
+                 "--opening-model", "teacher", "--opening-guidance", "2", "--opening-steps", "2",
+                 "--switch-share", "0.25"]) == 0
     meta = read_metadata(out / "model.safetensors")
     assert json.loads(meta["opening"])["model"] == "teacher.safetensors" and meta["teacher"] == "teacher.safetensors"
+    # the folder stands alone: the copied teacher names the codec copied beside it
+    assert meta["codec"] == file_metadata(out / "teacher.safetensors")["codec"] == "codec.safetensors"
+    assert meta["switch_share"] == "0.25"  # it also learned from prompt-switch clips
     pipe = Pipeline.load(out / "model.safetensors", device="cpu")
     teacher = Pipeline.load("embedded-teacher", device="cpu").model
     assert all(torch.equal(a, b) for a, b in zip(pipe.opening_model.state_dict().values(),

@@ -206,10 +206,12 @@ def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(
     shutil.copy(DEFAULT_MODEL.parent / "codec.safetensors", tmp_path / "shared" / "codec.safetensors")
     monkeypatch.chdir(tmp_path)
     args = ["train", "--out", "run", "--codec", "shared/codec.safetensors", "--steps", "2", "--batch-size", "2",
-            "--clips", "4", "--decoder-steps", "0", "--guidance", "3"]
+            "--clips", "4", "--decoder-steps", "0", "--switch-kinds", "color,appear", "--guidance", "3",
+            "--switch-share", "0.5"]
     assert main(args) == 0
     meta = read_metadata(tmp_path / "run" / "model.safetensors")
     assert meta["step"] == "2" and meta["codec"] == "../shared/codec.safetensors" and meta["guidance"] == "3"
+    assert (meta["switch_share"], meta["switch_kinds"]) == ("0.5", "color,appear")
     assert meta["world"] == "shapes-64" and load_checkpoint(tmp_path / "run" / "model.safetensors").config.buffer_frames == 8
     monkeypatch.chdir(tmp_path / "shared")  # elsewhere: the model still finds its codec
     assert Pipeline.load(tmp_path / "run" / "model.safetensors").frame_size == (64, 64)
@@ -218,7 +220,13 @@ def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(
     assert main(args + ["--resume"]) == 0
     assert "already has its 2 steps" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="guidance must be at least 0"):
-        main(args[:-1] + ["-1"])
+        main(args[:-3] + ["-1"])
+    with pytest.raises(SystemExit):
+        main(args[:-1] + ["1.5"])
+    assert "must be a share between 0 and 1, got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args + ["--switch-kinds", "colour"])
+    assert "must be some of color,shape,direction,background,appear" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no such codec file"):
         main(["train", "--out", "run2", "--codec", "shared/typo.safetensors"])
     assert not (tmp_path / "shared" / "typo.safetensors").exists() and not (tmp_path / "run2").exists()

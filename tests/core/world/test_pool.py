@@ -1,11 +1,12 @@
 """The latent pool: encoded clips, random crops, and the subject cover that weights the loss."""
 
+import pytest
 import torch
 
 from streamdit_core.codec import PixelCodec
 from streamdit_core.world import World
 from streamdit_core.world import LatentPool, subject_cover
-from streamdit_core.world import Scene
+from streamdit_core.world import SWITCH_KINDS, Scene, detect, parse_caption
 
 
 def test_subject_cover_is_where_the_shape_is_at_latent_resolution():
@@ -36,3 +37,55 @@ def test_pool_crops_carry_the_cover_of_their_own_frames():
     away = (batch.latents - batch.latents.flatten(3).median(3).values[..., None, None]).norm(dim=1) > 0.2
     assert bool((batch.subject[:, 0][away] > 0).all())
     assert float(batch.subject.mean()) < 0.5
+
+
+def _window_source(pool, window):
+    """(clip, start) of a sampled window, found by its latents."""
+    for i in range(len(pool)):
+        for s in range(pool.latents.shape[2] - pool.frames + 1):
+            if torch.equal(pool.latents[i, :, s:s + pool.frames], window):
+                return i, s
+    raise AssertionError("a sampled window that is in no clip")
+
+
+def test_switch_clips_are_captioned_by_the_newest_frame_of_each_window(tmp_path):
+    world, codec = World(), PixelCodec()
+    pool = LatentPool(world, codec, clips=10, frames=3, clip_frames=6, seed=0, progress=False, encode_batch=10,
+                      switch_share=0.5, switch_kinds=SWITCH_KINDS, cache=tmp_path / "latents", cache_key="world")
+    changed = [i for i, (_, caption) in enumerate(pool.switches) if caption]
+    assert len(changed) == 4 and all(1 <= pool.switches[i][0] <= 5 for i in changed)
+    # the fifth switch clip is an appearing subject: it keeps its caption, and its first frame is empty
+    assert not bool(detect(codec.decode(pool.latents[9]).transpose(0, 1)).present[0])
+    batch = pool.sample(48, torch.Generator().manual_seed(2))
+    across = 0
+    for window, caption in zip(batch.latents, batch.prompts):
+        clip, start = _window_source(pool, window)
+        det = detect(codec.decode(window).transpose(0, 1))  # [F, 3, H, W]
+        scene = parse_caption(caption)
+        # the caption says what the newest frame (the input end) shows
+        assert (det.color[-1], det.shape[-1], det.background[-1]) == (scene.color, scene.shape, scene.background)
+        at, second = pool.switches[clip]
+        if start < at <= start + pool.frames - 1:  # the window holds the change: its older frames do not
+            across += 1
+            assert caption == second and caption != pool.prompts[clip]
+    assert across >= 3
+    again = LatentPool(world, codec, clips=10, frames=3, clip_frames=6, seed=0, progress=False, encode_batch=10,
+                       switch_share=0.5, switch_kinds=SWITCH_KINDS, cache=tmp_path / "latents", cache_key="world")
+    assert again.switches == pool.switches and torch.equal(again.latents, pool.latents)
+    plain = LatentPool(world, codec, clips=10, frames=3, clip_frames=6, seed=0, progress=False, encode_batch=10,
+                       cache=tmp_path / "latents", cache_key="world")
+    assert not any(caption for _, caption in plain.switches)  # made again, not read from the switch pool
+
+
+def test_switch_clips_need_a_source_that_renders_them():
+    class Folder:  # a clip source without scripted switches, like a folder of videos
+        def batch(self, n, frames, gen):
+            return torch.rand(n, frames, 3, 32, 32, generator=gen), ["a clip"] * n
+
+    with pytest.raises(ValueError, match="switch_share=0.5 needs clips rendered with a prompt switch"):
+        LatentPool(Folder(), PixelCodec(), clips=2, frames=2, clip_frames=4, progress=False, switch_share=0.5)
+    with pytest.raises(ValueError, match="switch_kinds must be some of color, shape"):
+        LatentPool(World(size=32), PixelCodec(), clips=2, frames=2, clip_frames=4, progress=False, switch_share=0.5,
+                   switch_kinds=("colour",))
+    with pytest.raises(ValueError, match="switch_share must be in 0..1"):
+        LatentPool(World(size=32), PixelCodec(), clips=2, frames=2, clip_frames=4, progress=False, switch_share=2)

@@ -106,3 +106,30 @@ def test_held_out_subsets_are_stratified_over_every_attribute():
     assert sum(s.color == "blue" for s in held_out_scenes(16)) <= 3  # the first 16 in file order hold 13
     with pytest.raises(ValueError, match="count must be at least 1"):
         stratified(every, 0)
+
+
+def test_switch_batch_changes_one_attribute_once_on_a_step_between_training_scenes():
+    w = World()
+    video, scripts = w.switch_batch(4, 8, torch.Generator().manual_seed(5), every=2)
+    assert video.shape == (4, 8, 3, 64, 64) and len(scripts) == 4
+    train = set(w.train_scenes)
+    for k, ((start, first), (at, second)) in enumerate(scripts):
+        assert start == 0 and at in (2, 4, 6) and first in train and second in train
+        attribute = ("color", "shape", "direction", "background")[k]  # the attributes take turns
+        assert [a for a in ("color", "shape", "direction", "background")
+                if getattr(first, a) != getattr(second, a)] == [attribute]
+        if attribute != "direction":  # a heading shows over frames, the rest in each frame
+            read = getattr(detect(video[k]), attribute)
+            assert set(read[:at]) == {getattr(first, attribute)} and set(read[at:]) == {getattr(second, attribute)}
+    fixed, scripts = w.switch_batch(2, 8, torch.Generator().manual_seed(5), at=3)
+    assert [s[1][0] for s in scripts] == [3, 3]
+    with pytest.raises(ValueError, match="at least 4 frames"):
+        w.switch_batch(1, 3, torch.Generator(), every=2)
+    with pytest.raises(ValueError, match="inside the clip"):
+        w.switch_batch(1, 8, torch.Generator(), at=8)
+    video, scripts = w.switch_batch(2, 6, torch.Generator().manual_seed(1), at=2, kinds=("appear",))
+    for clip, ((_, first), (_, second)) in zip(video, scripts):  # the subject appears where it would have been
+        assert first == second and detect(clip).present.tolist() == [False, False, True, True, True, True]
+        assert torch.equal(clip[0], torch.tensor(BACKGROUNDS[first.background])[:, None, None].expand(3, 64, 64))
+    with pytest.raises(ValueError, match="kinds must be some of"):
+        w.switch_batch(1, 8, torch.Generator(), kinds=("colour",))
