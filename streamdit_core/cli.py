@@ -225,7 +225,8 @@ def _run_train(args) -> int:
         train_world(args.out, config, preset=args.preset, codec=args.codec, codec_steps=args.codec_steps,
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
                     model_options=dict(args.model_option), codec_config=codec_config, data=args.data,
-                    size=args.size, init=init, codec_only=args.codec_only, switch_share=args.switch_share, switch_kinds=args.switch_kinds)
+                    size=args.size, init=init, codec_only=args.codec_only, switch_share=args.switch_share,
+                    switch_kinds=args.switch_kinds)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (TypeError, ValueError) as err:
@@ -376,10 +377,12 @@ def _run_distill(args) -> int:
         config = DistillConfig(guidance=guidance, seed=args.seed, compile=args.compile, **overrides)
         if wan:
             result = distill_wan(teacher, args.out, config, clips=args.clips, resume=args.resume, data=args.data,
-                                 size=args.size, text_encoder=args.text_encoder, switch_share=args.switch_share, switch_kinds=args.switch_kinds)
+                                 size=args.size, text_encoder=args.text_encoder, switch_share=args.switch_share,
+                                 switch_kinds=args.switch_kinds)
         else:
             result = distill_checkpoint(teacher, args.out, config, clips=args.clips, resume=args.resume,
-                                        data=args.data, size=args.size, switch_share=args.switch_share, switch_kinds=args.switch_kinds)
+                                        data=args.data, size=args.size, switch_share=args.switch_share,
+                                        switch_kinds=args.switch_kinds)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (ValueError, FileNotFoundError) as err:

@@ -240,7 +240,7 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     after a prompt switch."""
     from .checkpoint import read_metadata
     from .pipeline import Pipeline
-    from .recipes import clip_source, switch_record
+    from .recipes import clip_source
     from .world import LatentPool
 
     pipe = Pipeline.load(teacher, device="cpu", fast=None)
@@ -265,7 +265,7 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
             _copy_teacher(pipe.path, out / TEACHER_FILE, keep.get("codec"))
     _, result = distill(pipe.model, pool, pipe.text.encode, config, out=out, resume=resume,
                         metadata={**keep, **record, "size": str(size), "teacher": teacher_name,
-                                  **switch_record(pool)})
+                                  **pool.switch_metadata()})
     return result
 
 
@@ -292,7 +292,7 @@ def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: Dist
     folder's VAE and text encoder. A LoRA teacher gives a LoRA student. ``out`` gets the student
     in ComfyUI's formats, as ``train`` writes them (``model.safetensors``, ``model_lora.safetensors``
     for a LoRA), and it distils again from there like any adapted Wan model."""
-    from .recipes import clip_source, switch_record, wan_text_encoder
+    from .recipes import clip_source, wan_text_encoder
     from .wan import load_adapted_wan
     from .wan_vae import load_wan_vae
     from .world import LatentPool
@@ -313,7 +313,7 @@ def distill_wan(teacher: str | os.PathLike, out: str | os.PathLike, config: Dist
                       switch_share=switch_share, switch_kinds=switch_kinds)
     _, result = distill(model, pool, encoder.encode, config, out=out, resume=resume,
                         metadata={"init": meta["init"], "lora_rank": meta.get("lora_rank", "0"),
-                                  **switch_record(pool),
+                                  **pool.switch_metadata(),
                                   "text_encoder": encoder.name, "size": str(size), **record,
                                   "teacher": str(Path(teacher).resolve())})
     return result

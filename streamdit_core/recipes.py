@@ -113,9 +113,9 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         codec_only: train the codec (and refine its decoder) and stop: no StreamDiT. Several
             StreamDiT runs can then share the codec (``codec``), which is how the embedded
             models' chain starts.
-        switch_share: the share of training clips in which one attribute changes mid-clip
-            (synthetic world only; see :class:`~streamdit_core.world.LatentPool`), recorded in the
-            checkpoint's metadata.
+        switch_share, switch_kinds: the share of training clips that change once mid-clip and
+            what changes in them (synthetic world only; see
+            :class:`~streamdit_core.world.LatentPool`), recorded in the checkpoint's metadata.
     """
     from .checkpoint import load_codec, read_metadata
     from .codec import CodecConfig, VideoAutoencoder
@@ -194,16 +194,11 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         # a model trained with reference frames streams with them by default (the most it learned)
         recommended = {"reference_frames": str(max(refs))} if max(refs) > 0 else {}
         result = train(model, pool, encoder.encode, config, out=out, resume=resume, val_data=val,
-                       metadata={"codec": codec_name, "text_encoder": encoder.name, **record, **switch_record(pool),
-                                 "guidance": f"{guidance:g}", **recommended})
+                       metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
+                                 **pool.switch_metadata(), "guidance": f"{guidance:g}", **recommended})
         log(f"StreamDiT: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     refined = _refine_decoder(autoencoder, codec_file, world, record, decoder_steps, config.seed, log)
     return WorldRun(shipped, codec_file, result, codec_mse if refined is None else refined)
-
-
-def switch_record(pool) -> dict[str, str]:
-    """The metadata entries that record a pool's share of switch clips and their kinds (none when 0)."""
-    return {"switch_share": f"{pool.switch_share:g}", "switch_kinds": ",".join(pool.switch_kinds)} if pool.switch_share else {}
 
 
 def _refine_decoder(autoencoder, codec_file: Path, world, record: dict, steps: int, seed: int,
@@ -344,7 +339,8 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
               data: str | os.PathLike | None = None, size: int = 64, lora_rank: int = 0,
               buffer_frames: int | None = None, shift: float | None = None, clips: int = 1024,
               text_encoder: str | os.PathLike | None = None, resume: bool = False,
-              new: dict | None = None, log: Callable[[str], None] = print, switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None) -> Path:
+              new: dict | None = None, log: Callable[[str], None] = print, switch_share: float = 0.0,
+              switch_kinds: Sequence[str] | None = None) -> Path:
     """Adapts a pretrained Wan 2.1 text-to-video model to streaming: buffered flow matching over
     mixed partitions on ``data`` (a folder of captioned videos; default the synthetic world), the
     whole transformer or, with ``lora_rank``, LoRA adapters only.
@@ -412,7 +408,7 @@ def train_wan(out: str | os.PathLike, config: TrainConfig, wan: str | os.PathLik
                       switch_share=switch_share, switch_kinds=switch_kinds)
     val = _validation_pool(world, vae, B, B + 4, data, size, log)
     result = train(model, pool, encoder.encode, config, out=out, resume=resume, desc="adapting Wan", val_data=val,
-                   metadata={"init": f"wan:{base.resolve()}", "lora_rank": str(lora_rank), **switch_record(pool),
+                   metadata={"init": f"wan:{base.resolve()}", "lora_rank": str(lora_rank), **pool.switch_metadata(),
                              "text_encoder": encoder.name, "size": str(size), **record})
     log(f"Wan: {result.step} steps in {result.seconds:.0f} s, loss {result.loss:.4f} -> {shipped}")
     return shipped

@@ -12,9 +12,9 @@
 
 from .metrics import FrameDetection, VideoScores, detect, score_video, summarize
 from .pool import LatentBatch, LatentPool, subject_cover
-from .scenes import (BACKGROUNDS, COLORS, DIRECTIONS, FPS, SHAPES, SWITCH_KINDS, VOCABULARY, Clip, Scene, World, all_scenes,
-                     held_out_scenes, parse_caption, stratified)
+from .scenes import (BACKGROUNDS, COLORS, DIRECTIONS, FPS, SHAPES, SWITCH_KINDS, VOCABULARY, Clip, Scene, World,
+                     all_scenes, held_out_scenes, parse_caption, stratified)
 
-__all__ = ["BACKGROUNDS", "COLORS", "DIRECTIONS", "FPS", "SHAPES", "SWITCH_KINDS", "VOCABULARY", "Clip", "FrameDetection", "LatentBatch",
-           "LatentPool", "Scene", "VideoScores", "World", "all_scenes", "detect", "held_out_scenes", "parse_caption",
+__all__ = ["BACKGROUNDS", "COLORS", "DIRECTIONS", "FPS", "SHAPES", "SWITCH_KINDS", "VOCABULARY", "Clip", "FrameDetection",
+           "LatentBatch", "LatentPool", "Scene", "VideoScores", "World", "all_scenes", "detect", "held_out_scenes", "parse_caption",
            "score_video", "stratified", "subject_cover", "summarize"]

@@ -150,6 +150,12 @@ class LatentPool:
         cover = torch.stack([self.subject[i, :, s:s + self.frames] for i, s in pick]).float()
         return LatentBatch(x, [self.caption(i, s + self.frames - 1) for i, s in pick], cover)
 
+    def switch_metadata(self) -> dict[str, str]:
+        """The checkpoint metadata entries that record this pool's switch clips (none without)."""
+        if not self.switch_share:
+            return {}
+        return {"switch_share": f"{self.switch_share:g}", "switch_kinds": ",".join(self.switch_kinds)}
+
     def caption(self, clip: int, frame: int) -> str:
         """The caption in force at latent frame ``frame`` of clip ``clip``."""
         at, second = self.switches[clip]

@@ -306,7 +306,8 @@ class World:
         return torch.stack([c.frames for c in clips]), [c.captions[0] for c in clips]
 
     def switch_batch(self, count: int, frames: int, gen: torch.Generator, at: int | None = None,
-                     every: int = 1, kinds: Sequence[str] = SWITCH_KINDS[:4]) -> tuple[Tensor, list[list[tuple[int, Scene]]]]:
+                     every: int = 1, kinds: Sequence[str] = SWITCH_KINDS[:4]
+                     ) -> tuple[Tensor, list[list[tuple[int, Scene]]]]:
         """``count`` wrap clips of the training split in which something changes once.
 
         The kinds of change take turns: an attribute (color, shape, direction, background) changes
