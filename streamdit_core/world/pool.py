@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .scenes import SWITCH_KINDS, World
+from .scenes import SWITCH_KINDS, World, check_switch_kinds
 
 __all__ = ["LatentBatch", "LatentPool", "subject_cover"]
 
@@ -66,10 +66,9 @@ class LatentPool:
                              f"the synthetic world makes; {type(world).__name__} cannot: leave switch_share at 0")
         if switch_share and clip_frames < 2:
             raise ValueError(f"switch clips need at least 2 latent frames, got clip_frames={clip_frames}")
-        kinds = list(switch_kinds or SWITCH_KINDS[:4])
-        if set(kinds) - set(SWITCH_KINDS):
-            raise ValueError(f"switch_kinds must be some of {', '.join(SWITCH_KINDS)}, got {kinds}")
-        self.switch_share, self.switch_kinds = switch_share, tuple(kinds)
+        self.switch_share = switch_share
+        self.switch_kinds = check_switch_kinds(switch_kinds or SWITCH_KINDS[:4], "switch_kinds")
+        kinds = list(self.switch_kinds)
         key = json.dumps([cache_key, clips, clip_frames, seed, encode_batch]
                          + ([switch_share, kinds] if switch_share else []))
         if cache is not None and self._load(Path(cache), key):

@@ -47,6 +47,7 @@ __all__ = [
     "Scene",
     "World",
     "all_scenes",
+    "check_switch_kinds",
     "held_out_scenes",
     "stratified",
     "parse_caption",
@@ -75,6 +76,16 @@ SPEED_RANGE = (1.25, 2.0)  # pixels per frame at 64x64 (scaled with the frame)
 # What changes in a switch clip (World.switch_batch): an attribute, or "appear": the subject
 # appears in frames that showed only its background.
 SWITCH_KINDS = ("color", "shape", "direction", "background", "appear")
+
+
+def check_switch_kinds(kinds: Sequence[str], name: str = "kinds") -> tuple[str, ...]:
+    """``kinds`` as a tuple, or a ValueError naming ``name`` when it is empty or not some of
+    :data:`SWITCH_KINDS`."""
+    if not kinds or set(kinds) - set(SWITCH_KINDS):
+        raise ValueError(f"{name} must be some of {', '.join(SWITCH_KINDS)}, got {list(kinds)}")
+    return tuple(kinds)
+
+
 # Unit headings in image coordinates (x right, y down).
 _S = math.sqrt(0.5)
 DIRECTIONS: dict[str, tuple[float, float]] = {
@@ -323,8 +334,7 @@ class World:
                              f"before and after the change), got {frames}")
         if at is not None and not 0 < at < frames:
             raise ValueError(f"at must fall inside the clip (1..{frames - 1}), got {at}")
-        if not kinds or set(kinds) - set(SWITCH_KINDS):
-            raise ValueError(f"kinds must be some of {', '.join(SWITCH_KINDS)}, got {list(kinds)}")
+        kinds = check_switch_kinds(kinds)
         train = set(self.train_scenes)
         videos, scripts = [], []
         while len(scripts) < count:
