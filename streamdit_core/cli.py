@@ -102,8 +102,9 @@ def _add_run_options(p) -> None:
                         "model to follow a switched prompt over its reference frames (default 0)")
     p.add_argument("--switch-kinds", type=_switch_kinds, default=None,
                    metavar="K,K", help="what changes in those clips, taking turns: color, shape, direction, "
-                                       "background, and appear (the subject appears in frames that showed only the "
-                                       "background: teaches the model to draw a subject its references lost); "
+                                       "background, appear (the subject appears in frames that showed only the "
+                                       "background: teaches the model to draw a subject its references lost) and "
+                                       "recover (only the first two latent frames lack the subject); "
                                        "default the four attributes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")

@@ -73,9 +73,11 @@ BACKGROUNDS: dict[str, tuple[float, float, float]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 SPEED_RANGE = (1.25, 2.0)  # pixels per frame at 64x64 (scaled with the frame)
-# What changes in a switch clip (World.switch_batch): an attribute, or "appear": the subject
-# appears in frames that showed only its background.
-SWITCH_KINDS = ("color", "shape", "direction", "background", "appear")
+# What changes in a switch clip (World.switch_batch): an attribute; "appear": the subject
+# appears, at a random frame, in a clip whose earlier frames showed only its background; or
+# "recover": only the clip's first two latent frames (where a buffer's K = 2 reference frames sit)
+# lack the subject.
+SWITCH_KINDS = ("color", "shape", "direction", "background", "appear", "recover")
 
 
 def check_switch_kinds(kinds: Sequence[str], name: str = "kinds") -> tuple[str, ...]:
@@ -323,7 +325,12 @@ class World:
 
         The kinds of change take turns: an attribute (color, shape, direction, background) changes
         to another value, or, for "appear", the scene stays and the frames before the change show
-        only its background (the subject appears where it would have been). Both scenes of each
+        only its background (the subject appears where it would have been). "recover" is "appear"
+        with the change at the third latent frame (frame ``2 * every``, or ``every`` in a clip too
+        short for it), whatever ``at`` says: only the first two latent frames, the reference frames
+        of a K = 2 buffer, lack the subject, so every frame after them shows the subject under its
+        caption and no window teaches the model to leave a noisy frame without the subject its
+        caption names. Both scenes of each
         script are training scenes. The change comes at frame ``at``, or, with ``at`` None, at a
         multiple of ``every`` drawn uniformly from ``every .. frames - every`` (so a codec with a
         time factor ``every`` sees it on a latent frame's boundary). Returns frames
@@ -340,13 +347,15 @@ class World:
         while len(scripts) < count:
             start = at if at is not None else every * int(torch.randint(1, frames // every, (1,), generator=gen))
             kind, first = kinds[len(scripts) % len(kinds)], self.sample_scene(gen)
-            if kind == "appear":
+            if kind == "recover":
+                start = 2 * every if frames >= 3 * every else every
+            if kind in ("appear", "recover"):
                 script = [(0, first), (start, first)]
             else:
                 script = self.switch_script(gen, first, kind, start)
             if script[1][1] in train:
                 clip = self.render(script, frames, gen).frames
-                if kind == "appear":
+                if kind in ("appear", "recover"):
                     clip[:start] = torch.tensor(BACKGROUNDS[first.background])[:, None, None]
                 videos.append(clip)
                 scripts.append(script)

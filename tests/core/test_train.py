@@ -226,7 +226,7 @@ def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(
     assert "must be a share between 0 and 1, got 1.5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(args + ["--switch-kinds", "colour"])
-    assert "must be some of color,shape,direction,background,appear" in capsys.readouterr().err
+    assert "must be some of color,shape,direction,background,appear,recover" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no such codec file"):
         main(["train", "--out", "run2", "--codec", "shared/typo.safetensors"])
     assert not (tmp_path / "shared" / "typo.safetensors").exists() and not (tmp_path / "run2").exists()

@@ -131,5 +131,14 @@ def test_switch_batch_changes_one_attribute_once_on_a_step_between_training_scen
     for clip, ((_, first), (_, second)) in zip(video, scripts):  # the subject appears where it would have been
         assert first == second and detect(clip).present.tolist() == [False, False, True, True, True, True]
         assert torch.equal(clip[0], torch.tensor(BACKGROUNDS[first.background])[:, None, None].expand(3, 64, 64))
+    # "recover": whatever at says, only the first two latent frames (the K = 2 references) lack the subject
+    for frames, every, at, present in ((8, 1, 5, [False] * 2 + [True] * 6), (8, 2, None, [False] * 4 + [True] * 4),
+                                       (4, 2, None, [False] * 2 + [True] * 2)):
+        video, scripts = w.switch_batch(3, frames, torch.Generator().manual_seed(2), at=at, every=every,
+                                        kinds=("recover", "color"))
+        assert scripts[0][0][1] == scripts[0][1][1] and scripts[2][0][1] == scripts[2][1][1]
+        assert scripts[1][0][1].color != scripts[1][1][1].color
+        for k in (0, 2):
+            assert detect(video[k]).present.tolist() == present
     with pytest.raises(ValueError, match="kinds must be some of"):
         w.switch_batch(1, 8, torch.Generator(), kinds=("colour",))
