@@ -158,6 +158,10 @@ def _add_train(sub) -> None:
     p.add_argument("--uniform-ratio", type=float, default=None, help="extra share of plain text-to-video samples")
     p.add_argument("--subject-weight", type=float, default=None,
                    help="extra loss weight on latent pixels the subject covers (default 0: plain MSE)")
+    p.add_argument("--skip-empty-frames", action="store_true",
+                   help="frames that show no subject (the blank frames of appear and recover switch clips) carry "
+                        "no loss: those clips then teach drawing a subject that older frames lack, not leaving a "
+                        "noisy frame empty under a caption that names one")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale to record as the model's recommendation (default 1: none)")
     p.add_argument("--codec", type=Path, default=None, help="a trained codec checkpoint to use instead of training one")
@@ -198,6 +202,8 @@ def _run_train(args) -> int:
                        uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight,
                        reference_frames=refs[0] if refs is not None and len(refs) == 1 else refs)
     overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing, compile=args.compile)
+    if args.skip_empty_frames:
+        overrides["empty_frame_loss"] = False
     try:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:

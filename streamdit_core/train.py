@@ -62,6 +62,10 @@ class TrainConfig:
     reference_frames: int | tuple[int, ...] = 0  # K clean frames at the output end in the chunked schemes (a tuple mixes counts)
     text_dropout: float = 0.1  # share of samples trained without text (classifier-free guidance)
     subject_weight: float = 0.0  # extra loss weight on latent pixels the subject covers (0: plain MSE)
+    # False: frames that show no subject (the blank frames of "appear"/"recover" switch clips) carry
+    # no loss, so those clips teach drawing a subject the older frames lack without teaching that a
+    # noisy frame may stay empty under a caption that names a subject. Needs a LatentPool.
+    empty_frame_loss: bool = True
     checkpoint_every: int = 500
     seed: int = 0
     # Under torchrun: shard parameters, gradients and optimizer state over the processes (FSDP2,
@@ -103,22 +107,25 @@ class FlowMatching:
     mix: MixedPartitions
     warp: object
     subject_weight: float = 0.0
+    empty_frame_loss: bool = True  # False: frames the subject covers nowhere carry no loss
 
     def __call__(self, net: nn.Module, x0: Tensor, text, batch, gen: torch.Generator) -> Tensor:
         noise = self.mix.sample(x0.shape[0], gen, self.warp)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-        weight = None
+        weight = frames = None
+        cover = getattr(batch, "subject", None)
+        if (self.subject_weight > 0 or not self.empty_frame_loss) and cover is None:
+            raise ValueError("subject_weight and empty_frame_loss=False need batches that carry subject cover "
+                             "(a LatentPool); leave them at their defaults for other data")
         if self.subject_weight > 0:
-            cover = getattr(batch, "subject", None)
-            if cover is None:
-                raise ValueError("subject_weight needs batches that carry subject cover (a LatentPool); "
-                                 "set subject_weight=0 for other data")
             weight = 1 + self.subject_weight * cover.to(x0.device)
-        return flow_matching_loss(net, x0, noise.sigma.to(x0.device), eps, text, weight)
+        if not self.empty_frame_loss:
+            frames = (cover.flatten(3).amax(dim=(1, 3)) > 0).float()  # [b, F]: 1 where the subject shows
+        return flow_matching_loss(net, x0, noise.sigma.to(x0.device), eps, text, weight, frames)
 
 
 def flow_matching_loss(model: nn.Module, x0: Tensor, sigma: Tensor, eps: Tensor, text,
-                       pixel_weight: Tensor | None = None) -> Tensor:
+                       pixel_weight: Tensor | None = None, frame_weight: Tensor | None = None) -> Tensor:
     """Mean squared velocity error over every noised frame.
 
     Args:
@@ -126,6 +133,7 @@ def flow_matching_loss(model: nn.Module, x0: Tensor, sigma: Tensor, eps: Tensor,
         text: the conditioning handed to ``model``.
         pixel_weight: optional ``[b, 1, F, h, w]`` weight per latent pixel; each frame's error is
             its weighted mean, so frames keep equal say.
+        frame_weight: optional ``[b, F]`` weight per frame (0 leaves a frame out of the loss).
     """
     x = add_noise(x0, eps, sigma)
     target = velocity_target(x0, eps)
@@ -137,6 +145,8 @@ def flow_matching_loss(model: nn.Module, x0: Tensor, sigma: Tensor, eps: Tensor,
         w = pixel_weight.float()
         err = (sq * w).mean(dim=(1, 3, 4)) / w.mean(dim=(1, 3, 4)).clamp_min(1e-8)
     weight = (sigma > 0).float()  # clean reference frames have no velocity to learn
+    if frame_weight is not None:
+        weight = weight * frame_weight.to(weight)
     return (err * weight).sum() / weight.sum().clamp_min(1)
 
 
@@ -277,7 +287,7 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
     own_objective = objective is None  # the FLOP count below knows only the plain flow-matching step
     if objective is None:
         mix = MixedPartitions(B=B, chunk_sizes=cfg.chunk_sizes, uniform_ratio=cfg.uniform_ratio, K=cfg.reference_frames)
-        objective = FlowMatching(mix, model.geometry.warp, cfg.subject_weight)
+        objective = FlowMatching(mix, model.geometry.warp, cfg.subject_weight, cfg.empty_frame_loss)
     model.to(device).train()
     sharded = world > 1 and cfg.shard
     # The EMA copies what trains; frozen weights (a LoRA's base model) never move, so it shares them.

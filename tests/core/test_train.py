@@ -185,6 +185,36 @@ def test_pixel_weight_moves_the_loss_towards_the_weighted_pixels():
     assert uniform == pytest.approx(plain)  # a constant weight changes nothing
 
 
+def test_frames_without_subject_can_be_left_out_of_the_loss():
+    from streamdit_core.schedule import MixedPartitions
+    from streamdit_core.train import FlowMatching
+    from streamdit_core.world.pool import LatentBatch
+
+    model = StreamDiT(MICRO)
+    x0 = torch.zeros(2, 4, 4, 4, 4)
+    cover = torch.ones(2, 1, 4, 4, 4)
+    cover[0, :, :2] = 0  # the first clip's two oldest frames show no subject (an appearing subject)
+    const = _Constant(torch.zeros(1))
+    mix = MixedPartitions(B=4, chunk_sizes=(1,), uniform_ratio=0.0, K=0)
+
+    def loss(empty_frame_loss, latents):
+        objective = FlowMatching(mix, model.geometry.warp, 0.0, empty_frame_loss)
+        return float(objective(const, latents, None, LatentBatch(latents, ["", ""], cover),
+                               torch.Generator().manual_seed(0)))
+
+    moved = x0.clone()
+    moved[0, :, :2] = 3.0  # what the empty frames hold
+    assert loss(True, moved) != pytest.approx(loss(True, x0))
+    assert loss(False, moved) == pytest.approx(loss(False, x0))  # they carry no loss
+    moved[0, :, 2:] = 3.0
+    assert loss(False, moved) != pytest.approx(loss(False, x0))  # the frames with the subject do
+    cover.fill_(1.0)
+    assert loss(False, x0) == pytest.approx(loss(True, x0))  # nothing to leave out: the plain loss
+    with pytest.raises(ValueError, match="empty_frame_loss=False need batches that carry subject cover"):
+        FlowMatching(mix, model.geometry.warp, 0.0, False)(const, x0, None, LatentBatch(x0, ["", ""]),
+                                                          torch.Generator())
+
+
 def test_subject_weight_needs_batches_with_subject_cover():
     with pytest.raises(ValueError, match="subject_weight"):
         train(StreamDiT(MICRO), Patterns(), encode_patterns, TrainConfig(steps=1, batch_size=2, subject_weight=4.0),
