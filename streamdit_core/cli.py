@@ -201,9 +201,8 @@ def _run_train(args) -> int:
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, chunk_sizes=args.chunk_sizes,
                        uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight,
                        reference_frames=refs[0] if refs is not None and len(refs) == 1 else refs)
-    overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing, compile=args.compile)
-    if args.skip_empty_frames:
-        overrides["empty_frame_loss"] = False
+    overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing, compile=args.compile,
+                     empty_frame_loss=not args.skip_empty_frames)
     try:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:

@@ -78,6 +78,7 @@ SPEED_RANGE = (1.25, 2.0)  # pixels per frame at 64x64 (scaled with the frame)
 # "recover": only the clip's first two latent frames (where a buffer's K = 2 reference frames sit)
 # lack the subject.
 SWITCH_KINDS = ("color", "shape", "direction", "background", "appear", "recover")
+_BLANK_KINDS = ("appear", "recover")  # the kinds whose frames before the change show only the background
 
 
 def check_switch_kinds(kinds: Sequence[str], name: str = "kinds") -> tuple[str, ...]:
@@ -347,15 +348,15 @@ class World:
         while len(scripts) < count:
             start = at if at is not None else every * int(torch.randint(1, frames // every, (1,), generator=gen))
             kind, first = kinds[len(scripts) % len(kinds)], self.sample_scene(gen)
-            if kind == "recover":
+            if kind == "recover":  # its start is fixed; the draw above still runs, so other kinds' clips stay the same
                 start = 2 * every if frames >= 3 * every else every
-            if kind in ("appear", "recover"):
+            if kind in _BLANK_KINDS:
                 script = [(0, first), (start, first)]
             else:
                 script = self.switch_script(gen, first, kind, start)
             if script[1][1] in train:
                 clip = self.render(script, frames, gen).frames
-                if kind in ("appear", "recover"):
+                if kind in _BLANK_KINDS:
                     clip[:start] = torch.tensor(BACKGROUNDS[first.background])[:, None, None]
                 videos.append(clip)
                 scripts.append(script)
