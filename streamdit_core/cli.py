@@ -581,6 +581,8 @@ _TABLE_KEYS = [("color", "color"), ("shape", "shape"), ("direction", "direction"
                ("outline_error", "outline err."),
                ("one_subject", "one subject"), ("teleports", "teleports"), ("noisy_frames", "noisy frames")]
 
+_SEED_KEYS = ("color", "shape", "direction", "background", "motion_smoothness", "one_subject")
+
 
 def _add_evaluate(sub) -> None:
     from .world.evaluate import SCHEMES
@@ -608,6 +610,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--codec-scenes", type=int, default=24,
                    help="scenes in the codec round trip (source clips encoded and decoded); 0 skips")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_positive(int), default=1,
+                   help="stream the scheme table with N seeds (--seed, --seed+1, ...; each as that --seed alone "
+                        "would) and report the mean, each seed's adherence and the spread between seeds; the "
+                        "seams, drift, switch and codec checks use --seed (default 1)")
     p.add_argument("--batch", type=_positive(int), default=32, help="streams run side by side")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's recommendation; 1 = none)")
@@ -639,10 +645,13 @@ def _run_evaluate(args) -> int:
         raise SystemExit(f"unknown switch modes {bad}; choose from {', '.join(SWITCH_MODES)}")
     scenes = held_out_scenes(args.scenes)
     report: dict = {"model": str(pipe.path), "scenes": len(scenes), "seconds": args.seconds, "steps": args.steps,
-                    "guidance": g}
+                    "guidance": g, "seeds": list(range(args.seed, args.seed + args.seeds))}
     steps = "the model's" if args.steps is None else args.steps
-    print(f"model {pipe.path}: {len(scenes)} held-out scenes, {args.seconds:g} s each, T={steps}, guidance {g:g}")
-    results = compare_schemes(pipe, schemes, scenes, args.seconds, args.steps, args.seed, args.batch, guidance=g)
+    seeds = f"seed {args.seed}" if args.seeds == 1 else f"seeds {args.seed}..{args.seed + args.seeds - 1} (means)"
+    print(f"model {pipe.path}: {len(scenes)} held-out scenes, {args.seconds:g} s each, T={steps}, guidance {g:g}, "
+          f"{seeds}")
+    results = compare_schemes(pipe, schemes, scenes, args.seconds, args.steps, args.seed, args.batch, guidance=g,
+                              seeds=args.seeds)
     head = "| scheme | K,N,c,s | model calls/frame | " + " | ".join(h for _, h in _TABLE_KEYS) + " |"
     print(head)
     print("|" + "---|" * (3 + len(_TABLE_KEYS)))
@@ -650,8 +659,16 @@ def _run_evaluate(args) -> int:
         P = r.partition
         cells = " | ".join(f"{r.summary[k]:.3f}" for k, _ in _TABLE_KEYS)
         print(f"| {r.name} | {P.K},{P.N},{P.c},{P.s} | {r.calls_per_frame:.2f} | {cells} |")
+    if args.seeds > 1:
+        print("each seed (spread = largest - smallest):")
+        for r in results:
+            print(f"  {r.name}: " + "; ".join(
+                f"{k} " + " ".join(f"{s[k]:.3f}" for s in r.per_seed) + f" (spread {r.spread(k):.3f})"
+                for k in _SEED_KEYS))
     report["schemes"] = [{"name": r.name, "partition": dataclasses.asdict(r.partition),
-                          "calls_per_frame": r.calls_per_frame, "seconds": r.seconds, **r.summary} for r in results]
+                          "calls_per_frame": r.calls_per_frame, "seconds": r.seconds, **r.summary,
+                          "per_seed": [{"seed": int(s["seed"]), **{k: s[k] for k in _SEED_KEYS}} for s in r.per_seed]}
+                         for r in results]
     seam = seams(pipe, held_out_scenes(min(16, len(scenes))), seed=args.seed, guidance=g)
     print(f"seams (c=2, {seam.chunk_frames} frames per chunk; boundary change / inside change, 1 = none): "
           f"overlap decoding {seam.overlap:.3f}, chunks decoded alone {seam.separate:.3f}")

@@ -88,16 +88,27 @@ class SchemeResult:
     partition: Partition
     calls_per_frame: float  # model calls per output video frame, counted by the stream
     seconds: float
-    summary: dict[str, float]
-    scores: list[VideoScores] = field(default_factory=list, repr=False)
+    summary: dict[str, float]  # mean over every scene and seed
+    scores: list[VideoScores] = field(default_factory=list, repr=False)  # seed by seed, scenes in order
+    per_seed: list[dict[str, float]] = field(default_factory=list)  # each seed's summary, with its "seed"
+
+    def spread(self, key: str) -> float:
+        """Largest minus smallest per-seed mean of ``key`` (0 with one seed): how far the score moves
+        with nothing but the noise changed."""
+        values = [s[key] for s in self.per_seed] or [self.summary[key]]
+        return max(values) - min(values)
 
 
 def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | None = None, seconds: float = 4.0,
                     steps: int | None = None, seed: int = 0, batch: int = 32, progress: bool = True,
-                    guidance: float = 1.0) -> list[SchemeResult]:
+                    guidance: float = 1.0, seeds: int = 1) -> list[SchemeResult]:
     """Streams every scene with every scheme and scores the videos (``steps``: T for every scheme;
     None: each scheme at the model calls per frame of the model's own partition, see
-    :func:`fair_partition`)."""
+    :func:`fair_partition`). With ``seeds`` > 1 every scene is streamed once per seed (``seed``,
+    ``seed + 1``, ..., each stream exactly as a table with that ``seed``): the summary is the mean over all of them, and ``per_seed`` keeps each
+    seed's, so a difference between two models can be read against the noise's own spread."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     scenes = scenes if scenes is not None else held_out_scenes()
     frames = int(seconds * pipe.fps)
     B = pipe.geometry.buffer_frames
@@ -111,10 +122,14 @@ def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | No
         schedules = [PromptSchedule.single(s.caption) for s in scenes]
         t0 = time.perf_counter()
         calls = _count_calls(pipe, P, frames, seed, guidance)
-        video = _stream(pipe, schedules, P, frames, seed, batch, guidance=guidance)
+        scores, per_seed = [], []
+        for k in range(seeds):
+            video = _stream(pipe, schedules, P, frames, seed + k, batch, guidance=guidance)
+            these = [score_video(v, s) for v, s in zip(video, scenes)]
+            per_seed.append({"seed": float(seed + k), **summarize(these)})
+            scores += these
         elapsed = time.perf_counter() - t0
-        scores = [score_video(v, s) for v, s in zip(video, scenes)]
-        results.append(SchemeResult(name, P, calls, elapsed, summarize(scores), scores))
+        results.append(SchemeResult(name, P, calls, elapsed, summarize(scores), scores, per_seed))
     return results
 
 

@@ -43,6 +43,24 @@ def test_scheme_table_counts_calls_per_frame(pipe):
         assert len(r.scores) == 2 and 0 <= r.summary["color"] <= 1 and 0 <= r.summary["subject_consistency"] <= 1
 
 
+def test_several_seeds_give_each_seeds_table_and_their_mean(pipe):
+    scenes = held_out_scenes()[:2]
+    both = compare_schemes(pipe, ["streamdit-c2"], scenes, seconds=0.5, steps=4, seed=3, seeds=2, progress=False)[0]
+    alone = [compare_schemes(pipe, ["streamdit-c2"], scenes, seconds=0.5, steps=4, seed=s, progress=False)[0]
+             for s in (3, 4)]
+    assert [s["seed"] for s in both.per_seed] == [3, 4] and len(both.scores) == 4
+    for got, want in zip(both.per_seed, alone):  # each seed streams exactly as that seed alone
+        for key in ("temporal_flickering", "brightness"):
+            assert got[key] == want.summary[key]
+    flicker = [a.summary["temporal_flickering"] for a in alone]
+    assert flicker[0] != flicker[1]  # the noise changes the video
+    assert both.summary["temporal_flickering"] == pytest.approx(sum(flicker) / 2)
+    assert both.spread("temporal_flickering") == pytest.approx(abs(flicker[0] - flicker[1]))
+    assert alone[0].spread("shape") == 0.0
+    with pytest.raises(ValueError, match="seeds"):
+        compare_schemes(pipe, ["streamdit-c2"], scenes, seconds=0.5, steps=4, seeds=0, progress=False)
+
+
 def test_schemes_follow_the_models_own_steps_by_default(pipe):
     import dataclasses
 
