@@ -164,6 +164,9 @@ def _add_train(sub) -> None:
                         "noisy frame empty under a caption that names one")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale to record as the model's recommendation (default 1: none)")
+    p.add_argument("--steps-per-chunk", type=_positive(int), default=None, metavar="S",
+                   help="micro steps per chunk to record as the model's recommendation, which generate, evaluate "
+                        "and bench then stream with (default: T = 16 over the buffer)")
     p.add_argument("--codec", type=Path, default=None, help="a trained codec checkpoint to use instead of training one")
     p.add_argument("--codec-steps", type=_positive(int), default=None, help="codec training steps")
     p.add_argument("--model-option", type=_option, action="append", default=[], metavar="FIELD=VALUE",
@@ -213,6 +216,9 @@ def _run_train(args) -> int:
         raise SystemExit("--switch-share renders prompt-switch clips from the synthetic world; a --data folder "
                          "has no switches to draw on: leave --switch-share out")
     if args.init is not None and args.init.startswith("wan:"):
+        if args.steps_per_chunk is not None:
+            raise SystemExit("--steps-per-chunk is recorded in the synthetic world's checkpoints; a Wan adapter "
+                             "streams with --steps at generate time: leave it out")
         return _run_train_wan(args, config)  # a Wan VAE's options are its own (width, batch)
     from .codec import CodecConfig
 
@@ -232,7 +238,7 @@ def _run_train(args) -> int:
                     decoder_steps=args.decoder_steps, clips=args.clips, guidance=args.guidance, resume=args.resume,
                     model_options=dict(args.model_option), codec_config=codec_config, data=args.data,
                     size=args.size, init=init, codec_only=args.codec_only, switch_share=args.switch_share,
-                    switch_kinds=args.switch_kinds)
+                    switch_kinds=args.switch_kinds, steps_per_chunk=args.steps_per_chunk)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (TypeError, ValueError) as err:

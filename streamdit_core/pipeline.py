@@ -88,7 +88,9 @@ class Pipeline:
     path: Path | None = None
     guidance: float = 1.0  # the checkpoint's recommended classifier-free guidance scale
     accelerated: Accelerated | None = None  # the model on a fast path (see accelerate), or None
-    steps_per_chunk: int | None = None  # a distilled student's micro steps per chunk (None: not distilled)
+    # micro steps per chunk the checkpoint recommends: 1 for a distilled student, more for a teacher
+    # that needs them (None: T = 16 over the buffer)
+    steps_per_chunk: int | None = None
     # K the checkpoint recommends (its recommended_partition, or the reference_frames it was trained with)
     reference_frames: int = 0
     vocabulary: frozenset[str] | None = None  # every word the model was trained on, when it is known
@@ -222,8 +224,8 @@ class Pipeline:
 
     def default_steps(self, chunks: int) -> int:
         """Denoising steps per frame ``T`` this model expects with ``chunks`` chunks in its buffer:
-        ``N x steps_per_chunk`` for a distilled student (its checkpoint says ``steps_per_chunk``,
-        1 for one call per chunk), 16 otherwise."""
+        ``N x steps_per_chunk`` where the checkpoint says ``steps_per_chunk`` (1 for a distilled
+        student's one call per chunk), 16 otherwise."""
         return chunks * self.steps_per_chunk if self.steps_per_chunk else UNDISTILLED_STEPS
 
     def default_steps_per_chunk(self, chunks: int) -> int:

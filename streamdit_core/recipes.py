@@ -91,7 +91,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
                 log: Callable[[str], None] = print, model_options: dict | None = None,
                 codec_config=None, data: str | os.PathLike | None = None, size: int = 64,
                 init: str | os.PathLike | None = None, codec_only: bool = False,
-                switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None) -> WorldRun:
+                switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None,
+                steps_per_chunk: int | None = None) -> WorldRun:
     """Trains a StreamDiT on the synthetic world in ``out``: the codec first (unless ``codec``
     names one, or ``out/codec.safetensors`` exists), then the buffered flow-matching model on
     ``clips`` clips encoded up front, then ``decoder_steps`` of decoder refinement with the encoder
@@ -100,6 +101,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
 
     Args:
         guidance: the classifier-free guidance scale the checkpoint recommends (1: none).
+        steps_per_chunk: the micro steps per chunk the checkpoint recommends, which ``generate``,
+            ``evaluate`` and ``bench`` then stream with by default (None: T = 16 over the buffer).
         model_options: StreamDiTConfig fields over the preset (e.g. ``{"wrap": True}``); the
             latent channels and size always follow the codec.
         codec_config: the :class:`~streamdit_core.codec.CodecConfig` of a codec this run trains.
@@ -125,6 +128,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
 
     if guidance < 0:
         raise ValueError(f"guidance must be at least 0, got {guidance}")
+    if steps_per_chunk is not None and steps_per_chunk < 1:
+        raise ValueError(f"steps_per_chunk must be at least 1, got {steps_per_chunk}")
     options = dict(model_options or {})
     known = set(StreamDiTConfig.__dataclass_fields__)
     unknown = sorted(set(options) - known)
@@ -193,6 +198,8 @@ def train_world(out: str | os.PathLike, config: TrainConfig, *, preset: str = "e
         refs = config.reference_frames if isinstance(config.reference_frames, tuple) else (config.reference_frames,)
         # a model trained with reference frames streams with them by default (the most it learned)
         recommended = {"reference_frames": str(max(refs))} if max(refs) > 0 else {}
+        if steps_per_chunk is not None:
+            recommended["steps_per_chunk"] = str(steps_per_chunk)
         result = train(model, pool, encoder.encode, config, out=out, resume=resume, val_data=val,
                        metadata={"codec": codec_name, "text_encoder": encoder.name, **record,
                                  **pool.switch_metadata(), "guidance": f"{guidance:g}", **recommended})

@@ -236,15 +236,17 @@ def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(
     shutil.copy(DEFAULT_MODEL.parent / "codec.safetensors", tmp_path / "shared" / "codec.safetensors")
     monkeypatch.chdir(tmp_path)
     args = ["train", "--out", "run", "--codec", "shared/codec.safetensors", "--steps", "2", "--batch-size", "2",
-            "--clips", "4", "--decoder-steps", "0", "--switch-kinds", "color,appear", "--guidance", "3",
-            "--switch-share", "0.5"]
+            "--clips", "4", "--decoder-steps", "0", "--switch-kinds", "color,appear", "--steps-per-chunk", "7",
+            "--guidance", "3", "--switch-share", "0.5"]
     assert main(args) == 0
     meta = read_metadata(tmp_path / "run" / "model.safetensors")
     assert meta["step"] == "2" and meta["codec"] == "../shared/codec.safetensors" and meta["guidance"] == "3"
     assert (meta["switch_share"], meta["switch_kinds"]) == ("0.5", "color,appear")
     assert meta["world"] == "shapes-64" and load_checkpoint(tmp_path / "run" / "model.safetensors").config.buffer_frames == 8
     monkeypatch.chdir(tmp_path / "shared")  # elsewhere: the model still finds its codec
-    assert Pipeline.load(tmp_path / "run" / "model.safetensors").frame_size == (64, 64)
+    pipe = Pipeline.load(tmp_path / "run" / "model.safetensors")
+    assert pipe.frame_size == (64, 64)
+    assert meta["steps_per_chunk"] == "7" and pipe.default_partition().s == 7  # streams at its recommendation
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert main(args + ["--resume"]) == 0
