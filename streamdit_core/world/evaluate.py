@@ -174,20 +174,35 @@ def seams(pipe: Pipeline, scenes: list[Scene], partition: Partition | None = Non
 @dataclass
 class DriftResult:
     seconds: float
-    first: dict[str, float]
+    first: dict[str, float]  # means over every scene (and seed)
     last: dict[str, float]
+    per_seed: list[dict] = field(default_factory=list)  # each seed's {"seed", "first", "last"}
+
+    def change(self, key: str) -> float:
+        """Last window minus first window of ``key``, over every scene and seed."""
+        return self.last[key] - self.first[key]
 
 
 def drift(pipe: Pipeline, scenes: list[Scene], seconds: float = 120.0, partition: Partition | None = None,
-          seed: int = 0, window_seconds: float = 10.0, guidance: float = 1.0) -> DriftResult:
-    """Streams each scene for ``seconds``; scores its first and last ``window_seconds``."""
+          seed: int = 0, window_seconds: float = 10.0, guidance: float = 1.0, seeds: int = 1) -> DriftResult:
+    """Streams each scene for ``seconds``; scores its first and last ``window_seconds``. With
+    ``seeds`` > 1 each scene is streamed once per seed (``seed``, ``seed + 1``, ...): the first and
+    last windows are means over all of them, and ``per_seed`` keeps each seed's."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     frames = int(seconds * pipe.fps)
     w = int(window_seconds * pipe.fps)
-    video = _stream(pipe, [PromptSchedule.single(s.caption) for s in scenes], partition or pipe.default_partition(),
-                    frames, seed, len(scenes), guidance=guidance)
-    first = summarize([score_video(v[:w], s) for v, s in zip(video, scenes)])
-    last = summarize([score_video(v[-w:], s) for v, s in zip(video, scenes)])
-    return DriftResult(seconds, first, last)
+    schedules = [PromptSchedule.single(s.caption) for s in scenes]
+    firsts, lasts, per_seed = [], [], []
+    for k in range(seeds):
+        video = _stream(pipe, schedules, partition or pipe.default_partition(), frames, seed + k, len(scenes),
+                        guidance=guidance)
+        first = [score_video(v[:w], s) for v, s in zip(video, scenes)]
+        last = [score_video(v[-w:], s) for v, s in zip(video, scenes)]
+        per_seed.append({"seed": seed + k, "first": summarize(first), "last": summarize(last)})
+        firsts += first
+        lasts += last
+    return DriftResult(seconds, summarize(firsts), summarize(lasts), per_seed)
 
 
 @dataclass

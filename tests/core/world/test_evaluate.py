@@ -97,6 +97,22 @@ def test_drift_switch_and_seams_run_and_report_shares(pipe):
     assert seam.chunk_frames == 2 and seam.overlap == pytest.approx(seam.separate)  # a pixel codec has no context
 
 
+def test_drift_over_several_seeds_keeps_each_seeds_windows_and_their_mean(pipe):
+    scenes = held_out_scenes()[:2]
+    P = scheme_partition("streamdit-c2", 4, 8)
+    both = drift(pipe, scenes, seconds=1.0, partition=P, window_seconds=0.5, seed=5, seeds=2)
+    alone = [drift(pipe, scenes, seconds=1.0, partition=P, window_seconds=0.5, seed=s) for s in (5, 6)]
+    assert [s["seed"] for s in both.per_seed] == [5, 6]
+    for got, want in zip(both.per_seed, alone):
+        assert got["first"] == want.first and got["last"] == want.last
+    assert alone[0].last["temporal_flickering"] != alone[1].last["temporal_flickering"]
+    for key in ("temporal_flickering", "brightness"):
+        assert both.last[key] == pytest.approx((alone[0].last[key] + alone[1].last[key]) / 2)
+        assert both.change(key) == pytest.approx(both.last[key] - both.first[key])
+    with pytest.raises(ValueError, match="seeds"):
+        drift(pipe, scenes, seconds=1.0, partition=P, seeds=0)
+
+
 def test_unknown_scheme_is_named():
     with pytest.raises(ValueError, match="unknown scheme 'zigzag'"):
         scheme_partition("zigzag", 8, 16)
