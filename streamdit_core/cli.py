@@ -673,7 +673,7 @@ def _run_evaluate(args) -> int:
                 for k in _SEED_KEYS))
     report["schemes"] = [{"name": r.name, "partition": dataclasses.asdict(r.partition),
                           "calls_per_frame": r.calls_per_frame, "seconds": r.seconds, **r.summary,
-                          "per_seed": [{"seed": int(s["seed"]), **{k: s[k] for k in _SEED_KEYS}} for s in r.per_seed]}
+                          "per_seed": [{"seed": s["seed"], **{k: s[k] for k in _SEED_KEYS}} for s in r.per_seed]}
                          for r in results]
     seam = seams(pipe, held_out_scenes(min(16, len(scenes))), seed=args.seed, guidance=g)
     print(f"seams (c=2, {seam.chunk_frames} frames per chunk; boundary change / inside change, 1 = none): "

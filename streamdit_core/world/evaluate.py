@@ -105,8 +105,9 @@ def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | No
     """Streams every scene with every scheme and scores the videos (``steps``: T for every scheme;
     None: each scheme at the model calls per frame of the model's own partition, see
     :func:`fair_partition`). With ``seeds`` > 1 every scene is streamed once per seed (``seed``,
-    ``seed + 1``, ..., each stream exactly as a table with that ``seed``): the summary is the mean over all of them, and ``per_seed`` keeps each
-    seed's, so a difference between two models can be read against the noise's own spread."""
+    ``seed + 1``, ..., each stream exactly as a table with that ``seed``): the summary is the mean
+    over all of them, and ``per_seed`` keeps each seed's, so a difference between two models can
+    be read against the noise's own spread."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     scenes = scenes if scenes is not None else held_out_scenes()
@@ -126,7 +127,7 @@ def compare_schemes(pipe: Pipeline, schemes: list[str], scenes: list[Scene] | No
         for k in range(seeds):
             video = _stream(pipe, schedules, P, frames, seed + k, batch, guidance=guidance)
             these = [score_video(v, s) for v, s in zip(video, scenes)]
-            per_seed.append({"seed": float(seed + k), **summarize(these)})
+            per_seed.append({"seed": seed + k, **summarize(these)})
             scores += these
         elapsed = time.perf_counter() - t0
         results.append(SchemeResult(name, P, calls, elapsed, summarize(scores), scores, per_seed))
@@ -193,10 +194,10 @@ def drift(pipe: Pipeline, scenes: list[Scene], seconds: float = 120.0, partition
     frames = int(seconds * pipe.fps)
     w = int(window_seconds * pipe.fps)
     schedules = [PromptSchedule.single(s.caption) for s in scenes]
+    P = partition or pipe.default_partition()
     firsts, lasts, per_seed = [], [], []
     for k in range(seeds):
-        video = _stream(pipe, schedules, partition or pipe.default_partition(), frames, seed + k, len(scenes),
-                        guidance=guidance)
+        video = _stream(pipe, schedules, P, frames, seed + k, len(scenes), guidance=guidance)
         first = [score_video(v[:w], s) for v, s in zip(video, scenes)]
         last = [score_video(v[-w:], s) for v, s in zip(video, scenes)]
         per_seed.append({"seed": seed + k, "first": summarize(first), "last": summarize(last)})
