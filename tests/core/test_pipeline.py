@@ -122,6 +122,10 @@ def test_a_pipeline_with_opening_steps_opens_with_that_many_calls_per_chunk_band
 
 def test_the_embedded_student_opens_as_its_file_records():
     student = Pipeline.load("embedded")
-    assert (student.opening_guidance, student.opening_steps_per_chunk) == (3.0, 8)
+    assert (student.opening_guidance, student.opening_steps_per_chunk) == (2.0, 8)
     teacher = Pipeline.load("embedded-teacher")
     assert (teacher.opening_guidance, teacher.opening_steps_per_chunk) == (None, None)
+    assert teacher.opening_model is None
+    # the student's opening is drawn by the embedded teacher, loaded beside it
+    assert all(torch.equal(a, b) for a, b in zip(student.opening_model.state_dict().values(),
+                                                 teacher.model.state_dict().values()))
