@@ -133,7 +133,9 @@ def test_an_interrupted_live_stream_keeps_its_recording_and_shows_it(model, monk
     events = []
     monkeypatch.setattr(host, "send_event", lambda name, data: events.append((name, data)) or True)
     host.set_output_directory(tmp_path)
-    opening = model.opening_steps_per_chunk * (STREAM["chunks"] - 1)  # K = 0: the last band's steps are the stream's
+    # the student's own calls before its first chunk: none when another model draws the opening,
+    # else the opening's (K = 0: the last band's steps are the stream's)
+    opening = 0 if model.opening_model is not None else model.opening_steps_per_chunk * (STREAM["chunks"] - 1)
     monkeypatch.setattr(model, "model", _InterruptAfter(model.model, opening + 9))  # then 9 chunks of 2 frames
     try:
         with pytest.raises(host.interrupt_exception()):
