@@ -315,8 +315,8 @@ class Streamer:
         (K = 2, N = 3) opened so in 15 of 384 held-out streams with two steps per band, in 8 with
         four, and in none with four guided steps at its teacher's guidance; the sixth generation
         in 8 of 768 at that opening and in 1 with eight steps per band at guidance 3; the seventh,
-        opened by its teacher with eight guided steps per band (its file's ``opening``,
-        :attr:`~streamdit_core.pipeline.Pipeline.opening_steps_per_chunk`), in 2.
+        opened by its teacher with eight steps per band, in 2 at guidance 2 and in none at guidance
+        3 (its file's ``opening``, :attr:`~streamdit_core.pipeline.Pipeline.opening_steps_per_chunk`).
 
         Returns:
             the ``K`` clean reference frames, which open the video, or None when ``K = 0``.

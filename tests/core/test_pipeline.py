@@ -122,7 +122,7 @@ def test_a_pipeline_with_opening_steps_opens_with_that_many_calls_per_chunk_band
 
 def test_the_embedded_student_opens_as_its_file_records():
     student = Pipeline.load("embedded")
-    assert (student.opening_guidance, student.opening_steps_per_chunk) == (2.0, 8)
+    assert (student.opening_guidance, student.opening_steps_per_chunk) == (3.0, 8)
     teacher = Pipeline.load("embedded-teacher")
     assert (teacher.opening_guidance, teacher.opening_steps_per_chunk) == (None, None)
     assert teacher.opening_model is None
