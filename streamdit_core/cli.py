@@ -338,6 +338,10 @@ def _add_distill(sub) -> None:
                    help="on-policy inputs: each step the student first streams itself 0..R cycles (drawn uniformly, "
                         "no gradient) from the noised clip, and the teacher's target starts from that buffer "
                         "(default 0: noised clips only)")
+    p.add_argument("--switch-teacher", type=Path, default=None, metavar="CHECKPOINT",
+                   help="a second teacher on the same codec's latents that answers the windows showing a prompt "
+                        "switch or a missing subject (needs --switch-share); --teacher answers the others and "
+                        "gives the student's starting weights")
     p.add_argument("--data", type=Path, default=None,
                    help="a folder of captioned videos to distil on (default: what the teacher was trained on)")
     p.add_argument("--size", type=_positive(int), default=None,
@@ -384,6 +388,11 @@ def _run_distill(args) -> int:
     if args.switch_share and (args.data is not None or "data" in meta):
         raise SystemExit("--switch-share renders prompt-switch clips from the synthetic world; this teacher "
                          "distils on a folder of videos, which has none: leave --switch-share out")
+    if args.switch_teacher is not None and wan:
+        raise SystemExit("--switch-teacher is for StreamDiT teachers; leave it out for a Wan teacher")
+    if args.switch_teacher is not None and not args.switch_share:
+        raise SystemExit("--switch-teacher answers the windows of switch clips, and there are none: give "
+                         "--switch-share P (e.g. 0.4) with it")
     t0 = time.perf_counter()
     try:
         config = DistillConfig(guidance=guidance, seed=args.seed, compile=args.compile, **overrides)
@@ -394,7 +403,9 @@ def _run_distill(args) -> int:
         else:
             result = distill_checkpoint(teacher, args.out, config, clips=args.clips, resume=args.resume,
                                         data=args.data, size=args.size, switch_share=args.switch_share,
-                                        switch_kinds=args.switch_kinds)
+                                        switch_kinds=args.switch_kinds,
+                                        switch_teacher=None if args.switch_teacher is None
+                                        else model_path(args.switch_teacher))
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None
     except (ValueError, FileNotFoundError) as err:

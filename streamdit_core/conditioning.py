@@ -64,6 +64,14 @@ class TextEmbedding:
             tokens, mask = tokens.expand(batch, -1, -1), mask.expand(batch, -1)
         return TextEmbedding(tokens, mask)
 
+    def select(self, index: Tensor) -> "TextEmbedding":
+        """The prompts of the samples ``index`` picks (a bool mask or indices over the batch); a
+        single prompt broadcast over the batch (``B = 1``) stays as it is."""
+        if self.tokens.shape[0] == 1:
+            return self
+        index = index.to(self.tokens.device)
+        return TextEmbedding(self.tokens[index], None if self.mask is None else self.mask[index])
+
     def lerp(self, other: "TextEmbedding", weight: float) -> "TextEmbedding":
         """A prompt blend: token states ``(1 - weight) * self + weight * other`` over the union
         of both prompts' real tokens (padding counts as zero); for gradual prompt switches."""

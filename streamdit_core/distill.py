@@ -136,11 +136,16 @@ class SegmentDistillation(nn.Module):
     """
 
     def __init__(self, teacher: nn.Module, guidance: float, buffer_frames: int, chunk_sizes: Sequence[int],
-                 teacher_steps: int, warp: SigmaWarp, reference_frames: int = 0, rollout_cycles: int = 0):
+                 teacher_steps: int, warp: SigmaWarp, reference_frames: int = 0, rollout_cycles: int = 0,
+                 switch_teacher: nn.Module | None = None):
         super().__init__()
         self.rollout_cycles = int(rollout_cycles)
         teacher.eval().requires_grad_(False)
         self.teacher = teacher if guidance == 1 else Guided(teacher, guidance)
+        self.switch_teacher = None
+        if switch_teacher is not None:
+            switch_teacher.eval().requires_grad_(False)
+            self.switch_teacher = switch_teacher if guidance == 1 else Guided(switch_teacher, guidance)
         self.partitions = [Partition.streamdit(buffer_frames, c, T=teacher_steps, K=reference_frames)
                            for c in chunk_sizes]
         self.tables = [frame_sigma_table(P, warp).float() for P in self.partitions]  # [s+1, B] each
@@ -162,6 +167,20 @@ class SegmentDistillation(nn.Module):
                 x = shift_buffer(y, K, c, torch.randn((b, x.shape[1], c, *x.shape[3:]), generator=gen).to(x))
         return x
 
+    def target(self, x: Tensor, table: Tensor, text: TextEmbedding, switched: Tensor | None = None) -> Tensor:
+        """The teachers' micro steps over one cycle from ``x``: the switch teacher's for the samples
+        ``switched`` marks (bool ``[b]``, a window that shows a prompt switch or a missing subject),
+        the teacher's for the others."""
+        if self.switch_teacher is None or switched is None or not bool(switched.any()):
+            return teacher_target(self.teacher, x, table, text)
+        sw = switched.to(x.device)
+        if bool(sw.all()):
+            return teacher_target(self.switch_teacher, x, table, text)
+        y = torch.empty_like(x)
+        y[~sw] = teacher_target(self.teacher, x[~sw], table, text.select(~sw))
+        y[sw] = teacher_target(self.switch_teacher, x[sw], table, text.select(sw))
+        return y
+
     def forward(self, net: nn.Module, x0: Tensor, text, batch, gen: torch.Generator) -> Tensor:
         i = int(torch.randint(len(self.partitions), (1,), generator=gen))
         table = self.tables[i].to(x0.device)  # [s+1, B]
@@ -171,7 +190,7 @@ class SegmentDistillation(nn.Module):
         if self.rollout_cycles:
             cycles = int(torch.randint(self.rollout_cycles + 1, (1,), generator=gen))
             x = self.rollout(net, x, table, text, self.partitions[i], cycles, gen)
-        y = teacher_target(self.teacher, x, table, text)
+        y = self.target(x, table, text, getattr(batch, "switched", None))
         drop = table[0] - table[-1]  # [B]: how far each frame moves in the cycle
         moves = drop > 0
         target = (x - y) / torch.where(moves, drop, torch.ones_like(drop)).view(1, 1, -1, 1, 1)
@@ -183,19 +202,26 @@ class SegmentDistillation(nn.Module):
 
 def distill(teacher: nn.Module, data, encode_text: Callable[[list[str]], TextEmbedding], config: DistillConfig,
             out: str | os.PathLike | None = None, resume: bool = False, metadata: dict[str, str] | None = None,
-            progress: bool = True) -> tuple[nn.Module, TrainResult]:
+            progress: bool = True, switch_teacher: nn.Module | None = None) -> tuple[nn.Module, TrainResult]:
     """Distils ``teacher`` into a one-step-per-chunk student (a copy of it, trained in place).
 
     Args:
         data, encode_text: as for :func:`streamdit_core.train.train` (the teacher's world).
         out: folder for the student's checkpoints (``model.safetensors`` ships the EMA weights;
             ``resume`` continues from ``train_state.pt``).
+        switch_teacher: a second teacher of the same geometry, on the same latents, whose targets
+            the student learns on the windows that show a prompt switch or a missing subject
+            (``LatentBatch.switched``); ``teacher`` gives every other target and the student's
+            starting weights. None: ``teacher`` for all.
     Returns:
         the student (raw weights) and the run's :class:`TrainResult`.
     """
     if config.opening_from_teacher and out is not None and not (Path(out) / TEACHER_FILE).exists():
         raise ValueError(f"the student's opening names its teacher, which is not in {out}: copy the teacher's file "
                          f"there as {TEACHER_FILE} first (distill_checkpoint does)")
+    if switch_teacher is not None and switch_teacher.geometry != teacher.geometry:
+        raise ValueError(f"the switch teacher's geometry {switch_teacher.geometry} differs from the teacher's "
+                         f"{teacher.geometry}: give a teacher of the same size and buffer")
     device = _device()
     teacher = teacher.to(device)
     adapters = {n for n, _ in teacher.named_parameters() if ".lora_" in n}
@@ -210,7 +236,8 @@ def distill(teacher: nn.Module, data, encode_text: Callable[[list[str]], TextEmb
         student = copy.deepcopy(teacher).train().requires_grad_(True)
     objective = SegmentDistillation(teacher, config.guidance, teacher.geometry.buffer_frames, config.chunk_sizes,
                                     config.teacher_steps, teacher.geometry.warp, config.reference_frames,
-                                    config.rollout_cycles)
+                                    config.rollout_cycles,
+                                    None if switch_teacher is None else switch_teacher.to(device))
     P = objective.partitions[0]
     record = {
         "distilled": json.dumps(asdict(config)),
@@ -228,7 +255,8 @@ def distill(teacher: nn.Module, data, encode_text: Callable[[list[str]], TextEmb
 def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, config: DistillConfig,
                        clips: int = 4096, resume: bool = False, data: str | os.PathLike | None = None,
                        size: int | None = None, log: Callable[[str], None] = print,
-                       switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None) -> TrainResult:
+                       switch_share: float = 0.0, switch_kinds: Sequence[str] | None = None,
+                       switch_teacher: str | os.PathLike | None = None) -> TrainResult:
     """Distils a teacher checkpoint (a path, or ``"embedded-teacher"``) into
     ``out/model.safetensors`` on the clips it was trained on: its synthetic world, or the folder of
     captioned videos its metadata records (``data``/``size`` override them). The teacher's codec is
@@ -237,7 +265,8 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     :meth:`~streamdit_core.pipeline.Pipeline.load` for the checkpoint's recommendation).
     ``switch_share`` of the clips change one attribute mid-clip (synthetic world only, see
     :class:`~streamdit_core.world.LatentPool`), so the student also learns what its teacher does
-    after a prompt switch."""
+    after a prompt switch; with ``switch_teacher`` (a checkpoint on the same codec's latents), what
+    that teacher does on the windows that show a switch or a missing subject (see :func:`distill`)."""
     from .checkpoint import read_metadata
     from .pipeline import Pipeline
     from .recipes import clip_source
@@ -246,6 +275,15 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
     pipe = Pipeline.load(teacher, device="cpu", fast=None)
     out = Path(out)
     meta = read_metadata(pipe.path)
+    second = None
+    if switch_teacher is not None:
+        if not switch_share:
+            raise ValueError("a switch teacher answers the switch clips' windows, and there are none: give a "
+                             "switch share above 0 (--switch-share)")
+        second = Pipeline.load(switch_teacher, device="cpu", fast=None)
+        if not _same_latents(pipe, second, int(meta.get("size", "64"))):
+            raise ValueError(f"the switch teacher {second.path} was trained on another codec's latents than the "
+                             f"teacher {pipe.path}: give a teacher trained on the same codec")
     B = pipe.geometry.buffer_frames
     data, size = _teacher_data(meta, data, size)
     source, record = clip_source(data, (B + 4) * pipe.codec.time_factor, size, log)
@@ -263,10 +301,24 @@ def distill_checkpoint(teacher: str | os.PathLike, out: str | os.PathLike, confi
         teacher_name = TEACHER_FILE
         if (out / TEACHER_FILE).resolve() != pipe.path.resolve():
             _copy_teacher(pipe.path, out / TEACHER_FILE, keep.get("codec"))
+    if second is not None:
+        keep["switch_teacher"] = str(second.path)
     _, result = distill(pipe.model, pool, pipe.text.encode, config, out=out, resume=resume,
                         metadata={**keep, **record, "size": str(size), "teacher": teacher_name,
-                                  **pool.switch_metadata()})
+                                  **pool.switch_metadata()},
+                        switch_teacher=None if second is None else second.model)
     return result
+
+
+def _same_latents(a, b, size: int) -> bool:
+    """Whether two loaded pipelines' codecs encode a fixed random clip to the same latents (a
+    refined decoder keeps its encoder, so two teachers on its latents agree)."""
+    gen = torch.Generator().manual_seed(0)
+    frames = 2 * getattr(a.codec, "time_factor", 1)
+    clip = torch.rand((1, 3, frames, size, size), generator=gen) * 2 - 1
+    with torch.no_grad():
+        za, zb = a.codec.encode(clip), b.codec.encode(clip)
+    return za.shape == zb.shape and torch.allclose(za, zb, atol=1e-6)
 
 
 def _copy_teacher(teacher: Path, to: Path, codec: str | None) -> None:

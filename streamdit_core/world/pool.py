@@ -21,11 +21,15 @@ __all__ = ["LatentBatch", "LatentPool", "subject_cover"]
 @dataclass(frozen=True)
 class LatentBatch:
     """latents ``[b, C, F, h, w]``, one caption per sample and, from a pool, the share of each
-    latent pixel that the subject (with a two-pixel margin) covers, ``[b, 1, F, h, w]``."""
+    latent pixel that the subject (with a two-pixel margin) covers, ``[b, 1, F, h, w]``, and
+    ``switched``, bool ``[b]``: the window shows a prompt switch (its oldest and newest frames
+    have different captions) or a frame without its subject (an ``appear`` clip before the
+    subject comes in)."""
 
     latents: Tensor
     prompts: list[str]
     subject: Tensor | None = None
+    switched: Tensor | None = None
 
 
 class LatentPool:
@@ -147,7 +151,9 @@ class LatentPool:
         pick = list(zip(idx.tolist(), start.tolist()))
         x = torch.stack([self.latents[i, :, s:s + self.frames] for i, s in pick])
         cover = torch.stack([self.subject[i, :, s:s + self.frames] for i, s in pick]).float()
-        return LatentBatch(x, [self.caption(i, s + self.frames - 1) for i, s in pick], cover)
+        switched = torch.tensor([self.caption(i, s) != self.caption(i, s + self.frames - 1) for i, s in pick])
+        switched |= cover.amax(dim=(1, 3, 4)).eq(0).any(dim=1)  # a frame without its subject
+        return LatentBatch(x, [self.caption(i, s + self.frames - 1) for i, s in pick], cover, switched)
 
     def switch_metadata(self) -> dict[str, str]:
         """The checkpoint metadata entries that record this pool's switch clips (none without)."""

@@ -4,6 +4,7 @@ result on noise it never trained on; the student streams with one call per chunk
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 
 import pytest
@@ -135,6 +136,56 @@ def test_a_rollout_is_the_students_own_stream_and_the_objective_trains_from_it()
     assert torch.isfinite(loss) and loss >= 0
     with pytest.raises(ValueError, match="rollout_cycles must be >= 0"):
         DistillConfig(rollout_cycles=-1)
+
+
+def test_a_switch_teacher_answers_the_switch_windows_and_the_teacher_the_others():
+    teacher, second = randomized(MICRO, scale=0.3, seed=1), randomized(MICRO, scale=0.3, seed=2)
+    objective = SegmentDistillation(teacher, 2.0, 4, (2,), teacher_steps=4, warp=teacher.config.warp,
+                                    switch_teacher=second)
+    table = objective.tables[0]
+    gen = torch.Generator().manual_seed(4)
+    batch = Patterns().sample(4, gen)
+    text = encode_patterns(batch.prompts)
+    x = add_noise(batch.latents, torch.randn(batch.latents.shape, generator=gen), table[0].expand(4, -1))
+    switched = torch.tensor([True, False, False, True])
+    with torch.no_grad():
+        y = objective.target(x, table, text, switched)
+        by_teacher = teacher_target(Guided(teacher, 2.0), x, table, text)
+        by_second = teacher_target(Guided(second, 2.0), x, table, text)
+    assert not torch.allclose(by_teacher, by_second, atol=1e-3)  # the two teachers disagree
+    torch.testing.assert_close(y[switched], by_second[switched], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[~switched], by_teacher[~switched], rtol=1e-5, atol=1e-5)
+    # no marks (a batch without switch clips): the teacher alone
+    torch.testing.assert_close(objective.target(x, table, text), by_teacher, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="geometry"):
+        distill(teacher, Patterns(), encode_patterns, DistillConfig(steps=1),
+                switch_teacher=randomized(replace(MICRO, buffer_frames=6), scale=0.3))
+
+
+def test_the_command_distils_from_a_switch_teacher_on_the_same_latents_only(tmp_path):
+    from streamdit_core.cli import main
+    from streamdit_core.pipeline import DEFAULT_MODEL
+
+    shipped = DEFAULT_MODEL.parent
+    second = tmp_path / "second"  # another teacher on the same codec: the shipped one, re-seeded weights
+    second.mkdir()
+    weights = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(0)) if v.is_floating_point()
+               else v for k, v in load_file(str(shipped / "teacher.safetensors")).items()}
+    write_safetensors(weights, second / "model.safetensors", file_metadata(shipped / "teacher.safetensors"))
+    shutil.copyfile(shipped / "codec.safetensors", second / "codec.safetensors")
+    out = tmp_path / "student"
+    base = ["distill", "--out", str(out), "--steps", "1", "--batch-size", "2", "--clips", "8"]
+    with pytest.raises(SystemExit, match="--switch-share"):
+        main([*base, "--switch-teacher", str(second / "model.safetensors")])
+    assert main([*base, "--switch-teacher", str(second / "model.safetensors"), "--switch-share", "0.5"]) == 0
+    meta = read_metadata(out / "model.safetensors")
+    assert meta["switch_teacher"].endswith("model.safetensors") and meta["teacher"] == "teacher.safetensors"
+    codec = load_file(str(shipped / "codec.safetensors"))  # an encoder changed: other latents
+    name = next(k for k in codec if k.startswith("encoder.") and codec[k].is_floating_point())
+    codec[name] = codec[name] + 0.1
+    write_safetensors(codec, second / "codec.safetensors", file_metadata(shipped / "codec.safetensors"))
+    with pytest.raises(SystemExit, match="another codec"):
+        main([*base, "--switch-teacher", str(second / "model.safetensors"), "--switch-share", "0.5"])
 
 
 def test_the_command_writes_a_student_that_streams_one_call_per_chunk_by_default(tmp_path, capsys):

@@ -57,24 +57,30 @@ def test_switch_clips_are_captioned_by_the_newest_frame_of_each_window(tmp_path)
     # the fifth switch clip is an appearing subject: it keeps its caption, and its first frame is empty
     assert not bool(detect(codec.decode(pool.latents[9]).transpose(0, 1)).present[0])
     batch = pool.sample(48, torch.Generator().manual_seed(2))
-    across = 0
-    for window, caption in zip(batch.latents, batch.prompts):
+    across = blank = 0
+    for window, caption, switched in zip(batch.latents, batch.prompts, batch.switched.tolist()):
         clip, start = _window_source(pool, window)
         det = detect(codec.decode(window).transpose(0, 1))  # [F, 3, H, W]
         scene = parse_caption(caption)
         # the caption says what the newest frame (the input end) shows
         assert (det.color[-1], det.shape[-1], det.background[-1]) == (scene.color, scene.shape, scene.background)
         at, second = pool.switches[clip]
-        if start < at <= start + pool.frames - 1:  # the window holds the change: its older frames do not
+        holds_change = start < at <= start + pool.frames - 1
+        if holds_change:  # the window holds the change: its older frames do not
             across += 1
             assert caption == second and caption != pool.prompts[clip]
-    assert across >= 3
+        missing = not bool(det.present.all())
+        blank += missing
+        # marked as a switch window exactly when it shows the change or a frame without its subject
+        assert switched == (holds_change or missing)
+    assert across >= 3 and blank >= 1
     again = LatentPool(world, codec, clips=10, frames=3, clip_frames=6, seed=0, progress=False, encode_batch=10,
                        switch_share=0.5, switch_kinds=SWITCH_KINDS, cache=tmp_path / "latents", cache_key="world")
     assert again.switches == pool.switches and torch.equal(again.latents, pool.latents)
     plain = LatentPool(world, codec, clips=10, frames=3, clip_frames=6, seed=0, progress=False, encode_batch=10,
                        cache=tmp_path / "latents", cache_key="world")
     assert not any(caption for _, caption in plain.switches)  # made again, not read from the switch pool
+    assert not plain.sample(16, torch.Generator().manual_seed(2)).switched.any()
 
 
 def test_switch_clips_need_a_source_that_renders_them():
