@@ -140,12 +140,12 @@ class SegmentDistillation(nn.Module):
                  switch_teacher: nn.Module | None = None):
         super().__init__()
         self.rollout_cycles = int(rollout_cycles)
-        teacher.eval().requires_grad_(False)
-        self.teacher = teacher if guidance == 1 else Guided(teacher, guidance)
-        self.switch_teacher = None
-        if switch_teacher is not None:
-            switch_teacher.eval().requires_grad_(False)
-            self.switch_teacher = switch_teacher if guidance == 1 else Guided(switch_teacher, guidance)
+        def frozen(net: nn.Module) -> nn.Module:
+            net.eval().requires_grad_(False)
+            return net if guidance == 1 else Guided(net, guidance)
+
+        self.teacher = frozen(teacher)
+        self.switch_teacher = None if switch_teacher is None else frozen(switch_teacher)
         self.partitions = [Partition.streamdit(buffer_frames, c, T=teacher_steps, K=reference_frames)
                            for c in chunk_sizes]
         self.tables = [frame_sigma_table(P, warp).float() for P in self.partitions]  # [s+1, B] each
