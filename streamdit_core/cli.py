@@ -434,6 +434,12 @@ def _add_refine_codec(sub) -> None:
     p.add_argument("--outline-contrast", action="store_true",
                    help="weigh the outline's error by 1 / (the subject's contrast to its background)^2, so the "
                         "least contrasted pairs (purple or green on gray) count as much as the rest")
+    p.add_argument("--halo-weight", type=float, default=0.0,
+                   help="extra loss weight on the background 3 to 6 pixels from the subject, where a decoder "
+                        "rings (coloured fringes around the subject; default 0)")
+    p.add_argument("--latent-noise", type=float, default=None,
+                   help="noise added to the latents in training, relative to their spread: a larger value "
+                        "makes the decoder more forgiving of a model's latent errors (default 0.05)")
     p.add_argument("--batch-size", type=_positive(int), default=None, help="clips per step (default 32)")
     p.add_argument("--data", type=Path, default=None, help="a folder of captioned videos (default: the world)")
     p.add_argument("--size", type=_positive(int), default=64, help="frame size for --data")
@@ -455,9 +461,14 @@ def _run_refine_codec(args) -> int:
         raise SystemExit(f"--outline-weight must be 0 or more, got {args.outline_weight}")
     if args.outline_contrast and not args.outline_weight:
         raise SystemExit("--outline-contrast weighs the outline's error: give --outline-weight too (e.g. 20)")
+    if args.halo_weight < 0:
+        raise SystemExit(f"--halo-weight must be 0 or more, got {args.halo_weight}")
+    if args.latent_noise is not None and not 0 <= args.latent_noise <= 1:
+        raise SystemExit(f"--latent-noise must be between 0 and 1 (a share of the latents' spread), got {args.latent_noise}")
     try:
         config = CodecTrainConfig(steps=args.steps, lr=args.lr, outline_weight=args.outline_weight,
-                                  outline_contrast=args.outline_contrast, seed=args.seed, **_given(batch_size=args.batch_size))
+                                  outline_contrast=args.outline_contrast, halo_weight=args.halo_weight, seed=args.seed,
+                                  **_given(batch_size=args.batch_size, latent_noise=args.latent_noise))
         refine_codec(args.codec, args.out, config, data=args.data, size=args.size)
     except DataError as err:
         raise SystemExit(f"--data: {err}") from None

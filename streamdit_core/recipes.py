@@ -272,6 +272,8 @@ def refine_codec(codec: str | os.PathLike, out: str | os.PathLike, config: Codec
                  refined_reconstruction_mse=f"{mse:.6f}",
                  last_refinement=json.dumps({"steps": config.steps, "lr": config.lr, "outline_weight":
                                              config.outline_weight, "outline_contrast": config.outline_contrast,
+                                             **({"halo_weight": config.halo_weight} if config.halo_weight else {}),
+                                             "latent_noise": config.latent_noise,
                                              "seed": config.seed, "seconds": round(seconds, 1),
                                              **({"data": record["data"]} if "data" in record else {})}))
     if mse > was:

@@ -437,16 +437,25 @@ class CodecTrainConfig:
     # error divided by that contrast, so without this purple or green on gray, the least
     # contrasted pairs, keep blurred corners where the squared error is already small.
     outline_contrast: bool = False
+    # Extra weight on the background pixels 3 to 6 away from the subject (the halo): a decoder
+    # trained with the background's weight of 1 there rings around the subject (coloured fringes
+    # on a gray background), which the subject's and the outline's weights do not see.
+    halo_weight: float = 0.0
 
 
-def codec_pixel_weight(x: Tensor, outline_weight: float = 0.0, outline_contrast: bool = False) -> Tensor:
+HALO = (3, 6)  # the halo's distance from the subject in pixels, first and last ring
+
+
+def codec_pixel_weight(x: Tensor, outline_weight: float = 0.0, outline_contrast: bool = False,
+                       halo_weight: float = 0.0) -> Tensor:
     """The codec loss's weight ``[b, 1, T, H, W]`` on each pixel of world clips ``x [b, 3, T, H, W]``.
 
     The subject covers a few percent of the pixels but carries the shape, so its pixels (anything
     away from the frame's median color) weigh ten times the background's. ``outline_weight`` adds
     to the pixels within 2 of its outline (on the torus the world draws on), where the corners
     and tips are; with ``outline_contrast`` that extra weight goes as 1 / contrast^2 per frame
-    (its mean over the frames that show a subject stays ``outline_weight``).
+    (its mean over the frames that show a subject stays ``outline_weight``). ``halo_weight`` adds
+    to the background pixels 3 to 6 away from the subject, where a decoder's ringing sits.
     """
     from .world.metrics import torus_dilate
 
@@ -463,6 +472,10 @@ def codec_pixel_weight(x: Tensor, outline_weight: float = 0.0, outline_contrast:
             scale = shown / contrast.clamp_min(0.1).square()
             ring = ring * scale * shown.sum().clamp_min(1) / scale.sum().clamp_min(1e-8)
         weight = weight + outline_weight * ring
+    if halo_weight:
+        shown = subject[:, 0].bool()  # [b, T, H, W]
+        halo = torus_dilate(shown, HALO[1]) & ~torus_dilate(shown, HALO[0] - 1)
+        weight = weight + halo_weight * halo[:, None].float()
     return weight
 
 
@@ -510,7 +523,7 @@ def train_codec(codec, world, config: CodecTrainConfig, progress: bool = True, d
             z = codec.encode_raw(x)
         z = z + cfg.latent_noise * z.detach().std() * torch.randn(z.shape, generator=gen)
         y = codec.decode_raw(z)
-        weight = codec_pixel_weight(x, cfg.outline_weight, cfg.outline_contrast)
+        weight = codec_pixel_weight(x, cfg.outline_weight, cfg.outline_contrast, cfg.halo_weight)
         err = y - x
         loss = (weight * (err.square() + 0.1 * err.abs())).mean() / weight.mean()
         opt.zero_grad(set_to_none=True)

@@ -184,6 +184,29 @@ def test_outline_contrast_weighs_a_faint_outline_as_much_as_a_clear_one_in_the_s
     assert (extra[0] + extra[1]) / 2 == pytest.approx(20.0, rel=0.02)  # the mean stays the outline weight
 
 
+def test_the_halo_weight_falls_on_the_background_three_to_six_pixels_from_the_subject():
+    from streamdit_core.train import codec_pixel_weight
+    from streamdit_core.world import Scene, World
+
+    frame = World().render(Scene("red", "square", "up", "white"), 1, torch.Generator().manual_seed(3)).frames[0]
+    rows = torch.nonzero((frame - frame[:, :1, :1]).norm(dim=0) > 0.1)[:, 0].float().mean()
+    frame = frame.roll(-int(rows), dims=1)  # the square across the frame's top border: the halo must wrap with it
+    x = frame[None, :, None]  # [1, 3, 1, H, W]
+    plain = codec_pixel_weight(x)[0, 0, 0]
+    halo = codec_pixel_weight(x, halo_weight=5.0)[0, 0, 0] - plain
+    subject = plain == 10
+    assert subject.any() and set(halo.unique().tolist()) == {0.0, 5.0}
+    ys, xs = torch.nonzero(subject, as_tuple=True)
+    H, W = subject.shape
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    # each pixel's distance (square neighbourhood, on the torus) to the nearest subject pixel
+    dy = (yy[..., None] - ys).abs()
+    dx = (xx[..., None] - xs).abs()
+    dist = torch.maximum(torch.minimum(dy, H - dy), torch.minimum(dx, W - dx)).amin(-1)
+    assert torch.equal(halo == 5.0, (dist >= 3) & (dist <= 6))
+    assert bool(subject[0].any() & subject[-1].any())  # the subject does cross the border
+
+
 def test_the_refine_codec_command_names_a_bad_input(tmp_path, capsys):
     from streamdit_core.cli import main
 
@@ -193,5 +216,11 @@ def test_the_refine_codec_command_names_a_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--outline-contrast .* give --outline-weight"):
         main(["refine-codec", str(tmp_path / "codec.safetensors"), "--out", str(tmp_path / "x.safetensors"),
               "--outline-contrast"])
+    with pytest.raises(SystemExit, match="--halo-weight must be 0 or more"):
+        main(["refine-codec", str(tmp_path / "codec.safetensors"), "--out", str(tmp_path / "x.safetensors"),
+              "--halo-weight", "-2"])
+    with pytest.raises(SystemExit, match="--latent-noise must be between 0 and 1"):
+        main(["refine-codec", str(tmp_path / "codec.safetensors"), "--out", str(tmp_path / "x.safetensors"),
+              "--latent-noise", "3"])
     with pytest.raises(SystemExit, match="error: .*missing.safetensors"):
         main(["refine-codec", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x.safetensors")])
