@@ -115,7 +115,8 @@ def test_refining_a_codec_file_keeps_its_latent_space_and_adds_up_its_steps(tmp_
     record = {"decoder_refined_steps": "10", "decoder_refined_seconds": "100.0", "note": "kept"}
     source = save_checkpoint(codec, tmp_path / "codec.safetensors", record)
     before = source.read_bytes()
-    config = CodecTrainConfig(steps=2, batch_size=2, pool=4, check_clips=2, outline_weight=5.0)
+    config = CodecTrainConfig(steps=2, batch_size=2, pool=4, check_clips=2, outline_weight=5.0, halo_weight=3.0,
+                              latent_noise=0.2)
     out = refine_codec(source, tmp_path / "refined.safetensors", config, progress=False, log=lambda _: None)
     assert source.read_bytes() == before  # the input is left as it was
     refined = load_codec(out)
@@ -125,7 +126,8 @@ def test_refining_a_codec_file_keeps_its_latent_space_and_adds_up_its_steps(tmp_
         assert not torch.equal(refined.decode(codec.encode(video)), codec.decode(codec.encode(video)))
     meta = file_metadata(out)
     assert meta["decoder_refined_steps"] == "12" and meta["note"] == "kept"
-    assert json.loads(meta["last_refinement"])["outline_weight"] == 5.0
+    settings = json.loads(meta["last_refinement"])
+    assert (settings["outline_weight"], settings["halo_weight"], settings["latent_noise"]) == (5.0, 3.0, 0.2)
     last = json.loads(meta["last_refinement"])["seconds"]
     assert abs(float(meta["decoder_refined_seconds"]) - (100.0 + last)) < 0.11  # the seconds add up too
 
