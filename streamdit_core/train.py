@@ -462,9 +462,9 @@ def codec_pixel_weight(x: Tensor, outline_weight: float = 0.0, outline_contrast:
     bg = x.flatten(3).median(dim=3).values[..., None, None]  # [b, 3, T, 1, 1]
     away = (x - bg).norm(dim=1, keepdim=True)  # [b, 1, T, H, W]
     subject = (away > 0.1).float()
+    inside = subject[:, 0].bool()  # [b, T, H, W]
     weight = 1 + 9 * subject
     if outline_weight:
-        inside = subject[:, 0].bool()  # [b, T, H, W]
         ring = (torus_dilate(inside, 2) & torus_dilate(~inside, 2))[:, None].float()
         if outline_contrast:
             contrast = away.amax(dim=(3, 4), keepdim=True)  # [b, 1, T, 1, 1]
@@ -473,8 +473,7 @@ def codec_pixel_weight(x: Tensor, outline_weight: float = 0.0, outline_contrast:
             ring = ring * scale * shown.sum().clamp_min(1) / scale.sum().clamp_min(1e-8)
         weight = weight + outline_weight * ring
     if halo_weight:
-        shown = subject[:, 0].bool()  # [b, T, H, W]
-        halo = torus_dilate(shown, HALO[1]) & ~torus_dilate(shown, HALO[0] - 1)
+        halo = torus_dilate(inside, HALO[1]) & ~torus_dilate(inside, HALO[0] - 1)
         weight = weight + halo_weight * halo[:, None].float()
     return weight
 
