@@ -151,7 +151,37 @@ def test_an_interrupted_live_stream_keeps_its_recording_and_shows_it(model, monk
     assert ended[-1]["frames"] == frames.shape[0]
 
 
-def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
+class _CountingWriter:
+    """Wraps the live node's video writer and counts the frames it was given."""
+
+    def __init__(self, inner, counter):
+        self.inner, self.counter = inner, counter
+
+    def __enter__(self):
+        self.writer = self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+    def write(self, frames):
+        self.writer.write(frames)
+        self.counter.append(int(frames.shape[0]))
+
+
+def _wait_for(condition, seconds=120.0):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "the live stream made no progress"
+        time.sleep(0.02)
+
+
+def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path, monkeypatch):
+    import nodes.live
+
+    written = []
+    real_open_writer = nodes.live.open_writer
+    monkeypatch.setattr(nodes.live, "open_writer", lambda *a, **k: _CountingWriter(real_open_writer(*a, **k), written))
     host.set_output_directory(tmp_path)
     result = {}
 
@@ -162,13 +192,12 @@ def test_live_stream_takes_prompts_and_stops_on_request(model, tmp_path):
     worker = threading.Thread(target=run)
     try:
         worker.start()
-        deadline = time.time() + 60
-        while not routes.session_ids() and time.time() < deadline:
-            time.sleep(0.05)
+        _wait_for(lambda: routes.session_ids())
         (session_id,) = routes.session_ids()
-        time.sleep(1.0)
+        _wait_for(lambda: sum(written) >= 16)  # paced by the stream, not the clock: a slow machine waits longer
         assert routes.handle_prompt(session_id, b'{"prompt": "' + BLUE.encode() + b'"}').status == 200
-        time.sleep(2.0)
+        posted = sum(written)
+        _wait_for(lambda: sum(written) >= posted + 32)  # the buffer flushed, then 2 s of the new prompt
         assert routes.handle_stop(session_id, b"{}").status == 200
         worker.join(60)
     finally:
