@@ -26,7 +26,7 @@ def test_the_embedded_models_ship_with_the_package_and_the_default_is_the_distil
     student, teacher = read_metadata(DEFAULT_MODEL), read_metadata(EMBEDDED_TEACHER)
     assert student["steps_per_chunk"] == "1" and student["guidance"] == "1"  # one unguided call per chunk
     assert student["teacher"] == EMBEDDED_TEACHER.name and "steps_per_chunk" not in teacher
-    assert teacher["guidance"] == "2" and student["codec"] == teacher["codec"] == "codec.safetensors"
+    assert float(teacher["guidance"]) > 1 and student["codec"] == teacher["codec"] == "codec.safetensors"
     assert model_path(None) == model_path("embedded") == DEFAULT_MODEL
     assert model_path("embedded-teacher") == EMBEDDED_TEACHER and model_path("x.safetensors").name == "x.safetensors"
 
