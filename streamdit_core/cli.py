@@ -720,7 +720,8 @@ def _run_evaluate(args) -> int:
                                   switch=PromptSwitch(mode))
                 print(f"  {mode:9s} {attribute:10s} switched {r.switched:.3f}, within 2 s {r.within_2s:.3f}, "
                       f"mean latency {r.latency:.2f} s, other attributes kept {r.kept:.3f}, "
-                      f"noisy frames after {r.noisy:.3f} (noisiest {r.noise:.3f})")
+                      f"noisy frames after {r.noisy:.3f} (noisiest {r.noise:.3f})"
+                      + ("" if r.stray is None else f", a third {attribute} on the way {r.stray:.3f}"))
                 report["switch"].append(dataclasses.asdict(r))
     if args.codec_scenes > 0:
         c = codec_round_trip(pipe.codec, held_out_scenes(args.codec_scenes), seed=args.seed)

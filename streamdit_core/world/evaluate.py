@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .scenes import FPS, Scene, World, held_out_scenes
-from .metrics import NOISY, VideoScores, _heading, _majority, _steps, detect, score_video, summarize
+from .metrics import NOISY, VideoScores, _heading, _majority, _steps, detect, score_video, strays, summarize
 from ..pipeline import Pipeline
 from ..prompts import PromptSchedule, PromptSwitch
 from ..schedule import Partition
@@ -216,13 +216,18 @@ class SwitchResult:
     mode: str = "immediate"
     noisy: float = 0.0  # share of frames after the switch whose background is noisy (metrics.NOISY)
     noise: float = 0.0  # the noisiest background after the switch (metrics.detect's noise)
+    # share of streams with a frame in the 2 s after the switch whose switched attribute reads
+    # neither the old nor the new value (metrics.strays); None for direction, read over windows
+    stray: float | None = None
 
 
 def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float = 3.0, seconds: float = 7.0,
                   partition: Partition | None = None, seed: int = 0, guidance: float = 1.0,
                   switch: PromptSwitch | None = None) -> SwitchResult:
     """Switches one attribute at ``at`` seconds (in ``switch``'s mode); measures when the detector
-    sees it change, whether the others stay, and how noisy the backgrounds are after it."""
+    sees it change, whether the others stay, how noisy the backgrounds are after it, and whether
+    a stream passes through a third value on the way (a red subject switched to blue that shows
+    purple for a frame)."""
     switch = switch or PromptSwitch()
     gen = torch.Generator().manual_seed(seed)
     world = World()
@@ -232,11 +237,14 @@ def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float
     video = _stream(pipe, schedules, partition or pipe.default_partition(), frames, seed, len(scenes),
                     guidance=guidance, switch=switch)
     start = int(at * pipe.fps)
-    lat, ok, kept, noise = [], 0, 0, []
+    lat, ok, kept, noise, stray = [], 0, 0, [], 0
     half = FPS // 2
     for v, ((_, old), (_, new)) in zip(video, scripts):
         det = detect(v)
         noise.append(det.noise[start:])
+        if attribute != "direction":
+            values = getattr(det, attribute)[start:start + 2 * pipe.fps]
+            stray += strays(values, getattr(old, attribute), getattr(new, attribute)) > 0
         seen = None
         for t in range(start, frames - half):
             got = _attribute(det, attribute, t, half)
@@ -253,7 +261,8 @@ def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float
     n = len(scenes)
     noise_t = torch.cat(noise)
     return SwitchResult(attribute, ok / n, sum(lat) / max(1, len(lat)), sum(x <= 2.0 for x in lat) / n, kept / n,
-                        switch.mode, float((noise_t > NOISY).float().mean()), float(noise_t.max()))
+                        switch.mode, float((noise_t > NOISY).float().mean()), float(noise_t.max()),
+                        None if attribute == "direction" else stray / n)
 
 
 def _attribute(det, attribute: str, t: int, half: int):

@@ -45,6 +45,7 @@ star, a blob, two circles).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -52,7 +53,7 @@ from torch import Tensor
 
 from .scenes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SPEED_RANGE, Scene, _sdf
 
-__all__ = ["FrameDetection", "VideoScores", "detect", "score_video", "summarize", "torus_dilate"]
+__all__ = ["FrameDetection", "VideoScores", "detect", "score_video", "strays", "summarize", "torus_dilate"]
 
 _FG_THRESHOLD = 0.25
 _COLOR_NAMES = list(COLORS)
@@ -263,6 +264,13 @@ def _read_shape(alpha: Tensor) -> tuple[str | None, float]:
             best, name = err, shape
     tolerance = SHAPE_TOLERANCE * max(1.0, 64 / min(H, W))
     return (name if best <= tolerance else None), best
+
+
+def strays(values: Sequence[str | None], old: str, new: str) -> int:
+    """How many readings are neither ``old`` nor ``new``: the frames of a switch from one value to
+    another that pass through a third (a red subject switched to blue that shows purple on the way).
+    None (nothing read: no subject, or no shape template fits) is not counted."""
+    return sum(v is not None and v not in (old, new) for v in values)
 
 
 def _majority(values: list[str | None]) -> str | None:

@@ -93,6 +93,9 @@ def test_drift_switch_and_seams_run_and_report_shares(pipe):
                           switch=PromptSwitch(mode))
         assert 0 <= s.switched <= 1 and 0 <= s.kept <= 1 and s.within_2s <= s.switched and s.mode == mode
         assert 0 <= s.noisy <= 1 and s.noise > 0  # an untrained model's frames are noise
+        assert 0 <= s.stray <= 1
+    turn = prompt_switch(pipe, scenes, "direction", at=1.0, seconds=2.0, partition=scheme_partition("diagonal", 4, 8))
+    assert turn.stray is None  # headings are read over windows, not per frame
     seam = seams(pipe, scenes, partition=scheme_partition("streamdit-c2", 4, 8), seconds=1.0)
     assert seam.chunk_frames == 2 and seam.overlap == pytest.approx(seam.separate)  # a pixel codec has no context
 

@@ -7,6 +7,7 @@ import torch
 
 from streamdit_core.world import BACKGROUNDS, COLORS, SHAPES, Scene, World
 from streamdit_core.world import detect, score_video, summarize
+from streamdit_core.world.metrics import strays
 
 SCENE = Scene("purple", "triangle", "up-right", "white")
 
@@ -175,3 +176,17 @@ def test_outline_error_grows_as_a_shape_strays_from_the_world_and_reads_1_withou
     assert errors[0] < 0.015 < errors[1] < errors[2]  # the rounder the corners, the larger the error
     two = _paint(_two_circles, frames=8)
     assert score_video(two, Scene("red", "circle", "left", "white")).outline_error == 1.0
+
+
+def test_a_switch_that_shows_a_third_value_on_the_way_counts_its_stray_frames():
+    red, blue = Scene("red", "circle", "right", "black"), Scene("blue", "circle", "right", "black")
+    world, gen = World(), lambda: torch.Generator().manual_seed(2)
+    cut = detect(world.render([(0, red), (16, blue)], 32, gen()).frames)
+    assert cut.color == ["red"] * 16 + ["blue"] * 16 and strays(cut.color, "red", "blue") == 0
+    via = detect(world.render([(0, red), (16, Scene("purple", "circle", "right", "black")), (18, blue)], 32,
+                              gen()).frames)
+    assert strays(via.color, "red", "blue") == 2 and strays(via.color, "red", "purple") == 14
+    square = detect(world.render([(0, red), (16, Scene("red", "square", "right", "black")), (17, red)], 32,
+                                 gen()).frames)
+    assert strays(square.shape, "circle", "triangle") == 1
+    assert strays([None, "red", None, "blue"], "red", "blue") == 0  # nothing read is not a third value
