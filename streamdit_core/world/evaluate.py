@@ -239,10 +239,11 @@ def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float
     start = int(at * pipe.fps)
     lat, ok, kept, noise, stray = [], 0, 0, [], 0
     half = FPS // 2
+    per_frame = attribute != "direction"  # headings are read over windows
     for v, ((_, old), (_, new)) in zip(video, scripts):
         det = detect(v)
         noise.append(det.noise[start:])
-        if attribute != "direction":
+        if per_frame:
             values = getattr(det, attribute)[start:start + 2 * pipe.fps]
             stray += strays(values, getattr(old, attribute), getattr(new, attribute)) > 0
         seen = None
@@ -262,7 +263,7 @@ def prompt_switch(pipe: Pipeline, scenes: list[Scene], attribute: str, at: float
     noise_t = torch.cat(noise)
     return SwitchResult(attribute, ok / n, sum(lat) / max(1, len(lat)), sum(x <= 2.0 for x in lat) / n, kept / n,
                         switch.mode, float((noise_t > NOISY).float().mean()), float(noise_t.max()),
-                        None if attribute == "direction" else stray / n)
+                        stray / n if per_frame else None)
 
 
 def _attribute(det, attribute: str, t: int, half: int):
