@@ -106,6 +106,11 @@ def _add_run_options(p) -> None:
                                        "background: teaches the model to draw a subject its references lost) and "
                                        "recover (only the first two latent frames lack the subject); "
                                        "default the four attributes")
+    p.add_argument("--frame-captions", type=_share, default=0.0, metavar="P",
+                   help="share (0..1) of the windows that show a switch captioned frame by frame, each latent "
+                        "frame by the prompt in force at it, as a per-chunk switch (--switch-mode chunk) "
+                        "conditions the buffer; the rest keep the newest frame's caption, as an immediate "
+                        "switch does (needs --switch-share; default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
@@ -205,7 +210,7 @@ def _run_train(args) -> int:
                        uniform_ratio=args.uniform_ratio, subject_weight=args.subject_weight,
                        reference_frames=refs[0] if refs is not None and len(refs) == 1 else refs)
     overrides.update(shard=args.shard, activation_checkpointing=args.activation_checkpointing, compile=args.compile,
-                     empty_frame_loss=not args.skip_empty_frames)
+                     empty_frame_loss=not args.skip_empty_frames, frame_captions=args.frame_captions)
     try:
         config = TrainConfig(seed=args.seed, **overrides)
     except ValueError as err:
@@ -215,6 +220,9 @@ def _run_train(args) -> int:
     if args.switch_share and args.data is not None:
         raise SystemExit("--switch-share renders prompt-switch clips from the synthetic world; a --data folder "
                          "has no switches to draw on: leave --switch-share out")
+    if args.frame_captions and not args.switch_share:
+        raise SystemExit("--frame-captions captions the windows of switch clips frame by frame, and there are "
+                         "none: give --switch-share P (e.g. 0.2) with it")
     if args.init is not None and args.init.startswith("wan:"):
         if args.steps_per_chunk is not None:
             raise SystemExit("--steps-per-chunk is recorded in the synthetic world's checkpoints; a Wan adapter "
@@ -382,7 +390,8 @@ def _run_distill(args) -> int:
     overrides = _given(steps=args.steps, batch_size=args.batch_size, lr=args.lr, teacher_steps=teacher_steps,
                        chunk_sizes=args.chunk_sizes, reference_frames=refs, opening_guidance=args.opening_guidance,
                        opening_steps=args.opening_steps, rollout_cycles=args.rollout_cycles,
-                       opening_from_teacher=True if args.opening_model == "teacher" else None)
+                       opening_from_teacher=True if args.opening_model == "teacher" else None,
+                       frame_captions=args.frame_captions or None)
     if args.text_encoder is not None and not wan:
         raise SystemExit("--text-encoder is for a Wan teacher (one adapted by train --init wan:FOLDER)")
     if args.switch_share and (args.data is not None or "data" in meta):
@@ -390,6 +399,9 @@ def _run_distill(args) -> int:
                          "distils on a folder of videos, which has none: leave --switch-share out")
     if args.switch_teacher is not None and wan:
         raise SystemExit("--switch-teacher is for StreamDiT teachers; leave it out for a Wan teacher")
+    if args.frame_captions and not args.switch_share:
+        raise SystemExit("--frame-captions captions the windows of switch clips frame by frame, and there are "
+                         "none: give --switch-share P (e.g. 0.4) with it")
     if args.switch_teacher is not None and not args.switch_share:
         raise SystemExit("--switch-teacher answers the windows of switch clips, and there are none: give "
                          "--switch-share P (e.g. 0.4) with it")

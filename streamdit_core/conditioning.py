@@ -117,6 +117,13 @@ class FrameText:
             index.append(at)
         return cls(tuple(texts), torch.tensor(index, dtype=torch.int64))
 
+    def to(self, device=None, dtype=None) -> "FrameText":
+        return FrameText(tuple(t.to(device=device, dtype=dtype) for t in self.texts), self.index)
+
+    def select(self, index: Tensor) -> "FrameText":
+        """The same frames' prompts for the samples ``index`` picks (see :meth:`TextEmbedding.select`)."""
+        return FrameText(tuple(t.select(index) for t in self.texts), self.index)
+
     def stacked(self, batch: int) -> tuple[Tensor, Tensor]:
         """All prompts padded to one length: tokens ``[batch, P, Lt, Dt]``, mask ``[batch, P, Lt]``."""
         length = max(t.tokens.shape[1] for t in self.texts)

@@ -76,10 +76,15 @@ class DistillConfig:
     # student distilled from a teacher trained at a high rate drew lumpy circles from its own
     # guided opening, which its reference frames kept; opened by its teacher it did not (model card).
     opening_from_teacher: bool = False
+    # Share of the switched windows captioned frame by frame, as a per-chunk switch conditions the
+    # buffer (TrainConfig.frame_captions); the teacher's target then follows the same captions.
+    frame_captions: float = 0.0
 
     def __post_init__(self) -> None:
         if self.teacher_steps < 1 or self.guidance < 0 or not self.chunk_sizes:
             raise ValueError(f"teacher_steps must be >= 1, guidance >= 0 and chunk_sizes non-empty, got {self}")
+        if not 0 <= self.frame_captions <= 1:
+            raise ValueError(f"frame_captions must be a share in [0, 1], got {self.frame_captions}")
         if self.rollout_cycles < 0:
             raise ValueError(f"rollout_cycles must be >= 0 (0: no rollouts), got {self.rollout_cycles}")
         if self.opening_steps < 1 or (self.opening_guidance is not None and self.opening_guidance < 0):
@@ -98,7 +103,8 @@ class DistillConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
                            grad_clip=self.grad_clip, ema_decay=self.ema_decay, chunk_sizes=self.chunk_sizes,
                            uniform_ratio=0.0, reference_frames=self.reference_frames, text_dropout=0.0,
-                           checkpoint_every=self.checkpoint_every, seed=self.seed, compile=self.compile)
+                           checkpoint_every=self.checkpoint_every, seed=self.seed, compile=self.compile,
+                           frame_captions=self.frame_captions)
 
 
 def teacher_target(teacher: Callable, x: Tensor, table: Tensor, text) -> Tensor:

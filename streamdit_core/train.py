@@ -38,12 +38,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .conditioning import TextEmbedding
+from .conditioning import FrameText, TextEmbedding
 from .model import StreamDiT
 from .schedule import MixedPartitions, add_noise, velocity_target
 
-__all__ = ["TrainConfig", "CodecTrainConfig", "FlowMatching", "Objective", "flow_matching_loss", "train",
-           "train_codec", "TrainResult"]
+__all__ = ["TrainConfig", "CodecTrainConfig", "FlowMatching", "Objective", "batch_text", "flow_matching_loss",
+           "train", "train_codec", "TrainResult"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ class TrainConfig:
     uniform_ratio: float = 0.1  # extra share of plain text-to-video (one sigma for the buffer)
     reference_frames: int | tuple[int, ...] = 0  # K clean frames at the output end in the chunked schemes (a tuple mixes counts)
     text_dropout: float = 0.1  # share of samples trained without text (classifier-free guidance)
+    # Share of the windows that show a prompt switch (``LatentBatch.switched``, from switch clips)
+    # captioned frame by frame, each latent frame by the prompt in force at it: what a per-chunk
+    # switch conditions the buffer with (old prompt on the frames that entered before it). The
+    # others keep the newest frame's caption over the whole window, as an immediate switch does.
+    # 0: every window captioned by its newest frame.
+    frame_captions: float = 0.0
     subject_weight: float = 0.0  # extra loss weight on latent pixels the subject covers (0: plain MSE)
     # False: frames that show no subject (the blank frames of "appear"/"recover" switch clips) carry
     # no loss, so those clips teach drawing a subject the older frames lack without teaching that a
@@ -86,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"subject_weight must be at least 0, got {self.subject_weight}")
         if not 0 <= self.text_dropout <= 1 or not 0 < self.ema_decay < 1:
             raise ValueError("text_dropout must be in [0, 1] and ema_decay in (0, 1)")
+        if not 0 <= self.frame_captions <= 1:
+            raise ValueError(f"frame_captions must be a share in [0, 1], got {self.frame_captions}")
 
 
 class BatchSource(Protocol):
@@ -176,6 +184,31 @@ def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def batch_text(batch, drop: Tensor, encode_text: Callable[[list[str]], TextEmbedding], frame_captions: float,
+               gen: torch.Generator) -> TextEmbedding | FrameText:
+    """The text a training step conditions ``batch`` on.
+
+    Each sample's caption (``batch.prompts``), or the empty prompt where ``drop`` (bool ``[b]``)
+    is set. With ``frame_captions`` > 0 and a batch that carries ``frame_prompts``, each window
+    that shows a prompt switch is, with that probability (drawn from ``gen``), captioned frame by
+    frame instead, and the batch's text is then a :class:`FrameText` with one prompt per latent
+    frame (each a ``[b, Lt, Dt]`` embedding; windows captioned whole repeat their caption). No
+    number is drawn when ``frame_captions`` is 0, so runs without it draw the same sequence.
+    """
+    prompts = ["" if d else p for p, d in zip(batch.prompts, drop.tolist())]
+    rows = getattr(batch, "frame_prompts", None)
+    switched = getattr(batch, "switched", None)
+    if frame_captions <= 0 or rows is None or switched is None:
+        return encode_text(prompts)
+    pick = (torch.rand(len(prompts), generator=gen) < frame_captions) & switched.cpu()
+    if not bool(pick.any()):
+        return encode_text(prompts)
+    frames = len(rows[0])
+    per_frame = [row if k and p else [p] * frames for row, p, k in zip(rows, prompts, pick.tolist())]
+    return FrameText(tuple(encode_text([row[f] for row in per_frame]) for f in range(frames)),
+                     torch.arange(frames))
 
 
 def _validation_loss(ema: nn.Module, batch, encode_text, objective, device: torch.device, autocast) -> float:
@@ -365,10 +398,8 @@ def train(model: StreamDiT, data: BatchSource, encode_text: Callable[[list[str]]
     while step < cfg.steps:
         batch = data.sample(cfg.batch_size, gen)
         x0 = batch.latents.to(device)
-        prompts = list(batch.prompts)
-        drop = torch.rand(len(prompts), generator=gen) < cfg.text_dropout
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        text = encode_text(prompts).to(device)
+        drop = torch.rand(len(batch.prompts), generator=gen) < cfg.text_dropout
+        text = batch_text(batch, drop, encode_text, cfg.frame_captions, gen).to(device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         with autocast:

@@ -24,12 +24,15 @@ class LatentBatch:
     latent pixel that the subject (with a two-pixel margin) covers, ``[b, 1, F, h, w]``, and
     ``switched``, bool ``[b]``: the window shows a prompt switch (its oldest and newest frames
     have different captions) or a frame without its subject (an ``appear`` clip before the
-    subject comes in)."""
+    subject comes in); ``frame_prompts``, from a pool: the caption in force at each latent frame
+    of each window (``b`` lists of ``F``), what a per-chunk prompt switch conditions the buffer
+    with, where ``prompts`` is the newest frame's."""
 
     latents: Tensor
     prompts: list[str]
     subject: Tensor | None = None
     switched: Tensor | None = None
+    frame_prompts: list[list[str]] | None = None
 
 
 class LatentPool:
@@ -153,7 +156,8 @@ class LatentPool:
         cover = torch.stack([self.subject[i, :, s:s + self.frames] for i, s in pick]).float()
         switched = torch.tensor([self.caption(i, s) != self.caption(i, s + self.frames - 1) for i, s in pick])
         switched |= cover.amax(dim=(1, 3, 4)).eq(0).any(dim=1)  # a frame without its subject
-        return LatentBatch(x, [self.caption(i, s + self.frames - 1) for i, s in pick], cover, switched)
+        frames = [[self.caption(i, s + f) for f in range(self.frames)] for i, s in pick]
+        return LatentBatch(x, [row[-1] for row in frames], cover, switched, frames)
 
     def switch_metadata(self) -> dict[str, str]:
         """The checkpoint metadata entries that record this pool's switch clips (none without)."""

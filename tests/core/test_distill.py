@@ -158,6 +158,19 @@ def test_a_switch_teacher_answers_the_switch_windows_and_the_teacher_the_others(
     torch.testing.assert_close(y[~switched], by_teacher[~switched], rtol=1e-5, atol=1e-5)
     # no marks (a batch without switch clips): the teacher alone
     torch.testing.assert_close(objective.target(x, table, text), by_teacher, rtol=1e-5, atol=1e-5)
+    # captioned frame by frame (a window that holds a per-chunk switch): each sample keeps its own
+    # frames' prompts whichever teacher answers it
+    from streamdit_core.conditioning import FrameText
+
+    later = encode_patterns(batch.prompts[1:] + batch.prompts[:1])
+    frames = FrameText((text, later), torch.tensor([0, 0, 1, 1]))
+    with torch.no_grad():
+        y = objective.target(x, table, frames, switched)
+        by_teacher = teacher_target(Guided(teacher, 2.0), x, table, frames)
+        by_second = teacher_target(Guided(second, 2.0), x, table, frames)
+    assert not torch.allclose(by_second, teacher_target(Guided(second, 2.0), x, table, text), atol=1e-3)
+    torch.testing.assert_close(y[switched], by_second[switched], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[~switched], by_teacher[~switched], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="geometry"):
         distill(teacher, Patterns(), encode_patterns, DistillConfig(steps=1),
                 switch_teacher=randomized(replace(MICRO, buffer_frames=6), scale=0.3))
@@ -178,9 +191,13 @@ def test_the_command_distils_from_a_switch_teacher_on_the_same_latents_only(tmp_
     base = ["distill", "--out", str(out), "--steps", "1", "--batch-size", "2", "--clips", "8"]
     with pytest.raises(SystemExit, match="--switch-share"):
         main([*base, "--switch-teacher", str(second / "model.safetensors")])
-    assert main([*base, "--switch-teacher", str(second / "model.safetensors"), "--switch-share", "0.5"]) == 0
+    with pytest.raises(SystemExit, match="--frame-captions captions the windows of switch clips"):
+        main([*base, "--frame-captions", "1"])
+    assert main([*base, "--switch-teacher", str(second / "model.safetensors"), "--switch-share", "0.5",
+                 "--frame-captions", "1"]) == 0
     meta = read_metadata(out / "model.safetensors")
     assert meta["switch_teacher"].endswith("model.safetensors") and meta["teacher"] == "teacher.safetensors"
+    assert json.loads(meta["distilled"])["frame_captions"] == 1.0
     codec = load_file(str(shipped / "codec.safetensors"))  # an encoder changed: other latents
     name = next(k for k in codec if k.startswith("encoder.") and codec[k].is_floating_point())
     codec[name] = codec[name] + 0.1

@@ -1,6 +1,7 @@
 """The trainer: loss goes down, checkpoints resume, DDP equals one process on the joint batch."""
 
 import dataclasses
+import json
 import socket
 
 import pytest
@@ -10,7 +11,7 @@ import torch.multiprocessing as mp
 from helpers import Interrupted, Patterns, encode_patterns, fsdp_resume_worker, gradient_worker
 from streamdit_core import StreamDiT, StreamDiTConfig, TextEmbedding, load_checkpoint
 from streamdit_core.checkpoint import read_metadata
-from streamdit_core.train import TrainConfig, flow_matching_loss, train
+from streamdit_core.train import TrainConfig, batch_text, flow_matching_loss, train
 
 MICRO = StreamDiTConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2, text_dim=8, window=(2, 4, 4),
                         buffer_frames=4, latent_size=(4, 4))
@@ -215,6 +216,42 @@ def test_frames_without_subject_can_be_left_out_of_the_loss():
                                                           torch.Generator())
 
 
+def test_switched_windows_can_be_captioned_frame_by_frame():
+    """``frame_captions``: the chosen switched windows condition each frame on its own caption (a
+    FrameText), the others repeat their window's caption, a dropped sample has no text at all, and
+    with the share at 0 nothing is drawn from the generator."""
+    from streamdit_core.conditioning import FrameText
+    from streamdit_core.world import LatentBatch
+
+    words = {"": 0.0, "red": 1.0, "blue": 2.0, "green": 3.0}
+
+    def encode(prompts):  # one token whose value names the prompt
+        return TextEmbedding(torch.tensor([[[words[p]] * 4] for p in prompts]))
+
+    rows = [["red", "red", "blue"], ["green"] * 3, ["red", "blue", "blue"], ["red", "red", "blue"]]
+    batch = LatentBatch(torch.zeros(4, 2, 3, 2, 2), [r[-1] for r in rows], None,
+                        torch.tensor([True, False, True, True]), rows)
+    drop = torch.tensor([False, False, False, True])
+    gen = torch.Generator().manual_seed(0)
+    text = batch_text(batch, drop, encode, 1.0, gen)
+    assert isinstance(text, FrameText) and text.index.tolist() == [0, 1, 2]
+    said = torch.stack([t.tokens[:, 0, 0] for t in text.texts], dim=1)  # [b, F]
+    assert said.tolist() == [[1, 1, 2], [3, 3, 3], [1, 2, 2], [0, 0, 0]]
+    # share 0: the newest frame's caption over the window, and the generator untouched
+    state = gen.get_state()
+    whole = batch_text(batch, drop, encode, 0.0, gen)
+    assert isinstance(whole, TextEmbedding) and whole.tokens[:, 0, 0].tolist() == [2, 3, 2, 0]
+    assert torch.equal(gen.get_state(), state)
+    # about half of the switched windows at 0.5, drawn per sample
+    many = LatentBatch(torch.zeros(400, 2, 3, 2, 2), ["blue"] * 400, None, torch.ones(400, dtype=torch.bool),
+                       [["red", "red", "blue"]] * 400)
+    mixed = batch_text(many, torch.zeros(400, dtype=torch.bool), encode, 0.5, gen)
+    share = float((mixed.texts[0].tokens[:, 0, 0] == 1).float().mean())
+    assert 0.4 < share < 0.6
+    with pytest.raises(ValueError, match="frame_captions must be a share"):
+        TrainConfig(frame_captions=1.5)
+
+
 def test_subject_weight_needs_batches_with_subject_cover():
     with pytest.raises(ValueError, match="subject_weight"):
         train(StreamDiT(MICRO), Patterns(), encode_patterns, TrainConfig(steps=1, batch_size=2, subject_weight=4.0),
@@ -237,9 +274,10 @@ def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(
     monkeypatch.chdir(tmp_path)
     args = ["train", "--out", "run", "--codec", "shared/codec.safetensors", "--steps", "2", "--batch-size", "2",
             "--clips", "4", "--decoder-steps", "0", "--switch-kinds", "color,appear", "--steps-per-chunk", "7",
-            "--guidance", "3", "--switch-share", "0.5"]
+            "--frame-captions", "1", "--guidance", "3", "--switch-share", "0.5"]
     assert main(args) == 0
     meta = read_metadata(tmp_path / "run" / "model.safetensors")
+    assert json.loads(meta["train_config"])["frame_captions"] == 1.0
     assert meta["step"] == "2" and meta["codec"] == "../shared/codec.safetensors" and meta["guidance"] == "3"
     assert (meta["switch_share"], meta["switch_kinds"]) == ("0.5", "color,appear")
     assert meta["world"] == "shapes-64" and load_checkpoint(tmp_path / "run" / "model.safetensors").config.buffer_frames == 8
@@ -256,6 +294,8 @@ def test_the_train_command_runs_the_world_recipe_and_a_rerun_keeps_what_is_done(
     with pytest.raises(SystemExit):
         main(args[:-1] + ["1.5"])
     assert "must be a share between 0 and 1, got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--frame-captions captions the windows of switch clips"):
+        main(args[:-2])
     with pytest.raises(SystemExit):
         main(args + ["--switch-kinds", "colour"])
     assert "must be some of color,shape,direction,background,appear,recover" in capsys.readouterr().err

@@ -58,12 +58,21 @@ def test_switch_clips_are_captioned_by_the_newest_frame_of_each_window(tmp_path)
     assert not bool(detect(codec.decode(pool.latents[9]).transpose(0, 1)).present[0])
     batch = pool.sample(48, torch.Generator().manual_seed(2))
     across = blank = 0
-    for window, caption, switched in zip(batch.latents, batch.prompts, batch.switched.tolist()):
+    for window, caption, switched, row in zip(batch.latents, batch.prompts, batch.switched.tolist(),
+                                              batch.frame_prompts):
         clip, start = _window_source(pool, window)
         det = detect(codec.decode(window).transpose(0, 1))  # [F, 3, H, W]
         scene = parse_caption(caption)
         # the caption says what the newest frame (the input end) shows
         assert (det.color[-1], det.shape[-1], det.background[-1]) == (scene.color, scene.shape, scene.background)
+        # frame by frame, each caption says what its own frame shows
+        assert len(row) == pool.frames and row[-1] == caption
+        for f, frame_caption in enumerate(row):
+            said = parse_caption(frame_caption)
+            assert det.background[f] == said.background
+            if det.present[f]:
+                assert (det.color[f], det.shape[f]) == (said.color, said.shape)
+        assert (len(set(row)) > 1) == (start < pool.switches[clip][0] <= start + pool.frames - 1)
         at, second = pool.switches[clip]
         holds_change = start < at <= start + pool.frames - 1
         if holds_change:  # the window holds the change: its older frames do not
