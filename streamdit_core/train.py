@@ -207,8 +207,10 @@ def batch_text(batch, drop: Tensor, encode_text: Callable[[list[str]], TextEmbed
         return encode_text(prompts)
     frames = len(rows[0])
     per_frame = [row if k and p else [p] * frames for row, p, k in zip(rows, prompts, pick.tolist())]
-    return FrameText(tuple(encode_text([row[f] for row in per_frame]) for f in range(frames)),
-                     torch.arange(frames))
+    texts = [encode_text([row[f] for row in per_frame]) for f in range(frames)]
+    # one token count for every frame: a compiled step then sees one shape, not one per frame
+    length = max(t.tokens.shape[1] for t in texts)
+    return FrameText(tuple(t.padded(length) for t in texts), torch.arange(frames))
 
 
 def _validation_loss(ema: nn.Module, batch, encode_text, objective, device: torch.device, autocast) -> float:
