@@ -119,6 +119,13 @@ def _add_run_options(p) -> None:
                         "minute or more (see BENCHMARKS.md)")
 
 
+def _check_frame_captions(args) -> None:
+    """``--frame-captions`` acts on the windows of switch clips: refuse it without ``--switch-share``."""
+    if args.frame_captions and not args.switch_share:
+        raise SystemExit("--frame-captions captions the windows of switch clips frame by frame, and there are "
+                         "none: give --switch-share P (e.g. 0.2) with it")
+
+
 def _given(**values) -> dict:
     """The options the user gave (not None), as config overrides."""
     return {k: v for k, v in values.items() if v is not None}
@@ -220,9 +227,7 @@ def _run_train(args) -> int:
     if args.switch_share and args.data is not None:
         raise SystemExit("--switch-share renders prompt-switch clips from the synthetic world; a --data folder "
                          "has no switches to draw on: leave --switch-share out")
-    if args.frame_captions and not args.switch_share:
-        raise SystemExit("--frame-captions captions the windows of switch clips frame by frame, and there are "
-                         "none: give --switch-share P (e.g. 0.2) with it")
+    _check_frame_captions(args)
     if args.init is not None and args.init.startswith("wan:"):
         if args.steps_per_chunk is not None:
             raise SystemExit("--steps-per-chunk is recorded in the synthetic world's checkpoints; a Wan adapter "
@@ -399,9 +404,7 @@ def _run_distill(args) -> int:
                          "distils on a folder of videos, which has none: leave --switch-share out")
     if args.switch_teacher is not None and wan:
         raise SystemExit("--switch-teacher is for StreamDiT teachers; leave it out for a Wan teacher")
-    if args.frame_captions and not args.switch_share:
-        raise SystemExit("--frame-captions captions the windows of switch clips frame by frame, and there are "
-                         "none: give --switch-share P (e.g. 0.4) with it")
+    _check_frame_captions(args)
     if args.switch_teacher is not None and not args.switch_share:
         raise SystemExit("--switch-teacher answers the windows of switch clips, and there are none: give "
                          "--switch-share P (e.g. 0.4) with it")
