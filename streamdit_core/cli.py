@@ -509,6 +509,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--guided-calls", type=_count, default=6,
                    help="model calls after each switch that a distilled model makes at its teacher's guidance, "
                         "which keeps its subject (default 6; 0: only a blend's)")
+    p.add_argument("--no-redraw", action="store_true",
+                   help="immediate switches: let the partly formed frames finish from where they were instead of "
+                        "redrawing them from noise under the new prompt (which keeps their background clean)")
     p.add_argument("--seconds", type=_positive(float), default=10.0, help="video length (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (.mp4 .webm .gif) or folder ending in /")
@@ -583,7 +586,8 @@ def _run_generate(args) -> int:
     first = None
     written = 0
     session = pipe.session(schedule.at(0), partition, seed=args.seed, guidance=guidance,
-                           switch=PromptSwitch(args.switch_mode, args.blend_calls, guided_calls=args.guided_calls))
+                           switch=PromptSwitch(args.switch_mode, args.blend_calls, guided_calls=args.guided_calls,
+                                              redraw=not args.no_redraw))
     runtime = Runtime(session, schedule)  # denoising and decoding on their own threads
     try:
         with writer, tqdm(total=total, desc="generating", unit="frame") as bar:

@@ -253,7 +253,8 @@ class Session:
         at = self.stream.set_text(self.pipe.encode(prompts), entering_only=mode == "chunk",
                                   blend_calls=self.switch.blend_calls if mode == "blend" else 0,
                                   settle=0.0 if mode == "chunk" else self.switch.settle,
-                                  guided_calls=self.switch.guided_calls)
+                                  guided_calls=self.switch.guided_calls,
+                                  redraw=mode == "immediate" and self.switch.redraw)
         st = self.stream.state
         if mode == "chunk" or at >= self.partition.B:
             first = st.next_index

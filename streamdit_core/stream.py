@@ -20,7 +20,10 @@ continues a switch exactly.
 Noise is drawn on the CPU from the stream's own generator, in this order: one
 ``randn([b, C, B, H, W])`` per buffer fill (the constructor's cold fill, then any later
 ``reset``, ``warm_start`` or ``fill_video``), then one ``randn([b, C, c, H, W])`` per admitted
-chunk. So a seed gives the same stream on every device, and a plain Euler sampler can reproduce it.
+chunk, and, at the first call after an immediate switch that redraws (``set_text(text,
+redraw=True)``), one ``randn([b, C, n, H, W])`` for the ``n`` partly formed frames it noises back
+up to the level chunks enter at. So a seed gives the same stream on every device, and a plain
+Euler sampler can reproduce it.
 """
 
 from __future__ import annotations
@@ -247,7 +250,7 @@ class Streamer:
         return None
 
     def set_text(self, text: Any, entering_only: bool = False, blend_calls: int = 0, settle: float = 0.0,
-                 guided_calls: int = 0) -> int:
+                 guided_calls: int = 0, redraw: bool = False) -> int:
         """Replaces the conditioning from the next call on (a prompt switch).
 
         Args:
@@ -263,6 +266,10 @@ class Streamer:
                 at or below this on the text they had (see :class:`~streamdit_core.prompts.PromptSwitch`).
             guided_calls: the next calls, whatever the mode, run ``switch_model`` (a blend's calls
                 always do; see :attr:`~streamdit_core.prompts.PromptSwitch.guided_calls`).
+            redraw: an immediate switch: the next call first noises the frames that switch
+                while partly formed (noise level above 0 and below the level chunks enter at) back
+                up to that level, from the stream's generator, and steps them from there (see
+                :attr:`~streamdit_core.prompts.PromptSwitch.redraw`).
 
         Returns the buffer position of the first frame that sees ``text`` (0: the whole buffer).
         """
@@ -274,7 +281,7 @@ class Streamer:
             keep = int((self.state.sigma <= settle + 1e-6).sum())  # noise rises from the output end
         try:
             self.state.prompt.switch(text, self.partition.B, entering_only, blend_calls, keep=keep,
-                                     guided_calls=guided_calls)
+                                     guided_calls=guided_calls, redraw=redraw)
         except ValueError as err:
             raise StreamError(f"{err}. The stream is unchanged.") from None
         if entering_only:
@@ -419,17 +426,48 @@ class Streamer:
         if m == P.s - 1:
             self._check_admission()  # before the call: a stream that cannot shift stays as it is
         sigma_now, sigma_next = self._table[m], self._table[m + 1]  # [B], [B]
+        x, gen = st.x, None
+        if st.prompt.redraw >= 0:
+            x, sigma_now, gen = self._redrawn(st.prompt.redraw, sigma_now)
         model = self.switch_model if st.prompt.switching else None
-        v = self._call(st.x, sigma_now.expand(self.batch, P.B), self.conditioning(), model)
+        v = self._call(x, sigma_now.expand(self.batch, P.B), self.conditioning(), model)
         # Euler on the chunks; reference frames are copied, not stepped.
         now, after = (t[P.K:].expand(self.batch, -1) for t in (sigma_now, sigma_next))  # [b, B-K] each
-        stepped = euler_step(st.x[:, :, P.K:], v[:, :, P.K:], now, after)  # [b, C, B-K, H, W]
-        st.x = torch.cat([st.x[:, :, :P.K], stepped], dim=2)  # [b, C, B, H, W]
+        stepped = euler_step(x[:, :, P.K:], v[:, :, P.K:], now, after)  # [b, C, B-K, H, W]
+        st.x = torch.cat([x[:, :, :P.K], stepped], dim=2)  # [b, C, B, H, W]
+        if gen is not None:
+            st.generator.set_state(gen.get_state())
         st.step = m + 1
         st.prompt.called()
         if st.step < P.s:
             return None
         return self._shift()
+
+    def _redrawn(self, first: int, sigma: Tensor) -> tuple[Tensor, Tensor, torch.Generator | None]:
+        """The buffer and its levels ``[B]`` with the partly formed frames from position ``first``
+        on noised back up to the level chunks enter at (``x' = a x + b eps``, so a frame at level
+        ``s`` holds ``(1 - top)`` of its clean content and noise of scale ``top``), and the
+        generator after the draw (None when no frame needs it). Changes nothing in the state."""
+        st, P = self.state, self.partition
+        top = float(self._table[0, -1])
+        pos = torch.arange(P.B, device=sigma.device)
+        chosen = (pos >= max(first, P.K)) & (sigma > 0) & (sigma < top - 1e-6)  # [B]
+        if not bool(chosen.any()):
+            return st.x, sigma, None
+        gen = torch.Generator()
+        gen.set_state(st.generator.get_state())
+        idx = chosen.nonzero().flatten()  # [n]
+        now = sigma[idx].double()  # [n]
+        a = (1 - top) / (1 - now)
+        b = torch.sqrt(torch.clamp(top ** 2 - (a * now) ** 2, min=0))
+        shape = (self.batch, st.x.shape[1], len(idx), *st.x.shape[3:])
+        eps = torch.randn(shape, generator=gen).to(device=self.device, dtype=self.dtype)  # [b, C, n, H, W]
+        view = (1, 1, -1, 1, 1)
+        x = st.x.clone()
+        x[:, :, idx] = a.to(x).view(view) * x[:, :, idx] + b.to(x).view(view) * eps
+        sigma = sigma.clone()
+        sigma[idx] = top
+        return x, sigma, gen
 
     def _queued(self) -> int:
         return 0 if self.state.source is None else self.state.source.shape[2]

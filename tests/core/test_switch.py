@@ -415,3 +415,124 @@ def test_a_settled_switch_labels_frames_by_the_prompt_they_finished_with():
     for bad in (1.5, -0.1, "0.5", True):
         with pytest.raises(ValueError, match="settle must be a noise level"):
             PromptSwitch("immediate", settle=bad)
+
+
+class Seer:
+    """Records what each call sees: latents, levels and text; can fail on one call."""
+
+    def __init__(self, model, fail_on: int | None = None):
+        self.model, self.fail_on, self.seen = model, fail_on, []
+
+    def __call__(self, x, sigma, text):
+        if self.fail_on is not None and len(self.seen) == self.fail_on:
+            self.fail_on = None
+            raise KeyboardInterrupt
+        self.seen.append((x.clone(), sigma.clone(), text))
+        return self.model(x, sigma, text)
+
+
+def _switched_stream(model, redraw: bool, P=Partition(K=2, N=3, c=2, s=1)):
+    stream = Streamer(model, P, SHAPE, text=random_text(seed=1), seed=0)
+    stream.step()
+    stream.step()
+    stream.set_text(random_text(seed=2), settle=0.5, redraw=redraw)
+    return stream
+
+
+def test_an_immediate_switch_that_redraws_noises_the_partly_formed_frames_back_up(tiny_model):
+    """With ``redraw`` the first call after the switch sees the frames above ``settle`` and below
+    the entering level as fresh noise at that level, drawn from the stream's generator; the kept
+    frames and the reference frames are untouched, and the next call is ordinary again."""
+    seer = Seer(tiny_model)
+    stream = _switched_stream(seer, redraw=True)
+    before = stream.state.x.clone()
+    levels = stream.state.sigma.float()  # [8]: refs 0, then 0.5 (kept), ~0.8 (redrawn), 1
+    middle = (levels > 0.5 + 1e-6) & (levels < 1 - 1e-6)
+    assert middle.tolist() == [False] * 4 + [True] * 2 + [False] * 2
+    gen = torch.Generator()
+    gen.set_state(stream.state.generator.get_state())
+    stream.step()
+    x, sigma, _ = seer.seen[-1]
+    assert sigma[0, middle].tolist() == [1.0, 1.0]
+    assert torch.equal(sigma[0, ~middle], levels[~middle])
+    assert torch.equal(x[:, :, ~middle], before[:, :, ~middle])
+    assert torch.equal(x[:, :, middle], torch.randn(x[:, :, middle].shape, generator=gen))
+    levels = stream.state.sigma.float()
+    stream.step()
+    assert torch.equal(seer.seen[-1][1][0], levels)  # back on the table
+
+
+def test_without_redraw_a_switch_steps_the_buffer_as_it_was(tiny_model):
+    seer = Seer(tiny_model)
+    stream = _switched_stream(seer, redraw=False)
+    before, levels = stream.state.x.clone(), stream.state.sigma.float()
+    stream.step()
+    x, sigma, _ = seer.seen[-1]
+    assert torch.equal(x, before) and torch.equal(sigma[0], levels)
+
+
+def test_a_redraw_interrupted_in_the_model_continues_as_if_never_interrupted(tiny_model):
+    """The noise of a redraw is committed with the call: an interrupt leaves the stream, its
+    generator and the pending redraw as they were, and the retried stream matches one never
+    interrupted, chunk for chunk."""
+    plain = _switched_stream(tiny_model, redraw=True)
+    failing = Seer(tiny_model, fail_on=2)  # the two calls before the switch pass, the third fails
+    broken = _switched_stream(failing, redraw=True)
+    state = broken.state.generator.get_state()
+    with pytest.raises(KeyboardInterrupt):
+        broken.step()
+    assert torch.equal(broken.state.generator.get_state(), state) and broken.state.prompt.redraw >= 0
+    for a, b in zip(plain.chunks(3), broken.chunks(3)):
+        assert torch.equal(a.latents, b.latents)
+
+
+def test_redraw_noises_a_video_to_video_stream_up_to_its_strength(tiny_model):
+    """A video-to-video stream's chunks enter at its strength, not at 1: a redraw raises the
+    switched frames to that level and keeps ``1 - strength`` of their content."""
+    seer = Seer(tiny_model)
+    P = Partition(K=0, N=4, c=2, s=1)
+    stream = Streamer(seer, P, SHAPE, text=random_text(seed=1), seed=0)
+    clip = torch.randn(1, SHAPE[0], 24, *SHAPE[1:], generator=torch.Generator().manual_seed(3))
+    stream.fill_video(clip[:, :, :8], strength=0.6)
+    stream.feed(clip[:, :, 8:])
+    stream.step()
+    levels = stream.state.sigma.float()
+    stream.set_text(random_text(seed=2), settle=0.2, redraw=True)
+    stream.step()
+    sigma = seer.seen[-1][1][0]
+    top = float(levels.max())
+    assert top == pytest.approx(0.6)
+    moved = (levels > 0.2 + 1e-6) & (levels < top - 1e-6)
+    assert moved.any() and torch.allclose(sigma[moved], torch.full((int(moved.sum()),), top))
+    assert torch.equal(sigma[~moved], levels[~moved])
+
+
+def test_only_an_immediate_switch_redraws():
+    stream = Streamer(randomized(), Partition(K=0, N=2, c=2, s=1), SHAPE, text=random_text(seed=1), seed=0)
+    for kwargs in ({"entering_only": True}, {"blend_calls": 2}):
+        with pytest.raises(StreamError, match="only an immediate prompt switch redraws"):
+            stream.set_text(random_text(seed=2), redraw=True, **kwargs)
+    assert stream.state.prompt.redraw == -1
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="redraw must be True or False"):
+            PromptSwitch("immediate", redraw=bad)
+
+
+def test_a_session_redraws_on_immediate_switches_by_default_and_reproduces_its_seed():
+    """The same seed gives the same frames, redraw or not; the frames before the switch do not
+    depend on it and the frames after it do."""
+    P = Partition(K=2, N=3, c=2, s=1)
+
+    def frames(redraw: bool):
+        session = _pipe().session("aa", P, seed=4, switch=PromptSwitch("immediate", redraw=redraw))
+        session.start()
+        out = [session.next_chunk().frames for _ in range(2)]
+        session.set_prompt("bbbb")
+        out += [session.next_chunk().frames for _ in range(3)]
+        return out
+
+    assert PromptSwitch("immediate").redraw is True
+    drawn, again, plain = frames(True), frames(True), frames(False)
+    assert all(torch.equal(a, b) for a, b in zip(drawn, again))
+    assert all(torch.equal(a, b) for a, b in zip(drawn[:2], plain[:2]))  # out before the switch
+    assert not torch.equal(drawn[3], plain[3])
