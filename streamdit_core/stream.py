@@ -460,8 +460,7 @@ class Streamer:
         now = sigma[idx].double()  # [n]
         a = (1 - top) / (1 - now)
         b = torch.sqrt(torch.clamp(top ** 2 - (a * now) ** 2, min=0))
-        shape = (self.batch, st.x.shape[1], len(idx), *st.x.shape[3:])
-        eps = torch.randn(shape, generator=gen).to(device=self.device, dtype=self.dtype)  # [b, C, n, H, W]
+        eps = self._noise(gen, len(idx))  # [b, C, n, H, W]
         view = (1, 1, -1, 1, 1)
         x = st.x.clone()
         x[:, :, idx] = a.to(x).view(view) * x[:, :, idx] + b.to(x).view(view) * eps
